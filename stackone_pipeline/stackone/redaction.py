@@ -1,0 +1,143 @@
+"""Take credentials and personal data out of a log record before anything is written or sent.
+
+StackOne logs whatever the caller and the provider sent: `authorization`, cookies, provider
+tokens in headers, `?api_key=` in URLs. Those are customer secrets; they must never reach the
+lake, the warehouse or a sink. Bodies carry employee and candidate data, so they are dropped
+unless the user asks to keep them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+REDACTED = "[REDACTED]"
+
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+# A header or query parameter whose name contains one of these is a credential.
+SECRET_NAME_PARTS = ("token", "secret", "password", "signature", "api-key", "apikey", "api_key")
+SECRET_QUERY_PARAMS = frozenset(
+    {"key", "sig", "code", "auth", "access_token", "refresh_token", "client_secret", "session", "sessionid"}
+)
+BODY_KEYS = ("body", "raw")
+
+
+@dataclass
+class Redactor:
+    keep_bodies: bool = False
+    extra_names: tuple[str, ...] = ()  # extra header / query-parameter names to redact
+    count: int = field(default=0)  # redactions made so far (for metadata)
+
+    def __post_init__(self) -> None:
+        self._extra = frozenset(n.lower() for n in self.extra_names)
+
+    def is_secret_header(self, name: str) -> bool:
+        n = name.lower()
+        return n in SECRET_HEADERS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+
+    def is_secret_param(self, name: str) -> bool:
+        n = name.lower()
+        return n in SECRET_QUERY_PARAMS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+
+    # -- pieces -------------------------------------------------------------------------
+    def headers(self, headers):
+        if not isinstance(headers, dict):
+            return headers
+        out = {}
+        for name, value in headers.items():
+            if value is not None and self.is_secret_header(str(name)):
+                self.count += 1
+                value = REDACTED
+            out[name] = value
+        return out
+
+    def query_params(self, params):
+        if not isinstance(params, dict):
+            return params
+        out = {}
+        for name, value in params.items():
+            if value is not None and self.is_secret_param(str(name)):
+                self.count += 1
+                value = REDACTED
+            out[name] = value
+        return out
+
+    def url(self, url):
+        """Redact credential-like query parameters and any user:password in a URL string."""
+        if not isinstance(url, str) or ("?" not in url and "@" not in url):
+            return url
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url
+        netloc = parts.netloc
+        if "@" in netloc:
+            self.count += 1
+            netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            redacted = [(k, REDACTED if self.is_secret_param(k) else v) for k, v in pairs]
+            hits = sum(1 for (k, _) in pairs if self.is_secret_param(k))
+            if hits:
+                self.count += hits
+                query = urlencode(redacted, safe="[]")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    # -- nested objects of a record -------------------------------------------------------
+    def request(self, req):
+        """`request`: {id, method, headers{}, url{url, hostname, path, query_params{}}, body}."""
+        if not isinstance(req, dict):
+            return req
+        out = dict(req)
+        if "headers" in out:
+            out["headers"] = self.headers(out["headers"])
+        url = out.get("url")
+        if isinstance(url, dict):
+            url = dict(url)
+            if "url" in url:
+                url["url"] = self.url(url["url"])
+            if "query_params" in url:
+                url["query_params"] = self.query_params(url["query_params"])
+            out["url"] = url
+        elif isinstance(url, str):
+            out["url"] = self.url(url)
+        self._drop_bodies(out)
+        return out
+
+    def response(self, resp):
+        """`response`: {status_code, headers{}, body, custom_mapping_errors[], provider_errors[]}."""
+        if not isinstance(resp, dict):
+            return resp
+        out = dict(resp)
+        if "headers" in out:
+            out["headers"] = self.headers(out["headers"])
+        if isinstance(out.get("provider_errors"), list):
+            out["provider_errors"] = [self.provider_error(e) for e in out["provider_errors"]]
+        self._drop_bodies(out)
+        return out
+
+    def provider_error(self, err):
+        if not isinstance(err, dict):
+            return err
+        out = dict(err)
+        if "url" in out:
+            out["url"] = self.url(out["url"])
+        if "headers" in out:
+            out["headers"] = self.headers(out["headers"])
+        self._drop_bodies(out)
+        return out
+
+    def step_requests(self, steps):
+        if not isinstance(steps, list):
+            return steps
+        return [self.request(s) if isinstance(s, dict) else s for s in steps]
+
+    def _drop_bodies(self, obj: dict) -> None:
+        if self.keep_bodies:
+            return
+        for key in BODY_KEYS:
+            if obj.get(key) is not None:
+                obj[key] = None

@@ -1,0 +1,146 @@
+"""The DuckDB warehouse, and how several processes share it.
+
+DuckDB allows one writing process per file, or many read-only ones, never both. So:
+
+* `warehouse.duckdb` belongs to the pipeline. Every write takes an exclusive file lock
+  (`.warehouse.lock`) first, so runs in different processes queue instead of failing, then
+  opens the database, replaces one hour in one transaction and closes it again: the write
+  window is a fraction of a second. If someone else (a user's `duckdb` session) holds the
+  file, the writer retries with backoff for `lock_timeout_s` and then fails with a clear error.
+* `query.duckdb` is for people: views over the Parquet lake. The pipeline never holds it
+  open, so a CLI session or notebook on it neither blocks a run nor is blocked by one, and
+  because lake files are replaced by atomic renames a query sees each hour whole.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+from ..lake.parquet import dataset_glob, dataset_root
+
+log = logging.getLogger(__name__)
+
+_ARROW_TO_DUCKDB = {
+    pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
+_process_lock = threading.Lock()  # flock is per open file description; threads need their own guard
+
+
+class WarehouseLockedError(RuntimeError):
+    pass
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
+    return _ARROW_TO_DUCKDB[arrow_type]
+
+
+def create_table_sql(table: str, columns: list[tuple[str, pa.DataType, str]], json_columns=()) -> str:
+    cols = ",\n  ".join(
+        f"{name} {'JSON' if name in json_columns else duckdb_type(typ)}" for name, typ, _ in columns
+    )
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols}\n)"
+
+
+class Warehouse:
+    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / "warehouse.duckdb"
+        self.query_path = self.data_dir / "query.duckdb"
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An exclusive, short-lived read-write connection to warehouse.duckdb."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _process_lock, open(self.data_dir / ".warehouse.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file is closed
+            con = self._connect(read_only=False)
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection to warehouse.duckdb (waits while a write is in progress)."""
+        with _process_lock, open(self.data_dir / ".warehouse.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_SH)
+            con = self._connect(read_only=True)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            yield con
+        finally:
+            con.close()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise WarehouseLockedError(
+                        f"{self.path} is held by another process for more than {self.lock_timeout_s:.0f}s "
+                        f"({exc}). Query {self.query_path} instead: it is never locked by the pipeline."
+                    ) from exc
+                log.warning("warehouse busy (%s); retrying in %.1fs", str(exc).split("\n")[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def replace_hour(self, table: str, create_sql: str, hour: datetime, parquet_path: Path) -> int:
+        """Delete `hour` from `table` and insert the hour's Parquet file, in one transaction."""
+        with self.writer() as con:
+            con.execute(create_sql)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
+                con.execute(
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(parquet_path)]
+                )
+                (rows,) = con.execute(f"SELECT count(*) FROM {table} WHERE hour = ?", [hour]).fetchone()
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return rows
+
+    def publish_views(self) -> list[str]:
+        """(Re)create one view per lake dataset in query.duckdb. Skipped if someone has it open."""
+        lake = self.data_dir / "lake"
+        datasets = sorted(
+            p.name for p in lake.iterdir() if p.is_dir() and any(dataset_root(self.data_dir, p.name).glob("date=*/hour=*/*.parquet"))
+        ) if lake.exists() else []
+        try:
+            con = duckdb.connect(str(self.query_path))
+        except duckdb.IOException as exc:
+            log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
+            return []
+        try:
+            for name in datasets:
+                con.execute(
+                    f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
+                    f"'{dataset_glob(self.data_dir, name)}', hive_partitioning = false, union_by_name = true)"
+                )
+        finally:
+            con.close()
+        return datasets
