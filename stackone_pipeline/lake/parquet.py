@@ -50,7 +50,8 @@ class HourWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(TMP_PREFIX + "*"):  # left by a killed run
             stale.unlink(missing_ok=True)
-        self.tmp_path = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
+        # Not ending in .parquet, so no reader's glob ever picks up a half-written file.
+        self.tmp_path = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}.partial"
         self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0

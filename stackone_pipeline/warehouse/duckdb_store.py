@@ -95,8 +95,10 @@ class Warehouse:
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                # IOException: another process holds the file. ConnectionException: this process
+                # holds it with the other read_only setting. Both clear when the holder closes.
+                if "lock" not in str(exc).lower() and "different configuration" not in str(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise WarehouseLockedError(
@@ -115,7 +117,7 @@ class Warehouse:
             try:
                 con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
                 con.execute(
-                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(parquet_path)]
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)", [str(parquet_path)]
                 )
                 (rows,) = con.execute(f"SELECT count(*) FROM {table} WHERE hour = ?", [hour]).fetchone()
                 con.execute("COMMIT")
@@ -124,8 +126,9 @@ class Warehouse:
                 raise
         return rows
 
-    def publish_views(self) -> list[str]:
-        """(Re)create one view per lake dataset in query.duckdb. Skipped if someone has it open."""
+    def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
+        """(Re)create one view per lake dataset in query.duckdb, then `extra_views` ({name: SELECT})
+        that build on them. Skipped, with a warning, while someone has query.duckdb open."""
         lake = self.data_dir / "lake"
         datasets = sorted(
             p.name for p in lake.iterdir() if p.is_dir() and any(dataset_root(self.data_dir, p.name).glob("date=*/hour=*/*.parquet"))
@@ -141,6 +144,11 @@ class Warehouse:
                     f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
                     f"'{dataset_glob(self.data_dir, name)}', hive_partitioning = false, union_by_name = true)"
                 )
+            for name, select in (extra_views or {}).items():
+                try:
+                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+                except duckdb.CatalogException:  # its base dataset has no files yet
+                    pass
         finally:
             con.close()
         return datasets

@@ -1,0 +1,189 @@
+"""Ingestion benchmarks against the simulator (run in its own process), printed with a baseline.
+
+    python benchmarks/ingest_bench.py [--quick]
+
+(a) rows/s from API to Parquet + DuckDB with no rate limit, beside the guide's naive sync worker
+    (sequential loop, whole window in a list, row-by-row inserts) — floor: 5x the baseline;
+(b) with the simulator limited to 600 requests/minute for 2 minutes: achieved requests/minute
+    (floor 90% of the limit) and the share answered 429 (floor at most 1%);
+(c) peak RSS of a fresh process ingesting one 500,000-row hour (floor 400 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stackone_pipeline.ingest import hours_between, ingest_hours  # noqa: E402
+from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
+from stackone_pipeline.stackone.client import StackOneClient  # noqa: E402
+from stackone_pipeline.stackone.ratelimit import RateLimiter  # noqa: E402
+from stackone_pipeline.warehouse.duckdb_store import Warehouse  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SimulatorProcess:
+    def __init__(self, rows_per_hour: int, rate_limit: int, max_page_size: int = 1000):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        code = (
+            "from stackone_pipeline.simulator import SimulatorConfig, serve;"
+            f"serve(SimulatorConfig(rows_per_hour={rows_per_hour}, diurnal=False, "
+            f"rate_limit_per_minute={rate_limit}, max_page_size={max_page_size}), '127.0.0.1', {self.port})"
+        )
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/_simulator/stats", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("simulator did not start")
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/_simulator/stats", timeout=5).json()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_simulator/reset", timeout=5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def last_hours(n: int, skip: int = 2) -> list[datetime]:
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return hours_between(now - timedelta(hours=n + skip), now - timedelta(hours=skip))
+
+
+def naive_sync_worker(url: str, start: datetime, end: datetime, db_path: str) -> int:
+    """The guide's sketch: fetch everything into a list, then insert row by row."""
+    logs, cursor = [], None
+    with httpx.Client(timeout=30) as http:
+        while True:
+            params = {"filter[start_date]": start.isoformat(), "filter[end_date]": end.isoformat(),
+                      "page_size": 100, "order_by": "eventDatetime", "order_direction": "asc"}
+            if cursor:
+                params["next"] = cursor
+            data = http.get(f"{url}/requests/logs", params=params, auth=(DEFAULT_API_KEY, "")).json()
+            logs.extend(data["data"])
+            cursor = data.get("next")
+            if not cursor:
+                break
+    con = duckdb.connect(db_path)
+    con.execute("CREATE TABLE IF NOT EXISTS logs (request_id VARCHAR, event_datetime VARCHAR, provider VARCHAR, "
+                "status INTEGER, duration DOUBLE, request VARCHAR, response VARCHAR)")
+    import json
+
+    for log in logs:
+        con.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            log.get("request_id"), log.get("event_datetime"), log.get("provider"), log.get("status"),
+            log.get("duration"), json.dumps(log.get("request")), json.dumps(log.get("response"))])
+    con.close()
+    return len(logs)
+
+
+def bench_throughput(quick: bool) -> None:
+    rows_per_hour = 5_000 if quick else 20_000
+    n_hours = 2 if quick else 4
+    sim = SimulatorProcess(rows_per_hour, rate_limit=10_000_000)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            hours = last_hours(n_hours)
+            t0 = time.perf_counter()
+            rows = naive_sync_worker(sim.url, hours[0], hours[0] + timedelta(hours=1), f"{tmp}/naive.duckdb")
+            naive = rows / (time.perf_counter() - t0)
+            with StackOneClient(DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(10_000_000), page_size=100) as c:
+                t0 = time.perf_counter()
+                done = ingest_hours(c, Warehouse(f"{tmp}/ours"), hours, concurrency=4)
+                ours = sum(r.rows for r in done) / (time.perf_counter() - t0)
+        print(f"(a) throughput, no rate limit, page_size 100, {rows_per_hour:,} rows/hour")
+        print(f"    naive sync worker (1 hour):   {naive:10,.0f} rows/s")
+        print(f"    stackone_pipeline ({n_hours} hours): {ours:10,.0f} rows/s   ratio {ours / naive:.1f}x (floor 5x)")
+    finally:
+        sim.stop()
+
+
+def bench_rate_limit(quick: bool) -> None:
+    limit, seconds = 600, (20 if quick else 120)
+    sim = SimulatorProcess(rows_per_hour=1_200, rate_limit=limit)
+    try:
+        needed = int(limit / 60 * seconds)  # requests the window allows
+        page_size = 10
+        n_hours = needed * page_size // 1_200 + 1
+        with tempfile.TemporaryDirectory() as tmp, StackOneClient(
+            DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(limit), page_size=page_size
+        ) as c:
+            sim.reset()
+            t0 = time.perf_counter()
+            ingest_hours(c, Warehouse(tmp), last_hours(n_hours), concurrency=4)
+            elapsed = time.perf_counter() - t0
+        s = sim.stats()
+        total = s["requests"]
+        throttled = s["by_status"].get("429", 0)
+        print(f"(b) simulator limited to {limit}/min, {n_hours} hours at page_size {page_size}, {elapsed:.0f}s")
+        print(f"    achieved {(total - throttled) / elapsed * 60:,.0f} requests/min = "
+              f"{(total - throttled) / elapsed * 60 / limit:.1%} of the limit (floor 90%); "
+              f"429s {throttled}/{total} = {throttled / max(total, 1):.2%} (floor <= 1%)")
+    finally:
+        sim.stop()
+
+
+def bench_memory(quick: bool) -> None:
+    rows = 100_000 if quick else 500_000
+    sim = SimulatorProcess(rows_per_hour=rows, rate_limit=10_000_000)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            hour = last_hours(1)[0]
+            code = (
+                "import resource, sys, time; from datetime import datetime;"
+                "from stackone_pipeline.ingest import ingest_hours;"
+                "from stackone_pipeline.stackone.client import StackOneClient;"
+                "from stackone_pipeline.stackone.ratelimit import RateLimiter;"
+                "from stackone_pipeline.warehouse.duckdb_store import Warehouse;"
+                f"c = StackOneClient('{DEFAULT_API_KEY}', '{sim.url}', rate_limiter=RateLimiter(1e9), page_size=1000);"
+                "t = time.perf_counter();"
+                f"r = ingest_hours(c, Warehouse('{tmp}'), [datetime.fromisoformat('{hour.isoformat()}')], concurrency=1)[0];"
+                "print(r.rows, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            n, secs, rss_kb = out.split()
+        print(f"(c) one {int(n):,}-row hour in a fresh process: {float(secs):.1f}s, "
+              f"peak RSS {int(rss_kb) / 1024:,.0f} MB (floor 400 MB)")
+    finally:
+        sim.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--only", choices=["a", "b", "c"])
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, duckdb {duckdb.__version__}")
+    for name, fn in (("a", bench_throughput), ("b", bench_rate_limit), ("c", bench_memory)):
+        if args.only in (None, name):
+            fn(args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`stackone-pipeline`: demo, backfill, simulate, dev."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import warnings
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+DEMO_MARKER = ".stackone-demo"
+
+
+def _quiet_dagster() -> None:
+    for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
+        warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
+
+
+def cmd_simulate(args) -> int:
+    from .simulator import SimulatorConfig, serve
+
+    config = SimulatorConfig(seed=args.seed, rows_per_hour=args.rows_per_hour, rate_limit_per_minute=args.rate_limit)
+    serve(config, args.host, args.port)
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    _quiet_dagster()
+    from .backfill import BackfillError, parse_time, run_backfill
+
+    try:
+        result = run_backfill(parse_time(args.start), parse_time(args.end))
+    except BackfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data.error:
+                print(f"error: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+        print(f"backfill failed (run {result.run_id})", file=sys.stderr)
+        return 1
+    print(f"backfill succeeded (run {result.run_id})")
+    return 0
+
+
+def _fresh_demo_dir(path: Path) -> Path:
+    if path.exists() and any(path.iterdir()):
+        if not (path / DEMO_MARKER).exists():
+            raise SystemExit(f"error: {path} exists and was not made by the demo; pass --data-dir to another folder")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / DEMO_MARKER).write_text("made by `stackone-pipeline demo`; safe to delete\n")
+    return path.resolve()
+
+
+def cmd_demo(args) -> int:
+    _quiet_dagster()
+    from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
+
+    data_dir = _fresh_demo_dir(Path(args.data_dir))
+    home = data_dir / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=args.hours)
+    with start_simulator(SimulatorConfig(seed=args.seed), port=args.port) as sim:
+        os.environ.update(
+            STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
+            STACKONE_DATA_DIR=str(data_dir), DAGSTER_HOME=str(home),
+        )
+        print(f"simulator at {sim.url}; backfilling {args.hours} hours "
+              f"{start:%Y-%m-%d %H}:00 -> {end:%Y-%m-%d %H}:00 UTC into {data_dir}", file=sys.stderr)
+        from .backfill import run_backfill
+
+        result = run_backfill(start, end)
+    if not result.success:
+        print("demo backfill failed; see the log above", file=sys.stderr)
+        return 1
+    from .demo_summary import print_summary
+
+    print_summary(data_dir, start, end)
+    print(
+        "\nOpen the same data in the Dagster UI (serves the simulator too):\n"
+        f"  DAGSTER_HOME={home} STACKONE_DATA_DIR={data_dir} stackone-pipeline dev\n"
+        f"Query it:  duckdb {data_dir / 'query.duckdb'}"
+    )
+    return 0
+
+
+def cmd_dev(args) -> int:
+    """Start the simulator and `dagster dev` on the same data directory."""
+    from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
+
+    data_dir = Path(os.environ.get("STACKONE_DATA_DIR", args.data_dir)).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ.get("DAGSTER_HOME", data_dir / "dagster_home")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "stackone_pipeline.definitions"]
+    import subprocess
+
+    with start_simulator(SimulatorConfig(seed=args.seed), port=args.sim_port) as sim:
+        env = dict(os.environ, STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
+                   STACKONE_DATA_DIR=str(data_dir), DAGSTER_HOME=str(home))
+        print(f"simulator at {sim.url}; data in {data_dir}; Dagster UI on http://127.0.0.1:{args.port}", file=sys.stderr)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", *target, "-h", "127.0.0.1", "-p", str(args.port)], env=env
+        )
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stackone-pipeline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole pipeline for the last 24 hours on the built-in simulator")
+    d.add_argument("--data-dir", default="./demo-data")
+    d.add_argument("--hours", type=int, default=24)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--port", type=int, default=0, help="simulator port (default: a free one)")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("backfill", help="materialise [start, end) through Dagster in one run")
+    b.add_argument("--start", required=True, help="ISO-8601, e.g. 2026-11-25T00:00Z")
+    b.add_argument("--end", required=True, help="ISO-8601, exclusive")
+    b.set_defaults(func=cmd_backfill)
+
+    s = sub.add_parser("simulate", help="serve the StackOne request-logs API simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--rows-per-hour", type=int, default=1200)
+    s.add_argument("--rate-limit", type=int, default=1000, help="requests per minute per key")
+    s.set_defaults(func=cmd_simulate)
+
+    v = sub.add_parser("dev", help="start the simulator and `dagster dev` on the same data directory")
+    v.add_argument("--data-dir", default="./data")
+    v.add_argument("--port", type=int, default=3000)
+    v.add_argument("--sim-port", type=int, default=8765)
+    v.add_argument("--seed", type=int, default=42)
+    v.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Fixtures: a real simulator on 127.0.0.1, clients against it, a temporary data directory."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
+from stackone_pipeline.stackone.client import StackOneClient
+from stackone_pipeline.stackone.ratelimit import RateLimiter
+from stackone_pipeline.warehouse.duckdb_store import Warehouse
+
+warnings.filterwarnings("ignore", module="dagster")
+
+
+def closed_hour(hours_ago: int = 2) -> datetime:
+    """A closed UTC hour `hours_ago` hours before the current one."""
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return now - timedelta(hours=hours_ago)
+
+
+@pytest.fixture
+def sim_config() -> SimulatorConfig:
+    return SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)
+
+
+@pytest.fixture
+def sim(sim_config):
+    with start_simulator(sim_config) as running:
+        yield running
+
+
+@pytest.fixture
+def make_client(sim):
+    clients = []
+
+    def make(**kw) -> StackOneClient:
+        kw.setdefault("rate_limiter", RateLimiter(100_000))
+        kw.setdefault("backoff_base_s", 0.05)
+        kw.setdefault("page_size", 100)
+        client = StackOneClient(kw.pop("api_key", DEFAULT_API_KEY), kw.pop("base_url", sim.url), **kw)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> Warehouse:
+    return Warehouse(tmp_path / "data", lock_timeout_s=30)

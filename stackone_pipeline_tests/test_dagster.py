@@ -1,0 +1,139 @@
+"""The Dagster layer: definitions load, partitions, range runs, retention, metadata, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from stackone_pipeline.assets.request_logs import request_logs
+from stackone_pipeline.backfill import BackfillError, partition_keys
+from stackone_pipeline.partitions import hourly_partitions
+from stackone_pipeline.resources import StackOneResource, StorageResource
+from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER
+from stackone_pipeline.warehouse.duckdb_store import Warehouse
+
+from .conftest import closed_hour
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def key(hour):
+    return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
+
+
+def resources(sim, data_dir, **kw):
+    return {
+        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000, **kw),
+        "storage": StorageResource(data_dir=str(data_dir)),
+    }
+
+
+def events(result, kind):
+    return [e for e in result.all_events if e.event_type_value == kind]
+
+
+def test_definitions_load_and_the_workspace_resolves():
+    from stackone_pipeline.definitions import defs
+
+    assert defs.resolve_asset_graph().get_all_asset_keys() >= {dg.AssetKey("request_logs")}
+    env = dict(os.environ, STACKONE_API_KEY="x")
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_hourly_partitions_are_utc_hours():
+    window = hourly_partitions.time_window_for_partition_key("2026-11-25-13:00")
+    assert window.start.isoformat() == "2026-11-25T13:00:00+00:00"
+    assert window.end - window.start == timedelta(hours=1)
+
+
+def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
+    sim.config.faults.late_fraction = 0.0
+    hours = [closed_hour(i) for i in (4, 3, 2)]
+    result = dg.materialize(
+        [request_logs], resources=resources(sim, tmp_path),
+        tags={"dagster/asset_partition_range_start": key(hours[0]), "dagster/asset_partition_range_end": key(hours[-1])},
+    )
+    assert result.success
+    mats = events(result, "ASSET_MATERIALIZATION")
+    assert sorted(e.partition for e in mats) == [key(h) for h in hours]  # one run, three hours
+    obs = {e.event_specific_data.asset_observation.partition: e.event_specific_data.asset_observation.metadata
+           for e in events(result, "ASSET_OBSERVATION")}
+    assert set(obs) == {key(h) for h in hours}
+    for h in hours:
+        expected = len(sim.simulator.expected_records(h, h + timedelta(hours=1)))
+        assert obs[key(h)]["dagster/partition_row_count"].value == expected
+        assert obs[key(h)]["requests"].value >= 3
+    with Warehouse(tmp_path).reader() as con:
+        assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 900
+
+
+def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
+    hour = closed_hour()
+    result = dg.materialize([request_logs], partition_key=key(hour), resources=resources(sim, tmp_path))
+    assert result.success
+    (mat,) = events(result, "ASSET_MATERIALIZATION")
+    meta = mat.event_specific_data.materialization.metadata
+    for name in ("rows", "pages", "requests", "retries", "throttled", "duplicates_dropped", "clipped_outside_hour",
+                 "redactions", "bytes_written", "seconds", "dagster/partition_row_count"):
+        assert name in meta
+    assert meta["rows"].value == 300 and meta["redactions"].value > 0
+    assert SECRET_MARKER not in str(result.all_events) and DEFAULT_API_KEY not in str(result.all_events)
+
+
+def test_an_hour_past_retention_is_refused_and_nothing_is_stored(sim, tmp_path):
+    old = closed_hour(24 * 90 + 2)
+    result = dg.materialize([request_logs], partition_key=key(old), resources=resources(sim, tmp_path),
+                            raise_on_error=False)
+    assert not result.success
+    failure = events(result, "STEP_FAILURE")[0].step_failure_data.error.message
+    assert "90-day" in failure and "retention" in failure
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "warehouse.duckdb").exists()
+    assert not events(result, "ASSET_MATERIALIZATION")
+
+
+def test_a_wrong_key_fails_the_run_with_a_clear_message(sim, tmp_path):
+    res = resources(sim, tmp_path)
+    res["stackone"] = StackOneResource(api_key="v1.eu1.wrong-key-987", base_url=sim.url)
+    result = dg.materialize([request_logs], partition_key=key(closed_hour()), resources=res, raise_on_error=False)
+    message = events(result, "STEP_FAILURE")[0].step_failure_data.error.message
+    assert "401" in message and "STACKONE_API_KEY" in message and "wrong-key-987" not in message
+
+
+def test_backfill_ranges_are_validated_before_anything_runs():
+    now = closed_hour(0)
+    assert len(partition_keys(now - timedelta(hours=6), now)) == 6
+    with pytest.raises(BackfillError, match="not closed"):
+        partition_keys(now, now + timedelta(hours=1))
+    with pytest.raises(BackfillError, match="90-day"):
+        partition_keys(now - timedelta(days=91), now - timedelta(days=89))
+    with pytest.raises(BackfillError, match="after"):
+        partition_keys(now, now - timedelta(hours=1))
+
+
+def test_cli_backfill_runs_one_dagster_run_into_dagster_home(sim, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    end = closed_hour(1)
+    env = dict(os.environ, STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
+               STACKONE_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(home))
+    out = subprocess.run(
+        [sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", (end - timedelta(hours=3)).isoformat(),
+         "--end", end.isoformat()], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "backfill succeeded" in out.stdout
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert len(instance.get_run_records()) == 1
+    with Warehouse(tmp_path / "data").reader() as con:
+        assert con.execute("SELECT count(DISTINCT hour) FROM request_logs").fetchone()[0] == 3
+    bad = subprocess.run([sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", "2020-01-01T00:00Z",
+                          "--end", "2020-01-01T03:00Z"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "retention" in bad.stderr
