@@ -139,7 +139,7 @@ def bench_rate_limit(quick: bool) -> None:
             ingest_hours(c, Warehouse(tmp), last_hours(n_hours), concurrency=4)
             elapsed = time.perf_counter() - t0
         s = sim.stats()
-        total = s["requests"]
+        total = s["total"]
         throttled = s["by_status"].get("429", 0)
         print(f"(b) simulator limited to {limit}/min, {n_hours} hours at page_size {page_size}, {elapsed:.0f}s")
         print(f"    achieved {(total - throttled) / elapsed * 60:,.0f} requests/min = "

@@ -18,7 +18,7 @@ from typing import Callable
 
 from .lake.parquet import HourWriter, hour_file
 from .stackone.client import FetchStats, StackOneAuthError, StackOneClient
-from .stackone.records import COLUMNS, SCHEMA, normalise, to_batch
+from .stackone.records import COLUMNS, SCHEMA, epoch_us, normalise, to_batch
 from .stackone.redaction import Redactor
 from .warehouse.duckdb_store import Warehouse, create_table_sql
 
@@ -68,6 +68,7 @@ def ingest_hour(
     redactor = Redactor(keep_bodies=redaction.keep_bodies, extra_names=redaction.extra_names)
     seen: set[str] = set()  # ids only (~100 B each): the rows themselves are never held
     path = hour_file(warehouse.data_dir, DATASET, hour)
+    lo, hi = epoch_us(hour), epoch_us(end)
     with HourWriter(path, SCHEMA) as writer:
         pages = client.list_logs(filters={"start_date": hour, "end_date": end}, stats=stats)
         for page in pages:
@@ -78,7 +79,7 @@ def ingest_hour(
                 if ts is None:
                     result.missing_event_time += 1
                     continue
-                if not (hour <= ts < end):
+                if not (lo <= ts < hi):
                     result.clipped_outside_hour += 1
                     continue
                 rid = row["request_id"]
@@ -87,7 +88,7 @@ def ingest_hour(
                         result.duplicates_dropped += 1
                         continue
                     seen.add(rid)
-                row["hour"] = hour
+                row["hour"] = lo
                 rows.append(row)
             writer.write(to_batch(rows))
         writer.commit()

@@ -63,8 +63,14 @@ _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _OPAQUE = frozenset({"headers", "query_params", "body", "raw"})
 
 
+_SNAKE: dict[str, str] = {}  # the same few dozen keys on every record: convert each once
+
+
 def snake(key: str) -> str:
-    return _CAMEL.sub("_", key).lower() if not key.islower() else key
+    s = _SNAKE.get(key)
+    if s is None:
+        s = _SNAKE[key] = _CAMEL.sub("_", key).lower()
+    return s
 
 
 def snake_keys(value):
@@ -73,10 +79,10 @@ def snake_keys(value):
         out = {}
         for k, v in value.items():
             sk = snake(k) if isinstance(k, str) else k
-            out[sk] = v if sk in _OPAQUE else snake_keys(v)
+            out[sk] = v if sk in _OPAQUE or not isinstance(v, (dict, list)) else snake_keys(v)
         return out
     if isinstance(value, list):
-        return [snake_keys(v) for v in value]
+        return [snake_keys(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 
@@ -94,6 +100,18 @@ def parse_timestamp(value) -> datetime | None:
         except ValueError:
             return None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(dt: datetime | None) -> int | None:
+    """Microseconds since the epoch: Arrow builds timestamp columns from ints ~300x faster
+    than from timezone-aware datetimes."""
+    if dt is None:
+        return None
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def _int(value):
@@ -136,22 +154,33 @@ def _json(value) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _same(value):
+    return value
+
+
 def normalise(raw: dict, redactor: Redactor) -> dict:
-    """One wire record -> a row of SCHEMA (without `hour`), redacted."""
-    rec = {snake(k): v for k, v in raw.items()} if not all(k.islower() for k in raw) else raw
+    """One wire record -> a row of SCHEMA (without `hour`), redacted; timestamps as epoch_us."""
+    # A record is either the wire's snake_case or the SDK's camelCase throughout; only the
+    # latter needs its keys converted, nested ones included.
+    camel = any(not k.islower() for k in raw)
+    rec = {snake(k): v for k, v in raw.items()} if camel else raw
+    nested = snake_keys if camel else _same
     row = {name: _str(rec.get(name)) for name in _STRING_FIELDS}
     for name in _TIMESTAMP_FIELDS:
-        row[name] = parse_timestamp(rec.get(name))
+        row[name] = epoch_us(parse_timestamp(rec.get(name)))
     row["status"] = _int(rec.get("status"))
     row["success"] = _bool(rec.get("success"))
     row["duration_ms"] = _float(rec.get("duration"))
     row["is_worker"] = _bool(rec.get("is_worker"))
     row["url"] = redactor.url(row["url"])
-    row["request"] = _json(redactor.request(snake_keys(rec.get("request"))))
-    row["response"] = _json(redactor.response(snake_keys(rec.get("response"))))
-    row["step_requests"] = _json(redactor.step_requests(snake_keys(rec.get("step_requests"))))
+    row["request"] = _json(redactor.request(nested(rec.get("request"))))
+    row["response"] = _json(redactor.response(nested(rec.get("response"))))
+    row["step_requests"] = _json(redactor.step_requests(nested(rec.get("step_requests"))))
     return row
 
 
 def to_batch(rows: list[dict]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+    # Column by column: several times faster than RecordBatch.from_pylist.
+    return pa.RecordBatch.from_arrays(
+        [pa.array([r.get(name) for r in rows], type=typ) for name, typ, _ in COLUMNS], schema=SCHEMA
+    )

@@ -8,8 +8,8 @@ unless the user asks to keep them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 
@@ -22,6 +22,10 @@ SECRET_QUERY_PARAMS = frozenset(
     {"key", "sig", "code", "auth", "access_token", "refresh_token", "client_secret", "session", "sessionid"}
 )
 BODY_KEYS = ("body", "raw")
+# name=value pairs of a query string; values are replaced in place so the rest of the URL keeps
+# its exact bytes (re-encoding it would change what users search for).
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]+)=([^&;#]*)")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@?#]*@")
 
 
 @dataclass
@@ -32,14 +36,25 @@ class Redactor:
 
     def __post_init__(self) -> None:
         self._extra = frozenset(n.lower() for n in self.extra_names)
+        # Header and parameter names repeat across records: decide once per name.
+        self._header_verdicts: dict[str, bool] = {}
+        self._param_verdicts: dict[str, bool] = {}
 
     def is_secret_header(self, name: str) -> bool:
-        n = name.lower()
-        return n in SECRET_HEADERS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+        verdict = self._header_verdicts.get(name)
+        if verdict is None:
+            n = name.lower()
+            verdict = n in SECRET_HEADERS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+            self._header_verdicts[name] = verdict
+        return verdict
 
     def is_secret_param(self, name: str) -> bool:
-        n = name.lower()
-        return n in SECRET_QUERY_PARAMS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+        verdict = self._param_verdicts.get(name)
+        if verdict is None:
+            n = name.lower()
+            verdict = n in SECRET_QUERY_PARAMS or n in self._extra or any(p in n for p in SECRET_NAME_PARTS)
+            self._param_verdicts[name] = verdict
+        return verdict
 
     # -- pieces -------------------------------------------------------------------------
     def headers(self, headers):
@@ -68,23 +83,19 @@ class Redactor:
         """Redact credential-like query parameters and any user:password in a URL string."""
         if not isinstance(url, str) or ("?" not in url and "@" not in url):
             return url
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return url
-        netloc = parts.netloc
-        if "@" in netloc:
-            self.count += 1
-            netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            redacted = [(k, REDACTED if self.is_secret_param(k) else v) for k, v in pairs]
-            hits = sum(1 for (k, _) in pairs if self.is_secret_param(k))
-            if hits:
-                self.count += hits
-                query = urlencode(redacted, safe="[]")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        hits = 0
+
+        def pair(m: re.Match) -> str:
+            nonlocal hits
+            if self.is_secret_param(m.group(2)) and m.group(3) != REDACTED:
+                hits += 1
+                return f"{m.group(1)}{m.group(2)}={REDACTED}"
+            return m.group(0)
+
+        out = _QUERY_PAIR.sub(pair, url)
+        out, userinfo = _USERINFO.subn(rf"\g<1>{REDACTED}@", out)
+        self.count += hits + userinfo
+        return out
 
     # -- nested objects of a record -------------------------------------------------------
     def request(self, req):
