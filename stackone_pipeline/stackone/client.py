@@ -116,6 +116,8 @@ class StackOneClient:
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self._sleep, self._clock = sleep, clock
         self._safe_base = Redactor().url(self.base_url)
+        # Belt and braces: should a server ever echo the key, it is cut out of our messages.
+        self._scrub = lambda text: text.replace(api_key, "[REDACTED]")
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=httpx.BasicAuth(api_key, ""),
@@ -232,13 +234,11 @@ class StackOneClient:
         cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(cap / 2, cap)
 
-    @staticmethod
-    def _message(resp: httpx.Response) -> str:
+    def _message(self, resp: httpx.Response) -> str:
         try:
             body = orjson.loads(resp.content)
             if isinstance(body, dict):
-                msg = body.get("message") or body.get("error") or body
-                return str(msg)[:500]
+                return self._scrub(str(body.get("message") or body.get("error") or body)[:500])
         except orjson.JSONDecodeError:
             pass
-        return resp.text[:200] or resp.reason_phrase
+        return self._scrub(resp.text[:200] or resp.reason_phrase)
