@@ -1,4 +1,4 @@
-"""`stackone-pipeline`: demo, backfill, simulate, dev."""
+"""`stackone-pipeline`: demo, backfill, report, simulate, dev."""
 
 from __future__ import annotations
 
@@ -43,6 +43,37 @@ def cmd_backfill(args) -> int:
         print(f"backfill failed (run {result.run_id})", file=sys.stderr)
         return 1
     print(f"backfill succeeded (run {result.run_id})")
+    return 0
+
+
+def parse_since(value: str) -> timedelta:
+    """`24h`, `90m`, `7d` -> a timedelta."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    try:
+        return timedelta(**{units[value[-1]]: float(value[:-1])})
+    except (KeyError, ValueError):
+        raise SystemExit(f"error: --since takes a number and a unit m, h or d (e.g. 24h), not {value!r}") from None
+
+
+def cmd_report(args) -> int:
+    from .backfill import BackfillError, parse_time
+    from .reporting import ReportError, run_report
+    from .settings import Settings
+
+    now = datetime.now(timezone.utc)
+    try:
+        end = parse_time(args.end) if args.end else now
+        start = parse_time(args.start) if args.start else end - parse_since(args.since)
+    except BackfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data_dir = Settings.from_env().data_dir
+    try:
+        print(run_report(data_dir, start, end, args.html))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nHTML report (opens offline): {Path(args.html).resolve()}")
     return 0
 
 
@@ -133,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--start", required=True, help="ISO-8601, e.g. 2026-11-25T00:00Z")
     b.add_argument("--end", required=True, help="ISO-8601, exclusive")
     b.set_defaults(func=cmd_backfill)
+
+    r = sub.add_parser("report", help="the guide's key metrics for a window, as text and a self-contained HTML file")
+    r.add_argument("--since", default="24h", help="window ending now, e.g. 24h, 90m, 7d (default 24h)")
+    r.add_argument("--start", help="ISO-8601 start (instead of --since)")
+    r.add_argument("--end", help="ISO-8601 end (default now)")
+    r.add_argument("--html", default="stackone-report.html", help="where to write the HTML report")
+    r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("simulate", help="serve the StackOne request-logs API simulator")
     s.add_argument("--host", default="127.0.0.1")

@@ -2,11 +2,14 @@
 
 import dagster as dg
 
+from .assets.prometheus_delivery import prometheus_delivery
 from .assets.request_logs import request_logs
+from .assets.sinks import delivery_asset
 from .resources import resources_from_env
+from .sinks import otlp
 
 defs = dg.Definitions(
-    assets=[request_logs],
+    assets=[request_logs, delivery_asset("otlp", otlp), prometheus_delivery],
     resources=resources_from_env(),
     executor=dg.in_process_executor,  # one process per run: the rate limiter is shared in-process
 )

@@ -1,0 +1,94 @@
+"""How much of a deep backfill is Dagster bookkeeping? Measures one single_run range run.
+
+    python benchmarks/backfill_shape_bench.py [--hours 2160] [--rows-per-hour 100]
+
+Runs `request_logs` over N hours in ONE Dagster run (a SQLite DAGSTER_HOME, like `dagster dev`)
+against the simulator with no rate limit, and splits the wall time into the time spent in
+ingestion itself and everything else (planning, one materialization + one observation event per
+hour). It then sets that overhead beside the pure fetch time the real rate limit allows
+(requests needed / 1000 per minute), which is what a real 90-day backfill is bound by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+warnings.filterwarnings("ignore")
+
+import dagster as dg  # noqa: E402
+
+from ingest_bench import SimulatorProcess, last_hours  # noqa: E402
+from stackone_pipeline import ingest  # noqa: E402
+from stackone_pipeline.assets.request_logs import request_logs  # noqa: E402
+from stackone_pipeline.partitions import hourly_partitions  # noqa: E402
+from stackone_pipeline.resources import StackOneResource, StorageResource  # noqa: E402
+from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hours", type=int, default=2160)
+    p.add_argument("--rows-per-hour", type=int, default=100)
+    args = p.parse_args()
+    hours = last_hours(args.hours)
+    keys = [hourly_partitions.get_partition_key_for_timestamp(h.timestamp()) for h in hours]
+    sim = SimulatorProcess(args.rows_per_hour, rate_limit=10_000_000)
+    spent = []
+    real = ingest.ingest_hours
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    ingest.ingest_hours = timed
+    import stackone_pipeline.assets.request_logs as module
+
+    module.ingest_hours = timed
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            os.environ["DAGSTER_HOME"] = str(home)
+            t0 = time.perf_counter()
+            result = dg.materialize(
+                [request_logs],
+                instance=dg.DagsterInstance.get(),
+                resources={
+                    "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=10_000_000),
+                    "storage": StorageResource(data_dir=str(Path(tmp) / "data")),
+                },
+                tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+            wall = time.perf_counter() - t0
+            requests = sum(1 for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION")
+        assert result.success
+    finally:
+        sim.stop()
+    work = spent[0]
+    overhead = wall - work
+    pages_per_hour = -(-args.rows_per_hour // 100)
+    fetch_at_limit = len(hours) * pages_per_hour / 1000 * 60
+    print(f"{len(hours)} hours in one run, {args.rows_per_hour} rows/hour, no rate limit ({requests} hourly observations)")
+    print(f"  wall {wall:,.1f}s = ingestion {work:,.1f}s + Dagster bookkeeping {overhead:,.1f}s "
+          f"({overhead / len(hours) * 1000:.0f} ms per hour)")
+    print(f"  a real backfill at 1000 requests/min needs >= {fetch_at_limit:,.0f}s of fetching for "
+          f"{pages_per_hour} page(s)/hour: bookkeeping is {overhead / (overhead + fetch_at_limit):.0%} of the total")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The OTLP/HTTP logs sink against a real OTLP receiver on 127.0.0.1, rows from the simulator."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import httpx
+import pytest
+
+from stackone_pipeline.assets.request_logs import request_logs
+from stackone_pipeline.assets.sinks import delivery_asset
+from stackone_pipeline.ingest import ingest_hours
+from stackone_pipeline.partitions import hourly_partitions
+from stackone_pipeline.resources import StackOneResource, StorageResource
+from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER, SimulatorConfig
+from stackone_pipeline.sinks import otlp
+from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
+from stackone_pipeline.sinks.payload import is_error
+from stackone_pipeline.sinks.transport import Action, Transport
+
+from .conftest import closed_hour
+from .receivers.otlp import OtlpReceiver
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ROWS = 600  # > 512: an hour needs two exports
+
+
+@pytest.fixture
+def sim_config() -> SimulatorConfig:
+    return SimulatorConfig(seed=7, rows_per_hour=ROWS, diurnal=False)
+
+
+@pytest.fixture
+def rx():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def transport():
+    t = Transport(backoff_base_s=0.01, deadline_s=20)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def hour(make_client, warehouse):
+    h = closed_hour()
+    ingest_hours(make_client(), warehouse, [h])
+    return h
+
+
+def sink_for(rx: OtlpReceiver) -> otlp.OtlpSink:
+    return otlp.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": rx.url})
+
+
+def ids(rx: OtlpReceiver) -> Counter:
+    return Counter(r.attributes["stackone.request_id"] for r in rx.records)
+
+
+def stored_ids(warehouse, hour) -> set[str]:
+    return {r["request_id"] for r in stored_rows(warehouse, hour)}
+
+
+def test_an_hour_arrives_once_with_exact_severity_time_and_attributes(rx, transport, warehouse, hour):
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.url + "/", "OTEL_SERVICE_NAME": "svc-test",
+           "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20tok%3D%3D,x-tenant = t1"}  # fmt: skip
+    started_ns = time.time_ns()
+    report = deliver_hour(otlp.from_env(env), warehouse, hour, transport)
+    rows = {r["request_id"]: r for r in stored_rows(warehouse, hour)}
+    assert report.sent == report.accepted == len(rows) == ROWS and report.rejected == 0
+    assert ids(rx) == Counter(set(rows))  # every stored row exactly once
+    assert [e.records for e in rx.exchanges] == [512, ROWS - 512]  # ≤ 512 per export
+    for e in rx.exchanges:
+        assert e.status == 200 and e.headers["content-type"] == "application/x-protobuf"
+        assert e.headers["content-encoding"] == "gzip" and e.headers["x-tenant"] == "t1"
+        assert e.headers["authorization"] == "Bearer tok=="  # URL-decoded
+    timeouts = 0
+    for got in rx.records:
+        row, attrs, rec = rows[got.attributes["stackone.request_id"]], got.attributes, got.record
+        assert got.resource["service.name"] == "svc-test" and got.scope == "stackone_pipeline"
+        assert rec.time_unix_nano == (row["event_datetime"] - EPOCH) // timedelta(microseconds=1) * 1000
+        assert rec.observed_time_unix_nano >= started_ns  # observed = now, time = the event
+        error = row["status"] >= 400 if row["status"] is not None else not row["success"]
+        assert (rec.severity_number, rec.severity_text) == ((17, "ERROR") if error else (9, "INFO"))
+        assert attrs.get("http.status_code") == row["status"] == attrs.get("http.response.status_code")
+        assert attrs["http.method"] == attrs["http.request.method"] == row["http_method"]
+        assert attrs["url.path"] == row["path"] and attrs["duration_ms"] == row["duration_ms"]
+        assert (attrs["stackone.provider"], attrs["stackone.account_id"], attrs["stackone.action"]) == (
+            row["provider"], row["account_id"], row["action"])  # fmt: skip
+        shown = row["status"] if row["status"] is not None else "timeout"
+        assert rec.body.string_value == f"{row['http_method']} {row['path']} {shown}"
+        timeouts += row["status"] is None
+    assert timeouts >= 1  # the null-status case was exercised (and came out ERROR above)
+    assert sum(r.record.severity_number == 17 for r in rx.records) == sum(map(is_error, rows.values())) > timeouts
+    for data in rx.payloads:  # no secret from logged headers or URLs left the machine
+        assert SECRET_MARKER.encode() not in data
+    assert all(SECRET_MARKER not in str(e.headers) for e in rx.exchanges)
+
+
+def test_429_and_503_are_retried_honouring_retry_after(rx, transport, warehouse, hour):
+    rx.answer(429, retry_after="1")
+    target = time.time() + 3  # an HTTP date (whole seconds), reached after the 429's second
+    rx.answer(503, retry_after=email.utils.formatdate(target, usegmt=True))
+    report = deliver_hour(sink_for(rx), warehouse, hour, transport)
+    ex = rx.exchanges
+    assert [e.status for e in ex] == [429, 503, 200, 200] and report.retries == 2
+    assert ex[1].at - ex[0].at >= 1.0  # Retry-After in seconds, honoured
+    assert ex[2].wall >= int(target) - 0.01  # Retry-After as an HTTP date, honoured
+    assert ids(rx) == Counter(stored_ids(warehouse, hour))  # retried bodies stored once
+
+
+def test_only_429_502_503_504_are_retried(rx, transport, warehouse, hour):
+    for status in (400, 401, 403, 404, 408, 500, 501):
+        before = len(rx.exchanges)
+        rx.answer(status, message=f"no-{status}")
+        with pytest.raises(DeliveryError, match=f"HTTP {status}: no-{status}"):  # the rpc Status message
+            deliver_hour(sink_for(rx), warehouse, hour, transport)
+        assert len(rx.exchanges) == before + 1  # not retried
+    assert rx.records == []
+    for status in (502, 504):
+        rx.answer(status)
+        report = deliver_hour(sink_for(rx), warehouse, hour, transport, force=True)
+        assert report.retries == 1 and report.accepted == ROWS
+    assert set(ids(rx).values()) == {2}
+
+
+def test_partial_success_is_reported_and_never_retried(rx, transport, warehouse, hour):
+    rx.partial(5, message="5 records had invalid attributes")
+    report = deliver_hour(sink_for(rx), warehouse, hour, transport)
+    assert len(rx.exchanges) == 2 and report.retries == 0  # one request per batch
+    assert (report.rejected, report.accepted) == (5, ROWS - 5)
+    assert report.rejected_reasons == ["partial_success: 5 rejected: 5 records had invalid attributes"]
+    assert len(rx.records) == ROWS - 5 and max(ids(rx).values()) == 1
+    assert deliver_hour(sink_for(rx), warehouse, hour, transport).sent == 0  # not resent by a re-run
+
+
+def test_rerun_sends_nothing_and_force_resends_everything(rx, transport, warehouse, hour):
+    first = deliver_hour(sink_for(rx), warehouse, hour, transport)
+    again = deliver_hour(sink_for(rx), warehouse, hour, transport)
+    assert first.accepted == ROWS and (again.sent, again.already_delivered, again.batches) == (0, ROWS, 0)
+    assert len(rx.exchanges) == 2
+    forced = deliver_hour(sink_for(rx), warehouse, hour, transport, force=True)
+    assert forced.accepted == ROWS and set(ids(rx).values()) == {2}
+
+
+def test_late_arrivals_are_delivered_once(sim, make_client, rx, transport, warehouse):
+    sim.config.faults.late_fraction = 0.2
+    h = closed_hour(3)
+    ingest_hours(make_client(), warehouse, [h])
+    first = deliver_hour(sink_for(rx), warehouse, h, transport)
+    ingest_hours(make_client(), warehouse, [h])  # the re-ingest sees the late rows
+    second = deliver_hour(sink_for(rx), warehouse, h, transport)
+    assert 0 < second.sent == ROWS - first.sent and second.already_delivered == first.sent
+    assert ids(rx) == Counter(stored_ids(warehouse, h)) and len(rx.records) == ROWS
+
+
+def test_a_crash_mid_push_resumes_without_loss(rx, transport, warehouse, hour):
+    sink = sink_for(rx)
+    sink.max_entries = 100  # six exports for the hour
+    rx.fail_from(3, status=500)
+    with pytest.raises(DeliveryError, match=r"stopped after 300 accepted \(4 batches\): HTTP 500: receiver is failing"):
+        deliver_hour(sink, warehouse, hour, transport)
+    assert len(rx.records) == 300
+    rx.recover()
+    rest = deliver_hour(sink, warehouse, hour, transport)
+    assert (rest.sent, rest.already_delivered) == (300, 300)
+    assert ids(rx) == Counter(stored_ids(warehouse, hour))  # the union: every record exactly once
+
+
+def test_a_too_large_export_is_split_until_it_fits(transport, warehouse, hour):
+    with OtlpReceiver(max_decompressed_bytes=60_000) as small:
+        report = deliver_hour(sink_for(small), warehouse, hour, transport)
+        statuses = Counter(e.status for e in small.exchanges)
+        assert statuses[413] >= 1 and report.accepted == ROWS and report.retries == 0
+        assert ids(small) == Counter(stored_ids(warehouse, hour))
+        assert max(e.records for e in small.exchanges if e.status == 200) <= 256  # halves, at least once
+
+
+def test_the_receiver_rejects_what_a_collector_rejects(rx):
+    sink = sink_for(rx)
+    with httpx.Client() as http:
+        json_body = http.post(rx.logs_url, content=b"{}", headers={"content-type": "application/json"})
+        garbage = http.post(rx.logs_url, content=b"\xff\xff\xff", headers={"content-type": "application/x-protobuf"})
+        wrong_path = http.post(rx.url + "/v1/traces", content=b"", headers={"content-type": "application/x-protobuf"})
+    assert (json_body.status_code, garbage.status_code, wrong_path.status_code) == (415, 400, 404)
+    verdict = sink.classify(garbage)
+    assert verdict.action is Action.FAIL and "cannot decode ExportLogsServiceRequest" in verdict.reason
+    assert rx.records == [] and rx.payloads == []
+
+
+def test_endpoint_headers_and_resource_come_from_the_standard_variables():
+    assert otlp.from_env({}) is None and otlp.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}) is None
+    assert otlp.NOT_CONFIGURED == "OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is not set"
+    assert otlp.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).url == "http://c:4318/v1/logs"
+    assert otlp.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c/otlp/"}).url == "https://c/otlp/v1/logs"
+    both = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://l:1/ingest"}
+    assert otlp.from_env(both).url == "http://l:1/ingest"  # the signal endpoint is used as given
+    sink = otlp.from_env({**both, "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=x%2Cy",
+                          "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "api-key=k%20k, X-Team=ops"})  # fmt: skip
+    assert {k: v for k, v in sink.headers.items() if not k.startswith("content-")} == {"api-key": "k k", "x-team": "ops"}
+    assert otlp.from_env({**both, "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=x%2Cy"}).headers["b"] == "x,y"
+    spoof = otlp.from_env({**both, "OTEL_EXPORTER_OTLP_HEADERS": "content-type=text/plain"})
+    assert spoof.headers["content-type"] == "application/x-protobuf"
+    assert sink.resource.attributes["service.name"] == "stackone-request-log"
+    env = {**both, "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=x"}
+    assert dict(otlp.from_env(env).resource.attributes) == {"deployment.environment": "prod", "service.name": "x"}
+    assert otlp.from_env({**env, "OTEL_SERVICE_NAME": "y"}).resource.attributes["service.name"] == "y"
+
+
+def test_the_dagster_asset_delivers_and_reports(sim, rx, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+    h = closed_hour()
+    key = hourly_partitions.get_partition_key_for_timestamp(h.timestamp())
+    resources = {
+        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000),
+        "storage": StorageResource(data_dir=str(tmp_path)),
+    }
+    otlp_delivery = delivery_asset("otlp", otlp)
+    result = dg.materialize([request_logs, otlp_delivery], partition_key=key, resources=resources)
+    assert result.success
+    meta = result.asset_materializations_for_node("otlp_delivery")[0].metadata
+    assert meta["sent"].value == meta["accepted"].value == ROWS and meta["rejected"].value == 0
+    assert meta["batches"].value == 2 and len(rx.records) == ROWS and max(ids(rx).values()) == 1
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    skipped = dg.materialize([otlp_delivery], partition_key=key, resources=resources)
+    obs = [e for e in skipped.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert obs[0].event_specific_data.asset_observation.metadata["skipped"].value == f"skipped: {otlp.NOT_CONFIGURED}"
+    assert skipped.asset_materializations_for_node("otlp_delivery") == [] and len(rx.exchanges) == 2
