@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from .assets.analytics import analytics_tables
 from .assets.prometheus_delivery import prometheus_delivery
 from .assets.request_logs import request_logs
 from .assets.sinks import delivery_asset
@@ -9,7 +10,7 @@ from .resources import resources_from_env
 from .sinks import otlp
 
 defs = dg.Definitions(
-    assets=[request_logs, delivery_asset("otlp", otlp), prometheus_delivery],
+    assets=[request_logs, analytics_tables, delivery_asset("otlp", otlp), prometheus_delivery],
     resources=resources_from_env(),
     executor=dg.in_process_executor,  # one process per run: the rate limiter is shared in-process
 )

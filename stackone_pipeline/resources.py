@@ -6,6 +6,8 @@ Everything else comes from `Settings.from_env()` (the one place that reads the e
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from .ingest import RedactionSettings
@@ -49,8 +51,12 @@ class StorageResource(dg.ConfigurableResource):
 
 
 def resources_from_env(settings: Settings | None = None) -> dict:
+    from .analytics.thresholds import Thresholds
+    from .assets.analytics import AlertThresholdsResource
+
     s = settings or Settings.from_env()
     return {
+        "alerts": AlertThresholdsResource.from_thresholds(Thresholds.from_env(os.environ)),
         "stackone": StackOneResource(
             api_key=dg.EnvVar("STACKONE_API_KEY"),
             base_url=s.base_url,

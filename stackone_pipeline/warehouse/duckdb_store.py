@@ -139,12 +139,19 @@ class Warehouse:
             log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
             return []
         try:
+            # Views over a glob pick up new files at query time: only missing views are created
+            # (re-creating reads every file's footer, which grows with history).
+            existing = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for name in datasets:
+                if name in existing:
+                    continue
                 con.execute(
                     f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
                     f"'{dataset_glob(self.data_dir, name)}', hive_partitioning = false, union_by_name = true)"
                 )
             for name, select in (extra_views or {}).items():
+                if name in existing:
+                    continue
                 try:
                     con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
                 except duckdb.CatalogException:  # its base dataset has no files yet

@@ -1,0 +1,9 @@
+SELECT
+    hour,
+    bucket_start,
+    provider,
+    count(*) AS requests,
+    count(*) FILTER (WHERE is_error) AS errors,
+    count(*) FILTER (WHERE is_error) / count(*) AS error_rate
+FROM hour_requests
+GROUP BY hour, bucket_start, provider
