@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -161,13 +160,13 @@ def bench_memory(quick: bool) -> None:
                 "from stackone_pipeline.stackone.client import StackOneClient;"
                 "from stackone_pipeline.stackone.ratelimit import RateLimiter;"
                 "from stackone_pipeline.warehouse.duckdb_store import Warehouse;"
-                f"c = StackOneClient('{DEFAULT_API_KEY}', '{sim.url}', rate_limiter=RateLimiter(1e9), page_size=1000);"
+                f"c = StackOneClient('{DEFAULT_API_KEY}', '{sim.url}', rate_limiter=RateLimiter(1e9), page_size=100);"
                 "t = time.perf_counter();"
                 f"r = ingest_hours(c, Warehouse('{tmp}'), [datetime.fromisoformat('{hour.isoformat()}')], concurrency=1)[0];"
                 "print(r.rows, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            n, secs, rss_kb = out.split()
+            n, secs, rss_kb = out.strip().splitlines()[-1].split()
         print(f"(c) one {int(n):,}-row hour in a fresh process: {float(secs):.1f}s, "
               f"peak RSS {int(rss_kb) / 1024:,.0f} MB (floor 400 MB)")
     finally:

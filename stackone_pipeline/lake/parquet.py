@@ -43,7 +43,7 @@ class HourWriter:
     a sensible size; memory stays bounded by that buffer, never by the hour.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 20_000):
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 5_000):
         self.path = path
         self.schema = schema
         self.row_group_rows = row_group_rows

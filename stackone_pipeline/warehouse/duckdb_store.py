@@ -58,7 +58,8 @@ def create_table_sql(table: str, columns: list[tuple[str, pa.DataType, str]], js
 
 
 class Warehouse:
-    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0):
+    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, memory_limit: str = "256MB"):
+        self.memory_limit = memory_limit
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "warehouse.duckdb"
         self.query_path = self.data_dir / "query.duckdb"
@@ -73,6 +74,8 @@ class Warehouse:
             con = self._connect(read_only=False)
             try:
                 con.execute("SET TimeZone = 'UTC'")
+                # DuckDB may take 80% of RAM by default; a writer beside the fetch threads must not.
+                con.execute(f"SET memory_limit = '{self.memory_limit}'")
                 yield con
             finally:
                 con.close()
@@ -113,6 +116,7 @@ class Warehouse:
         """Delete `hour` from `table` and insert the hour's Parquet file, in one transaction."""
         with self.writer() as con:
             con.execute(create_sql)
+            con.execute("SET memory_limit = '96MB'")  # a plain insert streams: spill, don't grow
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
