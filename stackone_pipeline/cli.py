@@ -1,4 +1,4 @@
-"""`stackone-pipeline`: demo, backfill, report, simulate, dev."""
+"""`stackone-pipeline`: demo, backfill, report, simulate, webhooks, dev."""
 
 from __future__ import annotations
 
@@ -121,6 +121,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_webhooks(args) -> int:
+    from .settings import Settings
+    from .webhooks import SECRET_ENV, StagingBusyError, WebhookConfigError, serve
+
+    try:
+        serve(args.host, args.port, Settings.from_env().data_dir, os.environ.get(SECRET_ENV, ""),
+              signature_header=args.signature_header, tolerance_s=args.tolerance)
+    except (WebhookConfigError, StagingBusyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_dev(args) -> int:
     """Start the simulator and `dagster dev` on the same data directory."""
     from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
@@ -179,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows-per-hour", type=int, default=1200)
     s.add_argument("--rate-limit", type=int, default=1000, help="requests per minute per key")
     s.set_defaults(func=cmd_simulate)
+
+    w = sub.add_parser("webhooks", help="receive signed StackOne webhooks into <data dir>/webhooks/staging "
+                       "(needs STACKONE_WEBHOOK_SECRET)")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=8780)
+    w.add_argument("--signature-header", default="X-StackOne-Signature", help="header carrying the HMAC-SHA256")
+    w.add_argument("--tolerance", type=float, default=300.0, help="seconds an event timestamp may be from now")
+    w.set_defaults(func=cmd_webhooks)
 
     v = sub.add_parser("dev", help="start the simulator and `dagster dev` on the same data directory")
     v.add_argument("--data-dir", default="./data")

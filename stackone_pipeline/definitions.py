@@ -6,11 +6,13 @@ from .assets.analytics import analytics_tables
 from .assets.prometheus_delivery import prometheus_delivery
 from .assets.request_logs import request_logs
 from .assets.sinks import delivery_asset
+from .assets.webhook_events import webhook_events, webhook_events_sensor
 from .resources import resources_from_env
 from .sinks import otlp
 
 defs = dg.Definitions(
-    assets=[request_logs, analytics_tables, delivery_asset("otlp", otlp), prometheus_delivery],
+    assets=[request_logs, analytics_tables, delivery_asset("otlp", otlp), prometheus_delivery, webhook_events],
+    sensors=[webhook_events_sensor],
     resources=resources_from_env(),
     executor=dg.in_process_executor,  # one process per run: the rate limiter is shared in-process
 )

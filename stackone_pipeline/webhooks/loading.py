@@ -1,0 +1,133 @@
+"""Staged events -> table `webhook_events` in warehouse.duckdb (and a Parquet copy in the lake).
+
+`load_staged_events(warehouse)` reads every closed staging segment, inserts the events whose
+`event_id` is not in the table yet (one transaction per batch, through `Warehouse.writer()`, the
+only write path), records their ids in `loaded_ids` (fsync'd), and only then deletes the
+segments. A crash anywhere leaves the segments staged and the next load skips what the table
+already holds, so each event is in the table exactly once. It returns the events it newly
+inserted.
+
+The touched `received_at` hours are also rewritten to `lake/webhook_events/date=/hour=/`
+(temp file + rename), so `query.duckdb` gets a `webhook_events` view that never locks the
+pipeline's file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+
+from ..lake.parquet import TMP_PREFIX, hour_file
+from ..warehouse.duckdb_store import Warehouse
+from .events import columns
+from .staging import append_loaded, closed_segments, read_segment
+
+log = logging.getLogger(__name__)
+
+TABLE = "webhook_events"
+DATASET = "webhook_events"
+# (name, DuckDB type, description): the documented schema of `webhook_events`.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("event_id", "VARCHAR", "StackOne event id (`id`); unique: loading is idempotent by it"),
+    ("event_type", "VARCHAR", "`type`: account.error, account.expired, request.failed, or any other"),
+    ("received_at", "TIMESTAMPTZ", "when the receiver durably staged the event (UTC)"),
+    ("occurred_at", "TIMESTAMPTZ", "the event's `created_at` (or `timestamp`), UTC; null if absent"),
+    ("account_id", "VARCHAR", "data.account_id: the linked account"),
+    ("provider", "VARCHAR", "data.provider, e.g. workday"),
+    ("request_id", "VARCHAR", "data.request_id (request.failed): the failed request's id"),
+    ("event_datetime", "TIMESTAMPTZ", "data.event_datetime: when the failed request happened (UTC)"),
+    ("event_hour", "TIMESTAMPTZ", "UTC hour of event_datetime, else of occurred_at: the request_logs hour it concerns"),
+    ("error", "JSON", "data.error, as JSON"),
+    ("payload", "JSON", "the whole event body as received"),
+    ("loaded_at", "TIMESTAMPTZ", "when the row was inserted into the warehouse (UTC)"),
+]
+CREATE_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  " + ",\n  ".join(f"{n} {t}" for n, t, _ in COLUMNS) + "\n)"
+_ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "TIMESTAMPTZ": pa.timestamp("us", tz="UTC")}
+_SCHEMA = pa.schema([(n, _ARROW[t]) for n, t, _ in COLUMNS if n != "loaded_at"])
+_NAMES = [n for n, _, _ in COLUMNS if n != "loaded_at"]
+BATCH = 10_000
+
+
+def _row(record: dict) -> dict | None:
+    event = record["event"]
+    try:
+        received_at = datetime.fromisoformat(record["received_at"]).astimezone(timezone.utc)
+    except (TypeError, ValueError):
+        received_at = None
+    if not isinstance(event.get("id"), str) or received_at is None:
+        log.warning("skipped a staged record without an event id or receive time")
+        return None
+    return {"event_id": event["id"], "received_at": received_at, **columns(event), "payload": event}
+
+
+def _export_hours(con, data_dir: Path, hours: set[datetime]) -> None:
+    for hour in sorted(hours):
+        final = hour_file(data_dir, DATASET, hour)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{final.name}.partial"
+        con.execute(
+            f"COPY (SELECT * FROM {TABLE} WHERE received_at >= ? AND received_at < ? ORDER BY received_at, event_id) "
+            f"TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)",
+            [hour, hour + timedelta(hours=1)],
+        )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+
+def load_staged_events(warehouse: Warehouse, batch_size: int = BATCH) -> list[dict]:
+    """Load every staged event into `webhook_events` (idempotent by event_id), then remove the
+    loaded segments. Returns the newly inserted events, oldest `received_at` first, as dicts with the
+    table's columns (`payload` as a dict, `error` as parsed JSON)."""
+    segments = closed_segments(warehouse.data_dir)
+    if not segments:
+        return []
+    by_id = {}
+    for segment in segments:
+        for row in filter(None, map(_row, read_segment(segment))):
+            by_id.setdefault(row["event_id"], row)
+    rows = sorted(by_id.values(), key=lambda r: (r["received_at"], r["event_id"]))
+    new_ids: set[str] = set()
+    loaded_at = datetime.now(timezone.utc)
+    with warehouse.writer() as con:
+        con.execute(CREATE_SQL)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            table = pa.Table.from_pylist(
+                [{**r, "payload": orjson.dumps(r["payload"]).decode()} for r in chunk], schema=_SCHEMA)
+            con.register("staged_webhook_events", table)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                inserted = con.execute(
+                    f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, loaded_at) "
+                    f"SELECT {', '.join(_NAMES)}, ?::TIMESTAMPTZ FROM staged_webhook_events s "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {TABLE} w WHERE w.event_id = s.event_id) RETURNING event_id",
+                    [loaded_at],
+                ).fetchall()
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("staged_webhook_events")
+            new_ids.update(i for (i,) in inserted)
+        hours = {r["received_at"].replace(minute=0, second=0, microsecond=0) for r in rows if r["event_id"] in new_ids}
+        _export_hours(con, warehouse.data_dir, hours)
+    # The index is fsync'd before any segment goes; a concurrent load that re-reads a segment
+    # skips its events in the table.
+    append_loaded(warehouse.data_dir, [r["event_id"] for r in rows])
+    for segment in segments:
+        segment.unlink(missing_ok=True)
+    if new_ids:
+        warehouse.publish_views()
+    new = [r for r in rows if r["event_id"] in new_ids]
+    for r in new:
+        r["error"] = None if r["error"] is None else orjson.loads(r["error"])
+        r["loaded_at"] = loaded_at
+    log.info("loaded %d new webhook event(s) from %d staged segment(s)", len(new), len(segments))
+    return new
