@@ -53,6 +53,7 @@ class StorageResource(dg.ConfigurableResource):
 def resources_from_env(settings: Settings | None = None) -> dict:
     from .analytics.thresholds import Thresholds
     from .assets.analytics import AlertThresholdsResource
+    from .automation.resources import NotifyResource
 
     s = settings or Settings.from_env()
     return {
@@ -67,4 +68,5 @@ def resources_from_env(settings: Settings | None = None) -> dict:
             redact_names=list(s.redact_names),
         ),
         "storage": StorageResource(data_dir=s.data_dir),
+        "notify": NotifyResource.from_env(),
     }

@@ -1,0 +1,47 @@
+"""`late_arrivals`: per hour, the rows a re-ingest found that the previous ingest had not.
+
+Downstream of `request_logs` in the hourly job, so the lookback counts what it found; the table
+`late_arrivals(hour, detected_at, new_rows)` keeps a row per detection (see late_arrivals.py).
+"""
+
+
+import dagster as dg
+
+from ..assets.hours import hours_of_run
+from ..late_arrivals import count_late_arrivals
+from ..partitions import hourly_partitions
+from ..resources import StorageResource
+
+
+def late_arrivals_asset(keep_baseline_hours: int = 48) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="late_arrivals",
+        deps=["request_logs"],
+        partitions_def=hourly_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="ingestion",
+        kinds={"duckdb"},
+        metadata={"dagster/table_name": "warehouse.late_arrivals"},
+        description="Rows of each hour that StackOne recorded after an earlier ingest of the hour: "
+        "table late_arrivals(hour, detected_at, new_rows), one row per re-ingest that found any.",
+    )
+    def late_arrivals(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        keys = hours_of_run(context)
+        warehouse = storage.warehouse()
+        found = [count_late_arrivals(warehouse, hour, keep_hours=keep_baseline_hours) for hour in keys]
+        for r in found:
+            if r.new_rows:
+                context.log.info(f"{r.hour:%Y-%m-%d %H}:00 UTC: {r.new_rows} late row(s)")
+            if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
+                context.log_event(dg.AssetObservation(
+                    asset_key=context.asset_key, partition=keys[r.hour], metadata=r.metadata()))
+        if len(found) == 1:
+            return dg.MaterializeResult(metadata=found[0].metadata())
+        return dg.MaterializeResult(metadata={
+            "run_hours": len(found),
+            "run_new_rows": sum(r.new_rows or 0 for r in found),
+            "hours_with_late_rows": dg.MetadataValue.json(
+                {keys[r.hour]: r.new_rows for r in found if r.new_rows}),
+        })
+
+    return late_arrivals

@@ -1,0 +1,21 @@
+"""The job the schedules and sensors launch: an hour (or a range of hours) of everything
+downstream of `request_logs` — ingest, late-arrival count, derived tables and their checks, sinks.
+
+Every asset in it is hourly with a single_run backfill policy, so a range (the lookback) is one
+run; notifications are not in it (they run in sensors), so a channel that is down never holds up
+ingestion.
+"""
+
+import dagster as dg
+
+from ..partitions import hourly_partitions
+
+HOURLY_JOB = "hourly_job"
+
+hourly_job = dg.define_asset_job(
+    HOURLY_JOB,
+    selection=dg.AssetSelection.assets("request_logs").downstream(),
+    partitions_def=hourly_partitions,
+    description="One UTC hour (or a range): request_logs, late_arrivals, the analytics tables and "
+    "checks, and every sink delivery.",
+)

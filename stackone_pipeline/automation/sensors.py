@@ -1,0 +1,95 @@
+"""Sensors: notifications (alerts, webhook events, failed runs) and re-ingest on request.failed.
+
+* `alert_notifications` (every 60 s): the open alert conditions (newest evaluated hour of
+  alert_evaluations) through the channels — once when a condition opens, once when it clears —
+  and every message still pending from an earlier tick (a channel that was down).
+* `webhook_actions_sensor` (every 30 s): new `webhook_events` rows. `request.failed` -> one run
+  of `hourly_job` for the event's hour (closed hours only; the schedules cover the open one),
+  run_key = the event id (the first one of that hour in the tick); `account.error` /
+  `account.expired` -> a notification naming the account and provider.
+* `run_failure_notifications`: every failed run of this code location, through the channels.
+
+They never run inside a job, and each channel has a short deadline: notifications cannot hold
+up ingestion, and what failed is retried on the next tick.
+"""
+
+
+import re
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from ..notify.conditions import alert_conditions, event_condition, run_failure_condition
+from ..partitions import expired_hours, hourly_partitions
+from ..resources import StorageResource
+from ..warehouse.duckdb_store import Warehouse
+from .config import AutomationSettings
+from .events import event_hour, read_new_events
+from .jobs import hourly_job
+from .resources import NotifyResource
+from .schedules import HOUR, RANGE_END, RANGE_START, TRIGGER, partition_key
+
+LOCK_TIMEOUT_S = 20  # a sensor tick must finish well inside Dagster's 60 s evaluation timeout
+START = hourly_partitions.start
+ERROR_PREFIX = re.compile(r"^(?:\w+\.)+(?:Failure: )?")  # dagster._core...Failure: <message>
+
+
+def _warehouse(storage: StorageResource) -> Warehouse:
+    return Warehouse(storage.data_dir, lock_timeout_s=LOCK_TIMEOUT_S)
+
+
+def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
+    """One run per affected closed hour, keyed by the first request.failed event of that hour."""
+    by_hour: dict[datetime, list[str]] = {}
+    for e in events:
+        hour = event_hour(e) if e.get("event_type") == "request.failed" else None
+        if hour is None or hour + HOUR > now or hour < START or expired_hours([hour], now):
+            continue
+        by_hour.setdefault(hour, []).append(e["event_id"])
+    return [
+        dg.RunRequest(run_key=ids[0], partition_key=partition_key(hour), tags={
+            TRIGGER: "webhook request.failed", "stackone/webhook_events": ",".join(ids)[:1000]})
+        for hour, ids in sorted(by_hour.items())
+    ]
+
+
+def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+    status = dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
+
+    @dg.sensor(name="alert_notifications", minimum_interval_seconds=60, default_status=status,
+               description="Failing alert thresholds -> the notification channels, once per condition, "
+               "resolved when it clears; retries what a down channel missed.")
+    def alert_notifications(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
+        warehouse = _warehouse(storage)
+        report = notify.notifier(warehouse).sync(open_alerts=alert_conditions(warehouse, notify.dagster_url))
+        channels = ", ".join(notify.channel_names()) or "no channel configured (STACKONE_NOTIFY_*)"
+        return dg.SkipReason(f"{report.summary()} [{channels}]")
+
+    @dg.sensor(name="webhook_actions_sensor", job=hourly_job, minimum_interval_seconds=30, default_status=status,
+               description="New webhook events: request.failed re-ingests its hour; account.error / "
+               "account.expired are notified.")
+    def webhook_actions_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
+        warehouse = _warehouse(storage)
+        batch = read_new_events(warehouse, context.cursor)
+        conditions = [c for c in (event_condition(e, notify.dagster_url) for e in batch.events) if c]
+        report = notify.notifier(warehouse).sync(events=conditions) if conditions else None
+        runs = reingest_requests(batch.events, datetime.now(timezone.utc))
+        why = f"{len(batch.events)} new event(s), {len(runs)} re-ingest(s)"
+        why += f"; {report.summary()}" if report else ""
+        return dg.SensorResult(run_requests=runs, cursor=batch.cursor, skip_reason=None if runs else why)
+
+    @dg.run_failure_sensor(name="run_failure_notifications", default_status=status,
+                           description="A failed run -> the notification channels (once per run).")
+    def run_failure_notifications(context: dg.RunFailureSensorContext, storage: StorageResource,
+                                  notify: NotifyResource):
+        run = context.dagster_run
+        tags = run.tags or {}
+        partition = tags.get("dagster/partition") or (
+            f"{tags[RANGE_START]}...{tags[RANGE_END]}" if RANGE_START in tags else None)
+        steps = [f"{e.step_key}: {ERROR_PREFIX.sub('', e.event_specific_data.error.message.strip())}"
+                 for e in context.get_step_failure_events() if e.event_specific_data.error]
+        condition = run_failure_condition(run.run_id, run.job_name, partition, context.failure_event.message or "",
+                                          steps, notify.dagster_url)
+        notify.notifier(_warehouse(storage)).sync(events=[condition])
+
+    return [alert_notifications, webhook_actions_sensor, run_failure_notifications]

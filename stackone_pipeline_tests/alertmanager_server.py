@@ -1,0 +1,77 @@
+"""A real Prometheus Alertmanager (Debian's /usr/bin/prometheus-alertmanager) on 127.0.0.1 for
+the notification tests: a free port, a temporary --storage.path, a null receiver, clustering off,
+killed by PID on the way out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .prometheus_server import free_port
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+CONFIG = """route:
+  receiver: "null"
+  group_wait: 0s
+receivers:
+  - name: "null"
+"""
+
+
+@dataclass
+class Alertmanager:
+    url: str
+    log: Path
+
+    def alerts(self, **filters) -> list[dict]:
+        """GET /api/v2/alerts (active alerts only: an alert whose endsAt has passed is not listed)."""
+        resp = httpx.get(f"{self.url}/api/v2/alerts", params=filters, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+
+@contextmanager
+def running_alertmanager(workdir: Path):
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "alertmanager.yml"
+    config.write_text(CONFIG)
+    port, log = free_port(), workdir / "alertmanager.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"alertmanager exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"alertmanager not ready after 30 s: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield Alertmanager(url, log)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory):
+    if not Path(ALERTMANAGER).exists():
+        pytest.skip(f"{ALERTMANAGER} is missing: `apt-get install -y prometheus-alertmanager` (CI installs it)")
+    with running_alertmanager(tmp_path_factory.mktemp("alertmanager")) as am:
+        yield am
