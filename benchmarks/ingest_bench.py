@@ -155,7 +155,8 @@ def bench_memory(quick: bool) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             hour = last_hours(1)[0]
             code = (
-                "import resource, sys, time; from datetime import datetime;"
+                # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+                "import sys, time; from datetime import datetime;"
                 "from stackone_pipeline.ingest import ingest_hours;"
                 "from stackone_pipeline.stackone.client import StackOneClient;"
                 "from stackone_pipeline.stackone.ratelimit import RateLimiter;"
@@ -163,7 +164,8 @@ def bench_memory(quick: bool) -> None:
                 f"c = StackOneClient('{DEFAULT_API_KEY}', '{sim.url}', rate_limiter=RateLimiter(1e9), page_size=100);"
                 "t = time.perf_counter();"
                 f"r = ingest_hours(c, Warehouse('{tmp}'), [datetime.fromisoformat('{hour.isoformat()}')], concurrency=1)[0];"
-                "print(r.rows, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
+                "print(r.rows, time.perf_counter() - t, hwm)"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             n, secs, rss_kb = out.strip().splitlines()[-1].split()

@@ -10,12 +10,13 @@ from .assets.webhook_events import webhook_events, webhook_events_sensor
 from .automation import ASSETS as AUTOMATION_ASSETS
 from .automation import JOBS, SCHEDULES, SENSORS
 from .resources import resources_from_env
-from .sinks import otlp
+from .sinks import datadog, loki, otlp
 
 defs = dg.Definitions(
     assets=[
         request_logs, analytics_tables, *AUTOMATION_ASSETS,
-        delivery_asset("otlp", otlp), prometheus_delivery,
+        delivery_asset("loki", loki), delivery_asset("datadog", datadog), delivery_asset("otlp", otlp),
+        prometheus_delivery,
         webhook_events,
     ],
     jobs=JOBS,

@@ -47,6 +47,8 @@ def delivery_asset(name: str, sink_module: ModuleType, deps=(request_logs,)) -> 
             for hour, key in keys.items():
                 report = deliver_hour(sink, warehouse, hour, transport, force=config.force)
                 meta = report.metadata()
+                if hasattr(sink_module, "after_hour"):  # e.g. Datadog: old hours as metrics, not logs
+                    meta.update(sink_module.after_hour(sink, warehouse, hour, transport) or {})
                 for k in totals:
                     totals[k] += meta[k]
                 if len(keys) > 1:

@@ -14,7 +14,7 @@ from ..lake.parquet import hour_file
 from ..warehouse.duckdb_store import Warehouse
 from .batching import batches
 from .ledger import Ledger
-from .payload import sendable
+from .payload import SCALARS, sendable
 from .transport import Action, Transport, Verdict
 
 
@@ -70,7 +70,8 @@ def stored_rows(warehouse: Warehouse, hour: datetime, chunk_rows: int = 5_000) -
     path = hour_file(warehouse.data_dir, "request_logs", hour)
     if not path.exists():
         raise DeliveryError(f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise request_logs first")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+    columns = [*SCALARS, "event_datetime", "request", "response"]  # only what `sendable` reads
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
         yield from batch.to_pylist()
 
 
@@ -140,6 +141,6 @@ def deliver_hour(
         for batch in batches(items(), sink.max_entries, sink.max_bytes):
             send(batch.key, batch.entries)
     finally:
-        ledger.flush()  # whatever happened, what the sink accepted is on record
+        ledger.flush(sink.name, hour)  # whatever happened, what the sink took is on record
         report.seconds = time.perf_counter() - started
     return report

@@ -1,16 +1,19 @@
 """The delivery ledger: per sink and hour, which request_ids the sink has taken, and when.
 
-Accepted ids are flushed at least every `flush_every_s` and whenever delivery stops (success,
-failure or exception), so a failed push resumes where it stopped and a re-run of a delivered
-hour sends only what is new (late arrivals). Each flush opens the warehouse briefly (tens of
-ms), hence the interval: a hard kill (SIGKILL) can lose at most that last second of ledger,
-whose batches a re-run sends again (Loki collapses such repeats; Datadog and OTLP cannot).
+Table `delivery_ledger` in warehouse.duckdb. Opening the warehouse costs tens of milliseconds,
+too much per batch, so accepted ids first go to a small journal file per (sink, hour), appended
+and fsync'd after every answered batch, and are merged into the table in one transaction when
+the hour's delivery stops (success or failure). A journal left by a killed run is merged before
+the next delivery of that hour reads the ledger, so a crash mid-push resumes exactly where it
+stopped, and a re-run of a delivered hour sends only what is new (late arrivals).
 """
 
 from __future__ import annotations
 
-import time
+import os
+import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -22,30 +25,16 @@ CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
 
 
 class Ledger:
-    def __init__(self, warehouse: Warehouse, flush_every_s: float = 1.0):
+    def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
-        self.flush_every_s = flush_every_s
-        self._pending: list[tuple[str, datetime, str, str]] = []
-        self._last_flush = time.monotonic()
+        self.journal_dir = warehouse.data_dir / "ledger-journal"
 
-    def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
-        """Note accepted ids; written out when the interval has passed (and by `flush`)."""
-        self._pending.extend((sink, hour, rid, outcome) for rid in request_ids)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
-
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        by_key: dict[tuple, list[str]] = {}
-        for sink, hour, rid, outcome in rows:
-            by_key.setdefault((sink, hour, outcome), []).append(rid)
-        for (sink, hour, outcome), ids in by_key.items():
-            self.record(sink, hour, ids, outcome)
+    def _journal(self, sink: str, hour: datetime) -> Path:
+        return self.journal_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', sink)}--{hour:%Y-%m-%dT%H}.tsv"
 
     def delivered(self, sink: str, hour: datetime) -> set[str]:
+        """Ids already taken by `sink` for `hour` (merging any journal a killed run left)."""
+        self.flush(sink, hour)
         if not self.warehouse.path.exists():
             return set()
         with self.warehouse.writer() as con:  # writer: the table may not exist yet
@@ -55,19 +44,53 @@ class Ledger:
             ).fetchall()
         return {r for (r,) in rows}
 
-    def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
+    def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
+        """Journal ids the sink has answered for; durable before the next batch is sent."""
         if not request_ids:
             return
-        now = datetime.now(timezone.utc)
-        ids = pa.table({"request_id": pa.array(request_ids, pa.string())})  # noqa: F841 (read by DuckDB)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(timezone.utc).isoformat()
+        with open(self._journal(sink, hour), "a", encoding="utf-8") as f:
+            f.write("".join(f"{rid}\t{outcome}\t{now}\n" for rid in request_ids))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def flush(self, sink: str, hour: datetime) -> None:
+        """Merge the (sink, hour) journal into the table in one transaction, then drop it."""
+        path = self._journal(sink, hour)
+        if not path.exists():
+            return
+        ids, outcomes, times = [], [], []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:  # a line torn by a kill is not a delivery we can vouch for
+                ids.append(parts[0])
+                outcomes.append(parts[1])
+                times.append(datetime.fromisoformat(parts[2]))
+        journal = pa.table({  # noqa: F841 (read by DuckDB below)
+            "request_id": pa.array(ids, pa.string()),
+            "outcome": pa.array(outcomes, pa.string()),
+            "delivered_at": pa.array(times, pa.timestamp("us", tz="UTC")),
+        })
         with self.warehouse.writer() as con:
             con.execute(CREATE)
+            con.execute("BEGIN TRANSACTION")
             con.execute(
-                "INSERT INTO delivery_ledger SELECT ?, ?, request_id, ?, ? FROM ids", [sink, hour, outcome, now]
+                "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM (SELECT DISTINCT ON (request_id) * FROM journal) j "
+                "WHERE j.request_id NOT IN (SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
+                [sink, hour, sink, hour],
             )
+            con.execute("COMMIT")
+        path.unlink()
+
+    def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
+        """Journal and merge at once (for callers that answer for a whole hour in one go)."""
+        self.add(sink, hour, request_ids, outcome)
+        self.flush(sink, hour)
 
     def forget(self, sink: str, hour: datetime) -> None:
         """For a forced full resend."""
+        self._journal(sink, hour).unlink(missing_ok=True)
         if not self.warehouse.path.exists():
             return
         with self.warehouse.writer() as con:

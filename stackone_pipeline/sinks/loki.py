@@ -1,0 +1,154 @@
+"""Grafana Loki: every record as one deterministic JSON line, gzip JSON pushes to /loki/api/v1/push.
+
+- Stream labels are few and bounded: `service_name`, `env`, `provider`. `request_id`,
+  `account_id`, `status` and `level` travel as structured metadata; the whole redacted record
+  is the line (sorted keys), stamped with its event time in nanoseconds, so a resend is an exact
+  repeat that Loki drops.
+- One stream per push: a Loki ingester reports only the *last* stream's rejected entries
+  (pkg/ingester/instance.go), so a push of several streams could hide rejects. Entries are
+  sorted by time within the push, which is what Loki's per-stream window expects.
+- Pushes stay ~1 MB, far under `ingestion_burst_size_mb` (a push above the burst is 429 forever).
+- Only 204 is a delivery. 260 (or any other 2xx) is Loki's "ingestion blocked" answer and the
+  data is dropped. 400 is a *partial* reject: the valid entries were stored and the body lists the
+  rest. 429 and 5xx are retried with our own backoff (Loki sends no Retry-After).
+- Entries older than `LOKI_MAX_AGE_HOURS` (Loki's `reject_old_samples_max_age`, 168 h by
+  default) or more than 10 minutes ahead are skipped and counted, never sent to be refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from operator import itemgetter
+
+import httpx
+import orjson
+
+from ..settings import _int
+from .payload import is_error, line
+from .transport import Action, Verdict
+
+NOT_CONFIGURED = "LOKI_URL is not set"
+PUSH_PATH = "/loki/api/v1/push"
+SERVICE_NAME = "stackone-requests"
+GRACE = timedelta(minutes=10)  # Loki's creation_grace_period: later entries are "too far in future"
+MARGIN = timedelta(minutes=10)  # an entry right at the max age would be too old by the time it lands
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+# Rejects of single entries (permanent for that entry). Anything else in a 400 is about the push
+# or the server's configuration, e.g. structured metadata disallowed (Loki 2.x): fail, send later.
+_ENTRY_ERROR = re.compile(
+    r"has timestamp too (old|new)|Max entry size|structured metadata too large|too many structured metadata"
+)
+
+
+def event_ns(record: dict) -> int | None:
+    """The record's event time in Unix nanoseconds (never the send time: resends must collapse)."""
+    iso = record.get("event_datetime")
+    return None if iso is None else (datetime.fromisoformat(iso) - _EPOCH) // _US * 1000
+
+
+def rejected_entries(body: str) -> int:
+    """How many entries a Loki 400 rejected: ingester "total ignored: N out of M", or the
+    distributor's grouped validation errors ("N errors like: ...; ..."). 0 if neither (the push
+    itself was refused)."""
+    ignored = re.findall(r"total ignored: (\d+) out of \d+", body)
+    if ignored:
+        return sum(map(int, ignored))
+    count = 0
+    for part in body.split("; "):
+        m = re.match(r"(\d+) errors like: ", part)
+        if _ENTRY_ERROR.search(part):
+            count += int(m[1]) if m else 1
+    return count
+
+
+def gzip_bytes(data: bytes, level: int = 3) -> bytes:
+    """gzip with mtime 0, so the same batch always compresses to the same bytes."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+@dataclass
+class LokiSink:
+    url: str
+    env: str = "prod"
+    max_age: timedelta = timedelta(hours=168)
+    headers: dict = field(default_factory=dict, repr=False)  # tenant and credentials: never in logs
+    name: str = "loki"
+    max_entries: int = 10_000
+    max_bytes: int = 1_000_000  # uncompressed JSON per push
+
+    def skip_reason(self, record: dict, now: datetime) -> str | None:
+        ns = event_ns(record)
+        if ns is None:
+            return "no event time"
+        if ns < (now - self.max_age + MARGIN - _EPOCH) // _US * 1000:
+            return f"older than Loki accepts (LOKI_MAX_AGE_HOURS={self.max_age // timedelta(hours=1)})"
+        if ns > (now + GRACE - _EPOCH) // _US * 1000:
+            return "more than 10 minutes in the future (Loki's creation_grace_period)"
+        return None
+
+    def prepare(self, record: dict) -> tuple[tuple, tuple[int, bytes], int]:
+        labels = (("env", self.env), ("provider", record.get("provider") or "unknown"), ("service_name", SERVICE_NAME))
+        ns = event_ns(record)  # the batch key is the label set: one stream per push
+        meta = {"request_id": record.get("request_id") or "", "account_id": record.get("account_id") or "",
+                "level": "error" if is_error(record) else "info"}  # fmt: skip
+        if record.get("status") is not None:
+            meta["status"] = str(record["status"])
+        value = orjson.dumps([str(ns), line(record), meta])
+        return labels, (ns, value), len(value) + 1
+
+    def request(self, key: tuple, entries: list[tuple[int, bytes]]) -> tuple[str, bytes, dict]:
+        entries = sorted(entries, key=itemgetter(0))  # oldest first: Loki's per-stream window moves forward
+        body = b"".join((b'{"streams":[{"stream":', orjson.dumps(dict(key)), b',"values":[',
+                         b",".join(v for _, v in entries), b"]}]}"))  # fmt: skip
+        headers = {**self.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return self.url, gzip_bytes(body), headers
+
+    def classify(self, resp: httpx.Response) -> Verdict:
+        code = resp.status_code
+        if code == 204:
+            return Verdict(Action.OK)
+        text = resp.text[:500]
+        if 200 <= code < 300:
+            return Verdict(Action.FAIL, f"Loki answered {code}, not 204: ingestion is blocked for this tenant "
+                                        f"(block_ingestion_status_code) and the push was dropped: {text}")  # fmt: skip
+        if code == 400:
+            n = rejected_entries(resp.text)
+            if "structured metadata, but this feature is disallowed" in resp.text:
+                return Verdict(Action.FAIL, "Loki refuses structured metadata (400): set limits_config."
+                                            "allow_structured_metadata: true (the default since Loki 3.0)")  # fmt: skip
+            if n:
+                return Verdict(Action.PARTIAL, f"Loki rejected {n} entries (400): {text}", rejected=n)
+            return Verdict(Action.FAIL, f"Loki refused the push (400): {text}")
+        if code == 401:
+            return Verdict(Action.FAIL, f"Loki answered 401 ({text.strip()}): set LOKI_TENANT_ID (X-Scope-OrgID) "
+                                        "or LOKI_USERNAME / LOKI_PASSWORD")  # fmt: skip
+        if code == 413:
+            return Verdict(Action.SPLIT, f"Loki: push too large (413): {text}")
+        if code in (408, 429) or (code >= 500 and code != 501):
+            return Verdict(Action.RETRY, f"Loki answered {code}: {text}")
+        return Verdict(Action.FAIL, f"Loki answered {code}: {text}")
+
+
+def from_env(env: Mapping[str, str]) -> LokiSink | None:
+    base = (env.get("LOKI_URL") or "").rstrip("/")
+    if not base:
+        return None
+    headers = {}
+    if env.get("LOKI_TENANT_ID"):
+        headers["X-Scope-OrgID"] = env["LOKI_TENANT_ID"]
+    if env.get("LOKI_USERNAME"):
+        token = base64.b64encode(f"{env['LOKI_USERNAME']}:{env.get('LOKI_PASSWORD', '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return LokiSink(
+        url=base if base.endswith(PUSH_PATH) else base + PUSH_PATH,
+        env=env.get("STACKONE_ENV") or "prod",
+        max_age=timedelta(hours=_int(env, "LOKI_MAX_AGE_HOURS", 168)),
+        headers=headers,
+    )

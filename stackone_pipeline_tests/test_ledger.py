@@ -1,0 +1,32 @@
+"""The delivery ledger survives a run killed between batches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from stackone_pipeline.sinks.ledger import Ledger
+
+from .conftest import closed_hour
+
+
+def test_ids_journaled_by_a_killed_run_count_as_delivered(warehouse):
+    hour = closed_hour()
+    # a separate process journals two batches and is killed before it can merge them
+    code = (
+        "import os, sys; from datetime import datetime; from stackone_pipeline.sinks.ledger import Ledger;"
+        "from stackone_pipeline.warehouse.duckdb_store import Warehouse;"
+        "l = Ledger(Warehouse(sys.argv[1])); h = datetime.fromisoformat(sys.argv[2]);"
+        "l.add('loki', h, ['a', 'b']); l.add('loki', h, ['b', 'c'], outcome='partial');"
+        "os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(warehouse.data_dir), hour.isoformat()])
+    assert proc.returncode == -9
+    ledger = Ledger(warehouse)
+    assert ledger.delivered("loki", hour) == {"a", "b", "c"}
+    assert ledger.delivered("datadog", hour) == set()
+    assert not any(ledger.journal_dir.iterdir())  # merged once, journal gone
+    with warehouse.reader() as con:
+        assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (3,)
+    ledger.forget("loki", hour)
+    assert ledger.delivered("loki", hour) == set()
