@@ -37,13 +37,16 @@ def test_a_killed_run_leaves_the_previous_state_of_the_hour(sim, make_client, wa
     sim.config.faults.late_fraction = 0.3  # the second fetch would bring more rows
     ingest_hours(make_client(), warehouse, [hour])
     before = snapshot(warehouse, hour)
-    proc = worker(sim, warehouse.data_dir, [hour], rps=10, page_size=10)  # ~30 pages: several seconds
-    time.sleep(1.5)
-    assert proc.poll() is None, proc.communicate()
+    proc = worker(sim, warehouse.data_dir, [hour], rps=10, page_size=10)  # ~40 pages: several seconds
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in warehouse.data_dir.rglob("*")):  # mid-write
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the worker never started writing"
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.kill()
     proc.wait()
     assert snapshot(warehouse, hour) == before
-    assert any(p.name.endswith(".partial") for p in warehouse.data_dir.rglob("*"))  # it was mid-write
     with duckdb.connect(str(warehouse.data_dir / "query.duckdb"), read_only=True) as con:  # readers ignore it
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == len(before[0])
     # and the next run completes the hour and sweeps the partial file away
