@@ -30,3 +30,12 @@ def test_ids_journaled_by_a_killed_run_count_as_delivered(warehouse):
         assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (3,)
     ledger.forget("loki", hour)
     assert ledger.delivered("loki", hour) == set()
+
+
+def test_a_torn_last_line_is_not_taken_as_delivered(warehouse):
+    hour = closed_hour()
+    ledger = Ledger(warehouse)
+    ledger.add("otlp", hour, ["x1", "x2"])
+    with open(ledger._journal("otlp", hour), "a") as f:
+        f.write("x3\taccep")  # the process died mid-write
+    assert ledger.delivered("otlp", hour) == {"x1", "x2"}

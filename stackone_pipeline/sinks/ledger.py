@@ -15,8 +15,6 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
-
 from ..warehouse.duckdb_store import Warehouse
 
 CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
@@ -60,25 +58,19 @@ class Ledger:
         path = self._journal(sink, hour)
         if not path.exists():
             return
-        ids, outcomes, times = [], [], []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            parts = line.split("\t")
-            if len(parts) == 3:  # a line torn by a kill is not a delivery we can vouch for
-                ids.append(parts[0])
-                outcomes.append(parts[1])
-                times.append(datetime.fromisoformat(parts[2]))
-        journal = pa.table({  # noqa: F841 (read by DuckDB below)
-            "request_id": pa.array(ids, pa.string()),
-            "outcome": pa.array(outcomes, pa.string()),
-            "delivered_at": pa.array(times, pa.timestamp("us", tz="UTC")),
-        })
         with self.warehouse.writer() as con:
             con.execute(CREATE)
             con.execute("BEGIN TRANSACTION")
+            # DuckDB reads the journal itself: no Python object per id. A line torn by a kill does
+            # not parse and is skipped: that batch is not a delivery we can vouch for.
             con.execute(
-                "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM (SELECT DISTINCT ON (request_id) * FROM journal) j "
-                "WHERE j.request_id NOT IN (SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
-                [sink, hour, sink, hour],
+                "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM ("
+                "  SELECT DISTINCT ON (request_id) * FROM read_csv(?, delim = '\t', header = false, "
+                "    columns = {'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ'},"
+                "    ignore_errors = true, auto_detect = false)"
+                ") j WHERE j.request_id NOT IN "
+                "(SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
+                [sink, hour, str(path), sink, hour],
             )
             con.execute("COMMIT")
         path.unlink()
