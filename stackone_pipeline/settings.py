@@ -10,7 +10,8 @@ class SettingsError(ValueError):
     pass
 
 
-def _int(env: dict, name: str, default: int) -> int:
+def env_int(env, name: str, default: int, lo: int = 1, hi: int | None = None) -> int:
+    """An integer variable in [lo, hi], or `default` when unset; a clear error otherwise."""
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -18,12 +19,13 @@ def _int(env: dict, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+    if value < lo or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise SettingsError(f"{name} must be {bounds}, got {value}")
     return value
 
 
-def _bool(env: dict, name: str, default: bool) -> bool:
+def env_bool(env, name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -50,9 +52,9 @@ class Settings:
         return cls(
             base_url=env.get("STACKONE_BASE_URL") or cls.base_url,
             data_dir=env.get("STACKONE_DATA_DIR") or cls.data_dir,
-            rate_limit_per_minute=_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
-            page_size=_int(env, "STACKONE_PAGE_SIZE", cls.page_size),
-            concurrency=_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
-            keep_bodies=_bool(env, "STACKONE_KEEP_BODIES", False),
+            rate_limit_per_minute=env_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
+            page_size=env_int(env, "STACKONE_PAGE_SIZE", cls.page_size),
+            concurrency=env_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
+            keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),
             redact_names=tuple(n.strip() for n in env.get("STACKONE_REDACT_NAMES", "").split(",") if n.strip()),
         )

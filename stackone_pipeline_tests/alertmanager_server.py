@@ -5,8 +5,6 @@ killed by PID on the way out."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,8 @@ import httpx
 import pytest
 
 from .prometheus_server import free_port
+
+from .server_process import server_process
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 CONFIG = """route:
@@ -43,30 +43,11 @@ def running_alertmanager(workdir: Path):
     config = workdir / "alertmanager.yml"
     config.write_text(CONFIG)
     port, log = free_port(), workdir / "alertmanager.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"alertmanager not ready after 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    cmd = [ALERTMANAGER, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    with server_process("alertmanager", cmd, url, log):
         yield Alertmanager(url, log)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +14,8 @@ from pathlib import Path
 import cramjam
 import httpx
 import pytest
+
+from .server_process import server_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 FORWARDED = {"content-type", "content-encoding", "x-prometheus-remote-write-version", "authorization", "user-agent"}
@@ -61,31 +61,12 @@ def running_prometheus(workdir: Path, ooo_window: str = "100d"):
     config = workdir / "prometheus.yml"
     config.write_text(f"storage:\n  tsdb:\n    out_of_order_time_window: {ooo_window}\n")  # no scrape jobs
     port, log = free_port(), workdir / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver",
-             "--web.enable-admin-api", "--storage.tsdb.retention.time=400d"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready after 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    cmd = [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+           f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver",
+           "--web.enable-admin-api", "--storage.tsdb.retention.time=400d"]
+    with server_process("prometheus", cmd, url, log):
         yield Prometheus(url, log)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def require_prometheus() -> None:

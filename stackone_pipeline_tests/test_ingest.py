@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 
 from stackone_pipeline.ingest import RedactionSettings, ingest_hour, ingest_hours
 from stackone_pipeline.lake.parquet import hour_file

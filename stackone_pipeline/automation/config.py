@@ -13,20 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..settings import SettingsError, _bool
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+from ..settings import env_bool, env_int
 
 
 @dataclass(frozen=True)
@@ -39,9 +26,9 @@ class AutomationSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "AutomationSettings":
         env = os.environ if env is None else env
         return cls(
-            enabled=_bool(dict(env), "STACKONE_AUTOMATION", False),
-            lag_minutes=_int(env, "STACKONE_SCHEDULE_LAG_MINUTES", cls.lag_minutes, 0, 59),
-            lookback_hours=_int(env, "STACKONE_LOOKBACK_HOURS", cls.lookback_hours, 0, 24 * 7),
+            enabled=env_bool(env, "STACKONE_AUTOMATION", False),
+            lag_minutes=env_int(env, "STACKONE_SCHEDULE_LAG_MINUTES", cls.lag_minutes, 0, 59),
+            lookback_hours=env_int(env, "STACKONE_LOOKBACK_HOURS", cls.lookback_hours, 0, 24 * 7),
         )
 
     @property

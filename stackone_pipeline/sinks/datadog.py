@@ -30,7 +30,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from ..lake.parquet import hour_file
-from ..settings import _bool
+from ..settings import env_bool
 from .delivery import DeliveryError
 from .payload import is_error
 from .transport import Action, Transport, Verdict, retryable_statuses
@@ -174,7 +174,7 @@ def from_env(env: Mapping[str, str]) -> DatadogSink | None:
     site = env.get("DATADOG_SITE") or "datadoghq.com"
     url = (env.get("DATADOG_LOGS_URL") or f"https://http-intake.logs.{site}").rstrip("/")
     metrics = None
-    if _bool(env, "DATADOG_SEND_OLD_AS_METRICS", False):
+    if env_bool(env, "DATADOG_SEND_OLD_AS_METRICS", False):
         metrics = (env.get("DATADOG_METRICS_URL") or f"https://api.{site}").rstrip("/")
         metrics = metrics if metrics.endswith(SERIES_PATH) else metrics + SERIES_PATH
     return DatadogSink(url=url if url.endswith(LOGS_PATH) else url + LOGS_PATH, api_key=key,

@@ -28,7 +28,7 @@ from operator import itemgetter
 import httpx
 import orjson
 
-from ..settings import _int
+from ..settings import env_int
 from .payload import is_error, line
 from .transport import Action, Verdict
 
@@ -149,6 +149,6 @@ def from_env(env: Mapping[str, str]) -> LokiSink | None:
     return LokiSink(
         url=base if base.endswith(PUSH_PATH) else base + PUSH_PATH,
         env=env.get("STACKONE_ENV") or "prod",
-        max_age=timedelta(hours=_int(env, "LOKI_MAX_AGE_HOURS", 168)),
+        max_age=timedelta(hours=env_int(env, "LOKI_MAX_AGE_HOURS", 168)),
         headers=headers,
     )
