@@ -94,7 +94,7 @@ def bulk_derive_history(con, before: datetime) -> None:
 def build_history(data_dir: Path, target: datetime, days: int, history_rows: int, target_rows: int) -> float:
     started = time.perf_counter()
     hours = [target - days * 24 * HOUR + i * HOUR for i in range(days * 24)]
-    with Warehouse(data_dir).writer() as con:
+    with Warehouse(data_dir, memory_limit="8GB").writer() as con:  # setup, not the measured work
         ensure_schema(con)
         generate(con, hours, history_rows)
         bulk_derive_history(con, target)
@@ -103,7 +103,7 @@ def build_history(data_dir: Path, target: datetime, days: int, history_rows: int
     return time.perf_counter() - started
 
 
-def bench_history(args, root: Path) -> bool:
+def bench_history(args, root: Path, out: dict | None = None) -> bool:
     target = datetime(2026, 9, 1, 12, tzinfo=timezone.utc)
     print(f"(a) derive one hour of {args.target_rows:,} rows against 1 vs {args.days} days of history")
     print(f"    history hours hold {args.history_rows:,} rows each (not 200,000: {args.days} x 24 x 200k = "
@@ -131,11 +131,14 @@ def bench_history(args, root: Path) -> bool:
         shutil.rmtree(data_dir)
     ratio = medians[args.days] / medians[1]
     ok = ratio <= 1.5
+    if out is not None:
+        out.update(history_days=args.days, history_rows=args.history_rows, target_rows=args.target_rows,
+                   runs=args.runs, median_1d=medians[1], median_long=medians[args.days], ratio=ratio)
     print(f"    ratio {args.days} days / 1 day = {ratio:.2f}x (target <= 1.5x): {'PASS' if ok else 'FAIL'}")
     return ok
 
 
-def bench_dashboard(args, root: Path) -> bool:
+def bench_dashboard(args, root: Path, out: dict | None = None) -> bool:
     hours_n = args.dash_days * 24
     end = datetime(2026, 9, 1, 0, tzinfo=timezone.utc)
     hours = [end - hours_n * HOUR + i * HOUR for i in range(hours_n)]
@@ -184,6 +187,9 @@ def bench_dashboard(args, root: Path) -> bool:
                 con.close()
             c, w = statistics.median(cold), statistics.median(warm)
             ok &= c < 1.0
+            if out is not None:
+                out.setdefault("queries", []).append({"where": where, "name": name, "rows": len(rows),
+                                                       "cold": c, "warm": w, "runs": args.runs})
             print(f"    {where:<26} {name:<31} {len(rows):>6,} rows: median {c * 1000:6.0f} ms with connect, "
                   f"{w * 1000:6.0f} ms warm (target < 1000 ms): {'PASS' if c < 1.0 else 'FAIL'}")
     with warehouse.reader() as con:

@@ -35,18 +35,27 @@ from stackone_pipeline.resources import StackOneResource, StorageResource  # noq
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hours", type=int, default=2160)
-    p.add_argument("--rows-per-hour", type=int, default=100)
-    args = p.parse_args()
-    hours = last_hours(args.hours)
+def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> dict:
+    """One single_run Dagster run of `request_logs` over the last `n_hours` closed hours, against a
+    simulator process limited to `rate_limit` requests/minute (the resource is set to the same limit)."""
+    hours = last_hours(n_hours)
     keys = [hourly_partitions.get_partition_key_for_timestamp(h.timestamp()) for h in hours]
-    sim = SimulatorProcess(args.rows_per_hour, rate_limit=10_000_000)
-    spent = []
+    sim = SimulatorProcess(rows_per_hour, rate_limit=rate_limit)
+    spent, in_on_hour = [], []  # ingest_hours' wall; time in the asset's per-hour callback (summed over threads)
     real = ingest.ingest_hours
 
     def timed(*a, **kw):
+        if kw.get("on_hour"):
+            callback = kw["on_hour"]
+
+            def on_hour(res):
+                t = time.perf_counter()
+                try:
+                    return callback(res)
+                finally:
+                    in_on_hour.append(time.perf_counter() - t)
+
+            kw["on_hour"] = on_hour
         t = time.perf_counter()
         try:
             return real(*a, **kw)
@@ -57,6 +66,7 @@ def main() -> None:
     import stackone_pipeline.assets.request_logs as module
 
     module.ingest_hours = timed
+    dagster_home = os.environ.get("DAGSTER_HOME")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp) / "home"
@@ -68,7 +78,7 @@ def main() -> None:
                 [request_logs],
                 instance=dg.DagsterInstance.get(),
                 resources={
-                    "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=10_000_000),
+                    "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=rate_limit),
                     "storage": StorageResource(data_dir=str(Path(tmp) / "data")),
                 },
                 tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
@@ -76,10 +86,29 @@ def main() -> None:
             )
             wall = time.perf_counter() - t0
             requests = sum(1 for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION")
+            materialized = next(e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION")
+            run_meta = {k: v.value for k, v in materialized.event_specific_data.materialization.metadata.items()}
         assert result.success
+        stats = sim.stats()
     finally:
         sim.stop()
-    work = spent[0]
+        ingest.ingest_hours = module.ingest_hours = real
+        if dagster_home is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = dagster_home
+    return {"hours": len(hours), "rows_per_hour": rows_per_hour, "rate_limit": rate_limit, "wall": wall,
+            "work": spent[0], "on_hour": sum(in_on_hour), "observations": requests, "run_metadata": run_meta, "sim_stats": stats}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--hours", type=int, default=2160)
+    p.add_argument("--rows-per-hour", type=int, default=100)
+    args = p.parse_args()
+    m = measure(args.hours, args.rows_per_hour)
+    hours, wall, requests = range(m["hours"]), m["wall"], m["observations"]
+    work = m["work"]
     overhead = wall - work
     pages_per_hour = -(-args.rows_per_hour // 100)
     fetch_at_limit = len(hours) * pages_per_hour / 1000 * 60

@@ -102,28 +102,34 @@ def naive_sync_worker(url: str, start: datetime, end: datetime, db_path: str) ->
     return len(logs)
 
 
-def bench_throughput(quick: bool) -> None:
+def measure_throughput(url: str, hours: list[datetime], tmp: str) -> tuple[float, float]:
+    """(naive sync worker rows/s over hours[0], stackone_pipeline rows/s over all hours) against `url`."""
+    t0 = time.perf_counter()
+    rows = naive_sync_worker(url, hours[0], hours[0] + timedelta(hours=1), f"{tmp}/naive.duckdb")
+    naive = rows / (time.perf_counter() - t0)
+    with StackOneClient(DEFAULT_API_KEY, url, rate_limiter=RateLimiter(10_000_000), page_size=100) as c:
+        t0 = time.perf_counter()
+        done = ingest_hours(c, Warehouse(f"{tmp}/ours"), hours, concurrency=4)
+        ours = sum(r.rows for r in done) / (time.perf_counter() - t0)
+    return naive, ours
+
+
+def bench_throughput(quick: bool) -> dict:
     rows_per_hour = 5_000 if quick else 20_000
     n_hours = 2 if quick else 4
     sim = SimulatorProcess(rows_per_hour, rate_limit=10_000_000)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            hours = last_hours(n_hours)
-            t0 = time.perf_counter()
-            rows = naive_sync_worker(sim.url, hours[0], hours[0] + timedelta(hours=1), f"{tmp}/naive.duckdb")
-            naive = rows / (time.perf_counter() - t0)
-            with StackOneClient(DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(10_000_000), page_size=100) as c:
-                t0 = time.perf_counter()
-                done = ingest_hours(c, Warehouse(f"{tmp}/ours"), hours, concurrency=4)
-                ours = sum(r.rows for r in done) / (time.perf_counter() - t0)
+            naive, ours = measure_throughput(sim.url, last_hours(n_hours), tmp)
         print(f"(a) throughput, no rate limit, page_size 100, {rows_per_hour:,} rows/hour")
         print(f"    naive sync worker (1 hour):   {naive:10,.0f} rows/s")
         print(f"    stackone_pipeline ({n_hours} hours): {ours:10,.0f} rows/s   ratio {ours / naive:.1f}x (floor 5x)")
+        return {"rows_per_hour": rows_per_hour, "hours": n_hours, "naive": naive, "ours": ours}
     finally:
         sim.stop()
 
 
-def bench_rate_limit(quick: bool) -> None:
+def bench_rate_limit(quick: bool) -> dict:
     limit, seconds = 600, (20 if quick else 120)
     sim = SimulatorProcess(rows_per_hour=1_200, rate_limit=limit)
     try:
@@ -144,12 +150,14 @@ def bench_rate_limit(quick: bool) -> None:
         print(f"    achieved {(total - throttled) / elapsed * 60:,.0f} requests/min = "
               f"{(total - throttled) / elapsed * 60 / limit:.1%} of the limit (floor 90%); "
               f"429s {throttled}/{total} = {throttled / max(total, 1):.2%} (floor <= 1%)")
+        return {"limit": limit, "seconds": elapsed, "hours": n_hours, "page_size": page_size, "total": total,
+                "throttled": throttled, "per_minute": (total - throttled) / elapsed * 60}
     finally:
         sim.stop()
 
 
-def bench_memory(quick: bool) -> None:
-    rows = 100_000 if quick else 500_000
+def bench_memory(quick: bool, rows: int | None = None) -> dict:
+    rows = rows or (100_000 if quick else 500_000)
     sim = SimulatorProcess(rows_per_hour=rows, rate_limit=10_000_000)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -171,6 +179,7 @@ def bench_memory(quick: bool) -> None:
             n, secs, rss_kb = out.strip().splitlines()[-1].split()
         print(f"(c) one {int(n):,}-row hour in a fresh process: {float(secs):.1f}s, "
               f"peak RSS {int(rss_kb) / 1024:,.0f} MB (floor 400 MB)")
+        return {"rows": int(n), "seconds": float(secs), "rss_mb": int(rss_kb) / 1024}
     finally:
         sim.stop()
 

@@ -173,6 +173,17 @@ def measure(sink: BenchSink, data_dir: str, hour: datetime, naive_n: int, latenc
         receiver.stop()
 
 
+def measure_all(sinks: list[BenchSink], rows: int, naive_n: int, rtt_ms: float, data_dir: str | None = None
+                ) -> tuple[dict[str, Result], dict[str, Result]]:
+    """One stored hour of `rows` rows, delivered to each sink over loopback and (if rtt_ms) with a round trip."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = data_dir or tmp
+        hour = ingest(rows, data_dir)
+        local = {s.name: measure(s, data_dir, hour, naive_n, 0.0) for s in sinks}
+        rtt = {s.name: measure(s, data_dir, hour, naive_n // 10, rtt_ms / 1000) for s in sinks if rtt_ms}
+    return local, rtt
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -183,11 +194,7 @@ def main() -> None:
     rows, naive_n = (20_000, 500) if args.quick else (500_000, 3_000)
     sinks = [s for s in SINKS if not args.only or s.name in args.only.split(",")]
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir or tmp
-        hour = ingest(rows, data_dir)
-        local = {s.name: measure(s, data_dir, hour, naive_n, 0.0) for s in sinks}
-        rtt = {s.name: measure(s, data_dir, hour, naive_n // 10, args.rtt_ms / 1000) for s in sinks if args.rtt_ms}
+    local, rtt = measure_all(sinks, rows, naive_n, args.rtt_ms, args.data_dir)
     print(f"\n(a) records/s over loopback, one {rows:,}-row hour (floor 50x); naive = one POST per record, "
           f"{naive_n:,} records")
     print(f"    {'sink':8} {'naive':>7} {'ours':>8} {'ratio':>6} {'batches':>8} {'largest push':>13} {'stored':>9}")
