@@ -21,7 +21,17 @@ class DeliveryConfig(dg.Config):
     force: bool = False  # resend every row of the hour, even those the ledger says were delivered
 
 
-def delivery_asset(name: str, sink_module: ModuleType, deps=(request_logs,)) -> dg.AssetsDefinition:
+def delivery_asset(
+    name: str,
+    sink_module: ModuleType,
+    deps=(request_logs,),
+    *,
+    deliver=deliver_hour,
+    totals=("sent", "accepted", "rejected", "skipped"),
+    description: str | None = None,
+) -> dg.AssetsDefinition:
+    """`<name>_delivery`. `deliver(sink, warehouse, hour, transport, force=)` does one hour and
+    returns a report with `.metadata()`; `totals` are the figures summed over a range run."""
     @dg.asset(
         name=f"{name}_delivery",
         partitions_def=hourly_partitions,
@@ -30,7 +40,7 @@ def delivery_asset(name: str, sink_module: ModuleType, deps=(request_logs,)) -> 
         group_name="sinks",
         kinds={name},
         output_required=False,
-        description=sink_module.__doc__.strip().splitlines()[0] if sink_module.__doc__ else None,
+        description=description or (sink_module.__doc__.strip().splitlines()[0] if sink_module.__doc__ else None),
     )
     def _deliver(context: dg.AssetExecutionContext, config: DeliveryConfig, storage: StorageResource):
         keys = hours_of_run(context)
@@ -42,23 +52,22 @@ def delivery_asset(name: str, sink_module: ModuleType, deps=(request_logs,)) -> 
             return
         warehouse = storage.warehouse()
         transport = Transport()
-        totals = {"sent": 0, "accepted": 0, "rejected": 0, "skipped": 0}
+        summed = dict.fromkeys(totals, 0)
         try:
             for hour, key in keys.items():
-                report = deliver_hour(sink, warehouse, hour, transport, force=config.force)
-                meta = report.metadata()
+                meta = deliver(sink, warehouse, hour, transport, force=config.force).metadata()
                 if hasattr(sink_module, "after_hour"):  # e.g. Datadog: old hours as metrics, not logs
                     meta.update(sink_module.after_hour(sink, warehouse, hour, transport) or {})
                 for k in totals:
-                    totals[k] += meta[k]
+                    summed[k] += meta[k]
                 if len(keys) > 1:
                     context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=meta))
                 else:
-                    totals = meta
+                    summed = meta
         except DeliveryError as exc:
             raise dg.Failure(str(exc)) from None
         finally:
             transport.close()
-        yield dg.MaterializeResult(metadata=totals)
+        yield dg.MaterializeResult(metadata=summed)
 
     return _deliver
