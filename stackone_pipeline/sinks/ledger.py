@@ -60,7 +60,7 @@ class Ledger:
             return
         with self.warehouse.writer() as con:
             con.execute(CREATE)
-            con.execute("SET memory_limit = '64MB'")  # a sink process stays small; DuckDB may spill
+            con.execute("SET preserve_insertion_order = false")  # lets the de-duplication spill
             con.execute("BEGIN TRANSACTION")
             # DuckDB reads the journal itself: no Python object per id. A line torn by a kill does
             # not parse and is skipped: that batch is not a delivery we can vouch for.
