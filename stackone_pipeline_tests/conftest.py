@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from stackone_pipeline.partitions import hourly_partitions
+from stackone_pipeline.resources import StackOneResource, StorageResource
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 from stackone_pipeline.stackone.client import StackOneClient
 from stackone_pipeline.stackone.ratelimit import RateLimiter
@@ -19,6 +21,19 @@ def closed_hour(hours_ago: int = 2) -> datetime:
     """A closed UTC hour `hours_ago` hours before the current one."""
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     return now - timedelta(hours=hours_ago)
+
+
+def partition_key(hour: datetime) -> str:
+    return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
+
+
+def pipeline_resources(sim_url: str, data_dir, **stackone) -> dict:
+    """The resources a Dagster test run needs: the simulator (no client-side limit to speak of)
+    and a data directory."""
+    return {
+        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim_url, rate_limit_per_minute=100_000, **stackone),
+        "storage": StorageResource(data_dir=str(data_dir)),
+    }
 
 
 @pytest.fixture

@@ -14,24 +14,13 @@ import pytest
 from stackone_pipeline.assets.request_logs import request_logs
 from stackone_pipeline.backfill import BackfillError, partition_keys
 from stackone_pipeline.partitions import hourly_partitions
-from stackone_pipeline.resources import StackOneResource, StorageResource
+from stackone_pipeline.resources import StackOneResource
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER
 from stackone_pipeline.warehouse.duckdb_store import Warehouse
 
-from .conftest import closed_hour
+from .conftest import closed_hour, partition_key as key, pipeline_resources
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def key(hour):
-    return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
-
-
-def resources(sim, data_dir, **kw):
-    return {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000, **kw),
-        "storage": StorageResource(data_dir=str(data_dir)),
-    }
 
 
 def events(result, kind):
@@ -58,7 +47,7 @@ def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
     sim.config.faults.late_fraction = 0.0
     hours = [closed_hour(i) for i in (4, 3, 2)]
     result = dg.materialize(
-        [request_logs], resources=resources(sim, tmp_path),
+        [request_logs], resources=pipeline_resources(sim.url, tmp_path),
         tags={"dagster/asset_partition_range_start": key(hours[0]), "dagster/asset_partition_range_end": key(hours[-1])},
     )
     assert result.success
@@ -77,7 +66,7 @@ def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
 
 def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
     hour = closed_hour()
-    result = dg.materialize([request_logs], partition_key=key(hour), resources=resources(sim, tmp_path))
+    result = dg.materialize([request_logs], partition_key=key(hour), resources=pipeline_resources(sim.url, tmp_path))
     assert result.success
     (mat,) = events(result, "ASSET_MATERIALIZATION")
     meta = mat.event_specific_data.materialization.metadata
@@ -90,7 +79,7 @@ def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
 
 def test_an_hour_past_retention_is_refused_and_nothing_is_stored(sim, tmp_path):
     old = closed_hour(24 * 90 + 2)
-    result = dg.materialize([request_logs], partition_key=key(old), resources=resources(sim, tmp_path),
+    result = dg.materialize([request_logs], partition_key=key(old), resources=pipeline_resources(sim.url, tmp_path),
                             raise_on_error=False)
     assert not result.success
     failure = events(result, "STEP_FAILURE")[0].step_failure_data.error.message
@@ -100,7 +89,7 @@ def test_an_hour_past_retention_is_refused_and_nothing_is_stored(sim, tmp_path):
 
 
 def test_a_wrong_key_fails_the_run_with_a_clear_message(sim, tmp_path):
-    res = resources(sim, tmp_path)
+    res = pipeline_resources(sim.url, tmp_path)
     res["stackone"] = StackOneResource(api_key="v1.eu1.wrong-key-987", base_url=sim.url)
     result = dg.materialize([request_logs], partition_key=key(closed_hour()), resources=res, raise_on_error=False)
     message = events(result, "STEP_FAILURE")[0].step_failure_data.error.message

@@ -14,15 +14,13 @@ import pytest
 from stackone_pipeline.assets.request_logs import request_logs
 from stackone_pipeline.assets.sinks import delivery_asset
 from stackone_pipeline.ingest import ingest_hour, ingest_hours
-from stackone_pipeline.partitions import hourly_partitions
-from stackone_pipeline.resources import StackOneResource, StorageResource
-from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER
+from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.sinks import datadog as datadog_module
 from stackone_pipeline.sinks.datadog import DatadogSink, after_hour, from_env
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.transport import Transport
 
-from .conftest import closed_hour
+from .conftest import closed_hour, partition_key, pipeline_resources
 from .receivers.datadog import DatadogReceiver
 
 KEY = "dd-test-api-key-4242"
@@ -225,25 +223,18 @@ def test_the_receiver_enforces_the_intake_rules(datadog):
     assert [x["message"] for x in datadog.logs] == ["m"] and datadog.dropped == [seconds]
 
 
-def _key(hour) -> str:
-    return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
-
-
 def test_the_dagster_asset_delivers_or_skips_when_unconfigured(sim, tmp_path, datadog, monkeypatch):
     hour = closed_hour(2)
     asset = delivery_asset("datadog", datadog_module)
-    resources = {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000),
-        "storage": StorageResource(data_dir=str(tmp_path)),
-    }
+    resources = pipeline_resources(sim.url, tmp_path)
     monkeypatch.setenv("DATADOG_API_KEY", KEY)
     monkeypatch.setenv("DATADOG_LOGS_URL", datadog.url)
-    result = dg.materialize([request_logs, asset], partition_key=_key(hour), resources=resources)
+    result = dg.materialize([request_logs, asset], partition_key=partition_key(hour), resources=resources)
     (meta,) = [m.metadata for m in result.asset_materializations_for_node("datadog_delivery")]
     assert meta["sent"].value == meta["accepted"].value == 300 and meta["skipped"].value == 0
     assert len(datadog.logs) == 300 and KEY not in str(result.all_events)
     monkeypatch.delenv("DATADOG_API_KEY")
-    skipped = dg.materialize([asset], partition_key=_key(hour), resources=resources)
+    skipped = dg.materialize([asset], partition_key=partition_key(hour), resources=resources)
     assert skipped.success and not skipped.asset_materializations_for_node("datadog_delivery")
     (obs,) = [e.event_specific_data.asset_observation for e in skipped.all_events
               if e.event_type_value == "ASSET_OBSERVATION"]

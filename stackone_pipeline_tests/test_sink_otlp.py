@@ -14,15 +14,13 @@ import pytest
 from stackone_pipeline.assets.request_logs import request_logs
 from stackone_pipeline.assets.sinks import delivery_asset
 from stackone_pipeline.ingest import ingest_hours
-from stackone_pipeline.partitions import hourly_partitions
-from stackone_pipeline.resources import StackOneResource, StorageResource
-from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER, SimulatorConfig
+from stackone_pipeline.simulator import SECRET_MARKER, SimulatorConfig
 from stackone_pipeline.sinks import otlp
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.payload import is_error
 from stackone_pipeline.sinks.transport import Action, Transport
 
-from .conftest import closed_hour
+from .conftest import closed_hour, partition_key, pipeline_resources
 from .receivers.otlp import OtlpReceiver
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -215,11 +213,8 @@ def test_endpoint_headers_and_resource_come_from_the_standard_variables():
 def test_the_dagster_asset_delivers_and_reports(sim, rx, tmp_path, monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
     h = closed_hour()
-    key = hourly_partitions.get_partition_key_for_timestamp(h.timestamp())
-    resources = {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000),
-        "storage": StorageResource(data_dir=str(tmp_path)),
-    }
+    key = partition_key(h)
+    resources = pipeline_resources(sim.url, tmp_path)
     otlp_delivery = delivery_asset("otlp", otlp)
     result = dg.materialize([request_logs, otlp_delivery], partition_key=key, resources=resources)
     assert result.success
