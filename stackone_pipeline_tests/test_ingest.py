@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from stackone_pipeline.ingest import RedactionSettings, ingest_hour, ingest_hours
 from stackone_pipeline.lake.parquet import hour_file
 from stackone_pipeline.simulator import PII_MARKER, SECRET_MARKER
+from stackone_pipeline.stackone.redaction import Redactor
 from stackone_pipeline.warehouse.duckdb_store import Warehouse
 
 from .conftest import closed_hour
@@ -113,3 +114,12 @@ def test_bodies_are_kept_only_when_asked_and_extra_names_are_redacted(sim, make_
 def test_an_old_hour_comes_back_empty_from_the_api(sim, make_client, warehouse):
     hour = closed_hour(24 * 91)
     assert ingest_hour(make_client(), warehouse, hour).rows == 0
+
+
+def test_header_names_are_stored_lower_cased_so_one_name_is_one_header():
+    redactor = Redactor()
+    got = redactor.headers({"Content-Type": "application/json", "X-API-Key": "k", "Accept": "a", "accept": "b",
+                            "x-request-id": "req_1"})  # fmt: skip
+    assert got == {"content-type": "application/json", "x-api-key": "[REDACTED]", "accept": "a, b",
+                   "x-request-id": "req_1"}  # fmt: skip
+    assert redactor.count == 1

@@ -19,10 +19,10 @@ from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.sinks import loki as loki_module
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.loki import from_env
-from stackone_pipeline.sinks.payload import line, sendable
 from stackone_pipeline.sinks.transport import Transport
 
 from .conftest import closed_hour, partition_key, pipeline_resources
+from .expected_payload import expected_record
 from .receivers.loki import LokiReceiver, basic_header
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -76,11 +76,11 @@ def test_an_hour_lands_once_as_bounded_streams_of_deterministic_lines(sim, make_
     for e in entries:  # each entry against its stored row
         row = rows[e.metadata["request_id"]]
         assert e.ts == ns(row["event_datetime"])
-        assert e.line == line(sendable(row)) and list(orjson.loads(e.line)) == sorted(orjson.loads(e.line))
+        assert orjson.loads(e.line) == expected_record(row) and list(orjson.loads(e.line)) == sorted(orjson.loads(e.line))
         assert e.metadata["account_id"] == row["account_id"]
         assert e.metadata.get("status") == (str(row["status"]) if row["status"] is not None else None)
         assert e.metadata["level"] == ("error" if (row["status"] or 0) >= 400 or row["status"] is None else "info")
-    errors = [e for e in entries if e.metadata.get("status", "").startswith("5")]
+    errors = [e for e in entries if e.metadata.get("status", "").startswith(("4", "5"))]
     assert errors and all(e.metadata["level"] == "error" for e in errors)
     assert len(loki.requests) == report.batches == len({e.labels["provider"] for e in entries})
     for req in loki.requests:  # the wire: gzip JSON, tenant header, one sorted stream per push
@@ -90,11 +90,8 @@ def test_an_hour_lands_once_as_bounded_streams_of_deterministic_lines(sim, make_
         (stream,) = orjson.loads(raw)["streams"]
         stamps = [int(v[0]) for v in stream["values"]]
         assert stamps == sorted(stamps) and all(isinstance(v[0], str) for v in stream["values"])
-    sink = sink_for(loki)  # the lake is already in time order: sorting must not depend on it
-    key, _entry, _size = sink.prepare(sendable(next(iter(rows.values()))))
-    shuffled = [sink.prepare(sendable(r))[1] for r in reversed(list(rows.values())) if r["provider"] == key[1][1]]
-    (stream,) = orjson.loads(gzip.decompress(sink.request(key, shuffled)[1]))["streams"]
-    assert [int(v[0]) for v in stream["values"]] == sorted(int(v[0]) for v in stream["values"])
+    again = deliver_hour(sink_for(loki, STACKONE_ENV="staging"), warehouse, hour, transport, force=True)  # same bytes
+    assert again.accepted == 300 and loki.stats()["duplicates"] == 300 and len(loki.entries()) == 300
 
 
 def test_429_and_5xx_are_retried_and_each_record_still_lands_once(sim, make_client, warehouse, loki, transport):
@@ -188,7 +185,9 @@ def test_a_blocked_answer_in_the_2xx_range_is_not_a_delivery(sim, make_client, w
     with pytest.raises(DeliveryError, match=f"answered {status}, not 204: ingestion is blocked"):
         deliver_hour(sink_for(loki), warehouse, hour, transport)
     report = deliver_hour(sink_for(loki), warehouse, hour, transport)
-    assert report.sent == report.accepted == 300 and report.already_delivered == 0
+    # the blocked push is sent again; a push already in flight beside it may have landed (and counted)
+    assert report.sent == report.accepted == 300 - report.already_delivered > 0
+    assert len(loki.entries()) == 300
 
 
 def test_a_413_splits_the_push(sim, make_client, warehouse, transport):

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,9 +30,10 @@ import pyarrow.parquet as pq
 
 from ..lake.parquet import hour_file
 from ..settings import env_bool
-from .delivery import DeliveryError
-from .payload import is_error
-from .transport import Action, Transport, Verdict, retryable_statuses
+from .batching import joined
+from .delivery import DeliveryError, Window
+from .payload import EVENT_TIME, IS_ERROR, json_object, record_json, sql_str
+from .transport import Action, Transport, Verdict, gzip_bytes, retryable_statuses
 
 NOT_CONFIGURED = "DATADOG_API_KEY is not set"
 LOGS_PATH = "/api/v2/logs"
@@ -50,22 +50,14 @@ _MAPPED = frozenset({"http_method", "path", "url", "status", "duration_ms", "eve
 _classify = retryable_statuses((408, 429, *range(500, 600)))
 
 
-def gzip_bytes(data: bytes, level: int = 3) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)  # gzip container, mtime 0
-    return c.compress(data) + c.flush()
-
-
 def tag(key: str, value) -> str:
     """Datadog tag rules: lowercase, allowed characters only, at most 200 characters."""
     return _TAG_CHARS.sub("_", f"{key}:{value}".lower())[:200]
 
 
-def message(record: dict) -> str:
-    status = record.get("status")
-    ms = record.get("duration_ms")
-    took = f" in {ms:.0f} ms" if ms is not None else ""
-    shown = status if status is not None else "timeout"
-    return f"{record.get('http_method') or '-'} {record.get('path') or '-'} {shown}{took}"
+def tag_sql(key: str, value_sql: str) -> str:
+    """`tag` in SQL, for a per-row value."""
+    return f"left(regexp_replace(lower({sql_str(key + ':')} || {value_sql}), '{_TAG_CHARS.pattern}', '_', 'g'), 200)"
 
 
 @dataclass
@@ -78,45 +70,37 @@ class DatadogSink:
     max_entries: int = 1000
     max_bytes: int = 4_250_000  # uncompressed array; as Vector, under the intake's 5 MB
 
-    def skip_reason(self, record: dict, now: datetime) -> str | None:
-        iso = record.get("event_datetime")
-        if iso is None:
-            return "no event time"
-        ts = datetime.fromisoformat(iso)
-        if ts < now - INTAKE_WINDOW:
-            return TOO_OLD
-        if ts > now + FUTURE_WINDOW:
-            return "more than 2 hours in the future (Datadog drops it)"
-        return None
+    key_sql = "NULL"  # one intake: every log can share a batch
 
-    def log(self, record: dict) -> dict:
-        http = {"method": record.get("http_method"), "url": record.get("url"),
-                "url_details": {"path": record.get("path")}}  # fmt: skip
-        if record.get("status") is not None:
-            http["status_code"] = record["status"]
-        out = {
-            "ddsource": SOURCE,
-            "service": SERVICE,
-            "ddtags": ",".join((tag("env", self.env), tag("provider", record.get("provider") or "unknown"),
-                                tag("stackone_service", record.get("service") or "unknown"))),  # fmt: skip
-            "status": "error" if is_error(record) else "info",
-            "timestamp": record["event_datetime"],
-            "message": message(record),
-            "http": http,
-            "stackone": {k: v for k, v in record.items() if k not in _MAPPED},
-        }
-        if record.get("duration_ms") is not None:
-            out["duration"] = round(record["duration_ms"] * 1_000_000)
-        return out
+    @property
+    def entry_sql(self) -> str:
+        provider, service = "coalesce(provider, 'unknown')", "coalesce(service, 'unknown')"
+        tags = (f"concat_ws(',', {sql_str(tag('env', self.env))}, {tag_sql('provider', provider)}, "
+                f"{tag_sql('stackone_service', service)})")  # fmt: skip
+        message = ("coalesce(http_method, '-') || ' ' || coalesce(path, '-') || ' ' || coalesce(status::VARCHAR, "
+                   "'timeout') || coalesce(printf(' in %.0f ms', duration_ms), '')")  # fmt: skip
+        return "encode(" + json_object({  # each entry ends with its separator: see batching.joined
+            "ddsource": f"to_json({sql_str(SOURCE)})",
+            "service": f"to_json({sql_str(SERVICE)})",
+            "ddtags": f"to_json({tags})",
+            "status": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",  # the level, never the code
+            "timestamp": f"to_json({EVENT_TIME})",
+            "message": f"to_json({message})",
+            "duration": "CAST(round(duration_ms * 1000000) AS BIGINT)::VARCHAR",  # nanoseconds
+            "http": json_object({
+                "method": "to_json(http_method)", "url": "to_json(url)",
+                "url_details": json_object({"path": "to_json(path)"}), "status_code": "status::VARCHAR",
+            }),
+            "stackone": record_json(exclude=_MAPPED),
+        }) + " || ',')"  # fmt: skip
 
-    def prepare(self, record: dict) -> tuple[None, bytes, int]:
-        entry = orjson.dumps(self.log(record))
-        return None, entry, len(entry) + 1
+    def window(self, now: datetime) -> Window:
+        return Window(oldest=now - INTAKE_WINDOW, too_old=TOO_OLD, newest=now + FUTURE_WINDOW,
+                      too_new="more than 2 hours in the future (Datadog drops it)")  # fmt: skip
 
-    def request(self, key, entries: list[bytes]) -> tuple[str, bytes, dict]:
-        body = b"[" + b",".join(entries) + b"]"
+    def request(self, key, rows) -> tuple[str, bytes, dict]:
         headers = {"DD-API-KEY": self.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"}
-        return self.url, gzip_bytes(body), headers
+        return self.url, gzip_bytes(b"[", *joined(rows.column("entry")), b"]"), headers
 
     def classify(self, resp: httpx.Response) -> Verdict:
         verdict = _classify(resp)

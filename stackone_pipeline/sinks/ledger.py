@@ -15,6 +15,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+
 from ..warehouse.duckdb_store import Warehouse
 
 CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
@@ -30,17 +32,21 @@ class Ledger:
     def _journal(self, sink: str, hour: datetime) -> Path:
         return self.journal_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', sink)}--{hour:%Y-%m-%dT%H}.tsv"
 
-    def delivered(self, sink: str, hour: datetime) -> set[str]:
-        """Ids already taken by `sink` for `hour` (merging any journal a killed run left)."""
+    def delivered_ids(self, sink: str, hour: datetime) -> pa.Table:
+        """Ids already taken by `sink` for `hour` (merging any journal a killed run left), as one
+        Arrow column: half a million ids cost ~20 MB here, several times that as a Python set."""
         self.flush(sink, hour)
         if not self.warehouse.path.exists():
-            return set()
+            return pa.table({"request_id": pa.array([], pa.string())})
         with self.warehouse.writer() as con:  # writer: the table may not exist yet
             con.execute(CREATE)
-            rows = con.execute(
-                "SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?", [sink, hour]
-            ).fetchall()
-        return {r for (r,) in rows}
+            return con.sql(
+                "SELECT request_id FROM delivery_ledger WHERE sink = $sink AND hour = $hour",
+                params={"sink": sink, "hour": hour},
+            ).to_arrow_table()
+
+    def delivered(self, sink: str, hour: datetime) -> set[str]:
+        return set(self.delivered_ids(sink, hour).column("request_id").to_pylist())
 
     def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
         """Journal ids the sink has answered for; durable before the next batch is sent."""

@@ -19,37 +19,29 @@ from __future__ import annotations
 
 import base64
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from operator import itemgetter
+from datetime import datetime, timedelta
 
 import httpx
 import orjson
 
 from ..settings import env_int
-from .payload import is_error, line
-from .transport import Action, Verdict
+from .batching import joined
+from .delivery import Window
+from .payload import IS_ERROR, RECORD, json_object
+from .transport import Action, Verdict, gzip_bytes
 
 NOT_CONFIGURED = "LOKI_URL is not set"
 PUSH_PATH = "/loki/api/v1/push"
 SERVICE_NAME = "stackone-requests"
 GRACE = timedelta(minutes=10)  # Loki's creation_grace_period: later entries are "too far in future"
 MARGIN = timedelta(minutes=10)  # an entry right at the max age would be too old by the time it lands
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
 # Rejects of single entries (permanent for that entry). Anything else in a 400 is about the push
 # or the server's configuration, e.g. structured metadata disallowed (Loki 2.x): fail, send later.
 _ENTRY_ERROR = re.compile(
     r"has timestamp too (old|new)|Max entry size|structured metadata too large|too many structured metadata"
 )
-
-
-def event_ns(record: dict) -> int | None:
-    """The record's event time in Unix nanoseconds (never the send time: resends must collapse)."""
-    iso = record.get("event_datetime")
-    return None if iso is None else (datetime.fromisoformat(iso) - _EPOCH) // _US * 1000
 
 
 def rejected_entries(body: str) -> int:
@@ -67,12 +59,6 @@ def rejected_entries(body: str) -> int:
     return count
 
 
-def gzip_bytes(data: bytes, level: int = 3) -> bytes:
-    """gzip with mtime 0, so the same batch always compresses to the same bytes."""
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return c.compress(data) + c.flush()
-
-
 @dataclass
 class LokiSink:
     url: str
@@ -83,32 +69,34 @@ class LokiSink:
     max_entries: int = 10_000
     max_bytes: int = 1_000_000  # uncompressed JSON per push
 
-    def skip_reason(self, record: dict, now: datetime) -> str | None:
-        ns = event_ns(record)
-        if ns is None:
-            return "no event time"
-        if ns < (now - self.max_age + MARGIN - _EPOCH) // _US * 1000:
-            return f"older than Loki accepts (LOKI_MAX_AGE_HOURS={self.max_age // timedelta(hours=1)})"
-        if ns > (now + GRACE - _EPOCH) // _US * 1000:
-            return "more than 10 minutes in the future (Loki's creation_grace_period)"
-        return None
+    key_sql = "coalesce(provider, 'unknown')"  # the stream's one variable label
+    # Loki's push entry: [ns as a string, the record as one sorted-key JSON line, structured metadata]
+    entry_sql = (
+        """encode('["' || epoch_ns(event_datetime) || '",' || to_json(""" + RECORD + ") || ',' || "
+        + json_object({
+            "request_id": "to_json(coalesce(request_id, ''))",
+            "account_id": "to_json(coalesce(account_id, ''))",
+            "level": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",
+            "status": "to_json(status::VARCHAR)",
+        })
+        + " || '],')"  # each entry ends with its separator: a batch is one slice of Arrow's buffer
+    )  # fmt: skip
 
-    def prepare(self, record: dict) -> tuple[tuple, tuple[int, bytes], int]:
-        labels = (("env", self.env), ("provider", record.get("provider") or "unknown"), ("service_name", SERVICE_NAME))
-        ns = event_ns(record)  # the batch key is the label set: one stream per push
-        meta = {"request_id": record.get("request_id") or "", "account_id": record.get("account_id") or "",
-                "level": "error" if is_error(record) else "info"}  # fmt: skip
-        if record.get("status") is not None:
-            meta["status"] = str(record["status"])
-        value = orjson.dumps([str(ns), line(record), meta])
-        return labels, (ns, value), len(value) + 1
+    def window(self, now: datetime) -> Window:
+        return Window(
+            oldest=now - self.max_age + MARGIN,
+            too_old=f"older than Loki accepts (LOKI_MAX_AGE_HOURS={self.max_age // timedelta(hours=1)})",
+            newest=now + GRACE,
+            too_new="more than 10 minutes in the future (Loki's creation_grace_period)",
+        )
 
-    def request(self, key: tuple, entries: list[tuple[int, bytes]]) -> tuple[str, bytes, dict]:
-        entries = sorted(entries, key=itemgetter(0))  # oldest first: Loki's per-stream window moves forward
-        body = b"".join((b'{"streams":[{"stream":', orjson.dumps(dict(key)), b',"values":[',
-                         b",".join(v for _, v in entries), b"]}]}"))  # fmt: skip
+    def request(self, key: str, rows) -> tuple[str, bytes, dict]:
+        """One stream per push (the batch key); rows come in event-time order, as Loki's
+        per-stream window wants."""
+        labels = {"env": self.env, "provider": key, "service_name": SERVICE_NAME}
+        head = b'{"streams":[{"stream":' + orjson.dumps(labels) + b',"values":['
         headers = {**self.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
-        return self.url, gzip_bytes(body), headers
+        return self.url, gzip_bytes(head, *joined(rows.column("entry")), b"]}]}"), headers
 
     def classify(self, resp: httpx.Response) -> Verdict:
         code = resp.status_code

@@ -16,7 +16,6 @@ Configuration is the SDK's: `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` is used as given,
 
 from __future__ import annotations
 
-import gzip
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
@@ -38,15 +37,15 @@ from opentelemetry.semconv.attributes.url_attributes import URL_PATH
 from opentelemetry.util.re import parse_env_headers
 
 from ..stackone.client import retry_after_seconds
-from .payload import is_error
-from .transport import Action, Verdict
+from .delivery import Window
+from .payload import RECORD
+from .transport import Action, Verdict, gzip_bytes
 
 NOT_CONFIGURED = "OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is not set"
 DEFAULT_SERVICE_NAME = "stackone-request-log"
 SCOPE = "stackone_pipeline"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the spec's list; every other error is final
 PROTOBUF = "application/x-protobuf"
-_NS_PER_US = 1_000
 
 
 def _scope_version() -> str | None:
@@ -83,11 +82,10 @@ def from_env(env: Mapping[str, str]) -> OtlpSink | None:
     return OtlpSink(url, dict(parse_env_headers(raw, liberal=True)), resource_attributes(env))
 
 
-def event_ns(iso: str) -> int:
-    """ISO-8601 with an offset -> integer Unix nanoseconds, exactly (no float on the way)."""
-    dt = datetime.fromisoformat(iso)
-    whole = int(dt.replace(microsecond=0).timestamp())
-    return whole * 1_000_000_000 + dt.microsecond * _NS_PER_US
+def is_error(record: dict) -> bool:
+    """payload.IS_ERROR for a parsed record: status >= 400, or a timeout (no status, not a success)."""
+    status = record.get("status")
+    return status >= 400 if status is not None else record.get("success") is False
 
 
 def body_of(record: dict) -> str:
@@ -123,25 +121,27 @@ class OtlpSink:
         # ours last: a configured header must not turn the body into something it is not
         self.headers = {**(headers or {}), "content-type": PROTOBUF, "content-encoding": "gzip"}
 
-    def skip_reason(self, record: dict, now: datetime) -> str | None:
-        return None  # OTLP sets no age limit; the backend behind the collector may
+    key_sql = "'logs'"
+    entry_sql = RECORD  # parsed back here: the SDK's encoder wants Python values
 
-    def prepare(self, record: dict) -> tuple[str, ReadableLogRecord, int]:
+    def window(self, now: datetime) -> Window:
+        return Window()  # OTLP sets no age limit; the backend behind the collector may
+
+    def request(self, key: str, rows) -> tuple[str, bytes, dict]:
+        logs = [self.log(orjson.loads(entry), ns)
+                for entry, ns in zip(rows.column("entry").to_pylist(), rows.column("ns").to_pylist())]  # fmt: skip
+        return self.url, gzip_bytes(encode_logs(logs).SerializeToString()), self.headers
+
+    def log(self, record: dict, ns: int) -> ReadableLogRecord:
         error = is_error(record)
-        body, attrs = body_of(record), attributes_of(record)
         log = LogRecord(
-            timestamp=event_ns(record["event_datetime"]),  # the event, never now (observed = now)
+            timestamp=ns,  # the event, never now (observed = now)
             severity_number=SeverityNumber.ERROR if error else SeverityNumber.INFO,
             severity_text="ERROR" if error else "INFO",
-            body=body,
-            attributes=attrs,
+            body=body_of(record),
+            attributes=attributes_of(record),
         )
-        size = 80 + len(body) + sum(len(k) + 12 + (len(v) if isinstance(v, str) else 0) for k, v in attrs.items())
-        return "logs", ReadableLogRecord(log, self.resource, self.scope), size
-
-    def request(self, key: str, entries: list[ReadableLogRecord]) -> tuple[str, bytes, dict]:
-        body = encode_logs(entries).SerializeToString()
-        return self.url, gzip.compress(body, compresslevel=6, mtime=0), self.headers
+        return ReadableLogRecord(log, self.resource, self.scope)
 
     def classify(self, resp: httpx.Response) -> Verdict:
         code = resp.status_code

@@ -141,7 +141,8 @@ def deliver_hour(
 
 def _aggregate(warehouse, hour, step_s, wanted: Callable[[str | None], bool], report) -> HourSeries:
     series = HourSeries(hour, step_s)
-    for row in stored_rows(warehouse, hour):
+    for row in stored_rows(warehouse, hour, ["request_id", "event_datetime", "provider", "status", "success",
+                                             "duration_ms"]):  # fmt: skip
         if wanted(row.get("request_id")):
             if series.add(row):
                 report.skipped += 1

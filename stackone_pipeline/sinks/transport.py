@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+from isal import isal_zlib
+
 
 from ..stackone.client import retry_after_seconds
 
@@ -39,6 +41,14 @@ class Sent:
     verdict: Verdict
     attempts: int
     bytes_sent: int
+
+
+def gzip_bytes(*parts: bytes | memoryview) -> bytes:
+    """`parts`, concatenated, as gzip with mtime 0 (the same batch always compresses to the same
+    bytes). ISA-L at level 1 compresses about as well as zlib's level 3 at five times the speed:
+    at tens of MB of JSON a second, zlib alone would take a core."""
+    c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)  # 31: gzip container
+    return b"".join([c.compress(p) for p in parts] + [c.flush()])
 
 
 Classifier = Callable[[httpx.Response], Verdict]

@@ -58,14 +58,21 @@ class Redactor:
 
     # -- pieces -------------------------------------------------------------------------
     def headers(self, headers):
+        """Secrets redacted, names lower-cased: HTTP names are case-insensitive (RFC 9110), so
+        `Content-Type` and `content-type` are one header, and the lake and the sinks' allowlist
+        can match names exactly. Repeated names are joined with ", " as HTTP combines them."""
         if not isinstance(headers, dict):
             return headers
         out = {}
         for name, value in headers.items():
-            if value is not None and self.is_secret_header(str(name)):
+            name = str(name)
+            if value is not None and self.is_secret_header(name):
                 self.count += 1
                 value = REDACTED
-            out[name] = value
+            key = name.lower()
+            if key in out and out[key] is not None and value is not None:
+                value = out[key] if value == out[key] else f"{out[key]}, {value}"
+            out[key] = value
         return out
 
     def query_params(self, params):

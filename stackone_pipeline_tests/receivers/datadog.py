@@ -45,6 +45,10 @@ def log_time(log: dict, received: datetime) -> datetime:
     return received
 
 
+def _iso_ms(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
 class DatadogReceiver(Receiver):
     def __init__(
         self, *, api_key: str | None = None, max_entries: int = 1000, max_bytes: int = 5 * 1024 * 1024,
@@ -116,13 +120,20 @@ class DatadogReceiver(Receiver):
         if not all(isinstance(log, dict) for log in logs):
             return Answer(400, b'{"errors":["Bad Request: logs must be objects"]}')
         now = self.clock()
+        oldest, newest = now - self.window, now + self.future
+        # The common shape, "timestamp" as ISO UTC with milliseconds, compares as text (same order).
+        oldest_iso, newest_iso = _iso_ms(oldest), _iso_ms(newest)
         for log in logs:
-            ours = log.get("stackone")
-            rid = ours.get("request_id") if isinstance(ours, dict) else None
             if not self.lean:
-                self.arrivals[rid] += 1
-            ts = log_time(log, now)
-            if ts < now - self.window or ts > now + self.future:
+                ours = log.get("stackone")
+                self.arrivals[ours.get("request_id") if isinstance(ours, dict) else None] += 1
+            ts = log.get("timestamp")
+            if type(ts) is str and len(ts) == 24 and ts[10] == "T" and ts[-1] == "Z" and "@timestamp" not in log:
+                too_old, too_new = ts < oldest_iso, ts > newest_iso
+            else:
+                when = log_time(log, now)
+                too_old, too_new = when < oldest, when > newest
+            if too_old or too_new:
                 self.dropped_count += 1
                 if not self.lean:
                     self.dropped.append(log)

@@ -22,7 +22,6 @@ pkg/ingester (stream.go, instance.go) and pkg/validation/validate.go:
 from __future__ import annotations
 
 import base64
-import gzip
 import re
 import zlib
 from collections import Counter
@@ -31,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import orjson
+from isal import igzip
 
 from .server import Answer, Received, Receiver
 
@@ -68,10 +68,13 @@ def selector(labels: dict) -> str:
 
 def decode_body(req: Received) -> bytes:
     enc = req.headers.get("content-encoding", "")
-    if enc == "gzip":
-        return gzip.decompress(req.body)
-    if enc == "deflate":
-        return zlib.decompress(req.body)
+    try:
+        if enc == "gzip":
+            return igzip.decompress(req.body)  # ISA-L: what zlib does, several times faster
+        if enc == "deflate":
+            return zlib.decompress(req.body)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadRequest(f"cannot decompress the {enc} body: {exc}") from None
     if enc in ("", "snappy"):  # "snappy" is tolerated and ignored for JSON
         return req.body
     raise BadRequest(f"Content-Encoding {enc!r} not supported")
@@ -94,15 +97,15 @@ def parse_push(raw: bytes) -> list[tuple[dict, list[tuple[int, str, dict]]]]:
             raise BadRequest("loghttp.Stream.Stream: label values must be strings")
         entries = []
         for v in values:
-            if not isinstance(v, list) or len(v) not in (2, 3):
+            if type(v) is not list or len(v) not in (2, 3):
                 raise BadRequest(f"loghttp.Entry: expected [ts, line] or [ts, line, metadata], got {v!r:.80}")
             ts, line = v[0], v[1]
-            if not isinstance(ts, str) or not ts.isdigit():
+            if type(ts) is not str or not ts.isdigit():
                 raise BadRequest(f"loghttp.Entry: timestamp must be a string of nanoseconds, got {ts!r}")
-            if not isinstance(line, str):
+            if type(line) is not str:
                 raise BadRequest("loghttp.Entry: line must be a string")
             meta = v[2] if len(v) == 3 else {}
-            if not isinstance(meta, dict) or not all(isinstance(x, str) for x in meta.values()):
+            if type(meta) is not dict or not {type(x) for x in meta.values()} <= {str}:
                 raise BadRequest("loghttp.Entry: structured metadata must be a flat object of strings")
             entries.append((int(ts), line, meta))
         out.append((labels, entries))
@@ -231,24 +234,26 @@ class LokiReceiver(Receiver):
         key = tuple(sorted(labels.items()))
         stream = self.streams.setdefault(key, _Stream())
         failed = []
+        behind = int(self.behind.total_seconds() * 1e9)
         for ts, line, meta in entries:
             self.arrived += 1
             if not self.lean:
                 self.arrivals[(key, ts, line)] += 1
-            floor = stream.newest - int(self.behind.total_seconds() * 1e9)
+            floor = stream.newest - behind
             if stream.newest and ts < floor:
                 self.rejected += 1
                 failed.append(f"entry with timestamp {_time(ts)} ignored, reason: 'entry too far behind, entry "
                               f"timestamp is: {_time(ts)}, oldest acceptable timestamp is: {_time(floor)}',")
                 continue
-            ident = (ts, line, tuple(sorted(meta.items())))
+            ident = (ts, line, tuple(sorted(meta.items())) if len(meta) > 1 else tuple(meta.items()))
             if self.lean:
                 ident = hash(ident)
             if ident in stream.entries:
                 self.duplicates += 1  # Loki ignores an exact repeat without an error
                 continue
             stream.entries[ident] = None
-            stream.newest = max(stream.newest, ts)
+            if ts > stream.newest:
+                stream.newest = ts
             self.stored += 1
         if not failed:
             return None
