@@ -67,6 +67,7 @@ class Config:
         self.rl_quick = quick  # 600/min run: 20 s quick, 120 s otherwise (ingest_bench)
         self.rss_rows = 50_000 if quick else 500_000  # the floor's size: ~1-2 min here
         self.sink_rows, self.sink_naive_n = (20_000, 500) if quick else ((500_000, 3_000) if full else (100_000, 3_000))
+        self.sink_repeat = 1 if quick else 3
         self.wh_events, self.wh_naive = (1_000, 40) if quick else (5_000, 100)
         self.bf_hours = 48 if quick else 2150
         self.bf_concurrency = 4  # StackOneResource's default, which the Dagster run uses
@@ -218,13 +219,17 @@ def section_sinks(cfg: Config) -> Section:
                 "receiver (own process), beside the guide's forwarder: one POST per log, no batching, no "
                 f"compression, keep-alive ({cfg.sink_naive_n:,} records over loopback, {cfg.sink_naive_n // 10:,} "
                 "with the round trip). Measured over loopback and again with the receiver waiting 10 ms before "
-                "each answer (a network round trip). One run per figure (`benchmarks/sinks_bench.py`).",
+                f"each answer (a network round trip). Over loopback: {cfg.sink_repeat} rounds of (naive, ours), "
+                "medians; each round's ratio in brackets (`benchmarks/sinks_bench.py`).",
                 cmd(cfg, "sinks"))
-    local, rtt = sinks_bench.measure_all(sinks_bench.SINKS, cfg.sink_rows, cfg.sink_naive_n, 10.0)
+    local, rtt = sinks_bench.measure_all(sinks_bench.SINKS, cfg.sink_rows, cfg.sink_naive_n, 10.0,
+                                         repeat=cfg.sink_repeat)
     for name, r in local.items():
         ratio = r.ours / r.naive
+        rounds = ", ".join(f"{x:.0f}x" for x in r.ratios)
         s.rows.append(Row(f"{name}: records/s over loopback", f"{r.ours:,.0f}/s ({r.run['batches']:,} batches)",
-                          f"{r.naive:,.0f}/s one-request-per-log", f"{ratio:.0f}x", ">= 50x", verdict(ratio >= 50),
+                          f"{r.naive:,.0f}/s one-request-per-log", f"{ratio:.0f}x [{rounds}]", ">= 50x",
+                          verdict(ratio >= 50),
                           summary=f"{ratio:.0f}x ({r.ours:,.0f} vs {r.naive:,.0f}/s)"))
         if name in rtt:
             q = rtt[name]
@@ -239,9 +244,9 @@ def section_sinks(cfg: Config) -> Section:
                           f"{r.run['peak_kb'] / 1024:,.0f} MB in {r.run['seconds']:.0f} s", floor="<= 400 MB at 500,000 rows",
                           summary=f"{r.run['peak_kb'] / 1024:,.0f} MB",
                           result=verdict(ok) if full else f"{verdict(ok)} at {cfg.sink_rows:,} rows (floor size not run)"))
-    s.notes.append("Over loopback a naive POST costs only ~1-2 ms, so one-request-per-log is unrealistically "
-                   "cheap and the 50x floor is expected to be missed there; with a 10 ms round trip (any real "
-                   "network) it is met. Both rows are reported as measured.")
+    s.notes.append("Over loopback the receiver shares the 2 cores with the delivery, so the loopback ratio is "
+                   "bounded by the receiver's own parsing; with a 10 ms round trip (any real network) the "
+                   "one-request-per-log forwarder waits on every record and the gap widens.")
     if not full:
         s.notes.append(f"Delivered {cfg.sink_rows:,} rows to keep the default run under 15 minutes; the floor's "
                        "500,000-row hour takes ~2 minutes per sink: `python -m benchmarks --full --only sinks` "

@@ -6,6 +6,7 @@ One stored hour (ingested from a simulator process, page_size 1000) is delivered
 (a) records/s delivered by `deliver_hour`, beside the guide's `sendToLoki` / `sendToDatadog`:
     one POST per record, no batching, no compression (keep-alive, as Node's fetch) — floor 50x;
 (b) peak RSS of the fresh process that delivers the whole hour (500,000 rows) — floor 400 MB.
+Each delivery is the hour's first for that sink: its ledger rows are cleared before the clock starts.
 A sink is one `BenchSink` in `SINKS`: its receiver, its environment and its naive forwarder.
 """
 
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from statistics import median
 from typing import Callable
 
 import httpx
@@ -134,10 +136,13 @@ FRESH_PROCESS = """
 import importlib, json
 from datetime import datetime
 from stackone_pipeline.sinks.delivery import deliver_hour
+from stackone_pipeline.sinks.ledger import Ledger
 from stackone_pipeline.sinks.transport import Transport
 from stackone_pipeline.warehouse.duckdb_store import Warehouse
 sink = importlib.import_module({module!r}).from_env({env!r})
-m = deliver_hour(sink, Warehouse({data_dir!r}), datetime.fromisoformat({hour!r}), Transport(), force=True).metadata()
+warehouse, hour = Warehouse({data_dir!r}), datetime.fromisoformat({hour!r})
+Ledger(warehouse).forget(sink.name, hour)  # a first delivery of the hour (a forced resend also clears it)
+m = deliver_hour(sink, warehouse, hour, Transport()).metadata()
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so it would include the parent's peak.
 m["peak_kb"] = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
 print(json.dumps(m))
@@ -154,30 +159,38 @@ def deliver_in_fresh_process(sink: BenchSink, url: str, data_dir: str, hour: dat
 
 @dataclass
 class Result:
-    naive: float  # records/s
-    ours: float
-    run: dict  # the fresh process's DeliveryReport metadata + peak_kb
+    naive: float  # records/s, median over the repeats
+    ours: float  # records/s, median over the repeats
+    run: dict  # the DeliveryReport metadata of the run with the highest peak RSS (+ peak_kb)
     receiver: dict
+    ratios: list[float]  # ours/naive of each repeat, naive measured just before
 
 
-def measure(sink: BenchSink, data_dir: str, hour: datetime, naive_n: int, latency_s: float) -> Result:
+def measure(sink: BenchSink, data_dir: str, hour: datetime, naive_n: int, latency_s: float, repeat: int = 1) -> Result:
+    """`repeat` rounds of (naive, then ours), each round's ratio taken side by side: the machine's
+    speed drifts between rounds, so medians are reported."""
     receiver = ReceiverProcess(sink, latency_s)
     try:
-        naive = naive_rate(sink, receiver.url, data_dir, hour, naive_n)
-        receiver.reset()
-        run = deliver_in_fresh_process(sink, receiver.url, data_dir, hour)
-        return Result(naive, run["accepted"] / run["seconds"], run, receiver.stats())
+        naive, ours, runs, ratios = [], [], [], []
+        for _ in range(repeat):
+            naive.append(naive_rate(sink, receiver.url, data_dir, hour, naive_n))
+            receiver.reset()
+            runs.append(deliver_in_fresh_process(sink, receiver.url, data_dir, hour))
+            ours.append(runs[-1]["accepted"] / runs[-1]["seconds"])
+            ratios.append(ours[-1] / naive[-1])
+            stats = receiver.stats()
+        return Result(median(naive), median(ours), max(runs, key=lambda r: r["peak_kb"]), stats, ratios)
     finally:
         receiver.stop()
 
 
-def measure_all(sinks: list[BenchSink], rows: int, naive_n: int, rtt_ms: float, data_dir: str | None = None
-                ) -> tuple[dict[str, Result], dict[str, Result]]:
+def measure_all(sinks: list[BenchSink], rows: int, naive_n: int, rtt_ms: float, data_dir: str | None = None,
+                repeat: int = 1) -> tuple[dict[str, Result], dict[str, Result]]:
     """One stored hour of `rows` rows, delivered to each sink over loopback and (if rtt_ms) with a round trip."""
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = data_dir or tmp
         hour = ingest(rows, data_dir)
-        local = {s.name: measure(s, data_dir, hour, naive_n, 0.0) for s in sinks}
+        local = {s.name: measure(s, data_dir, hour, naive_n, 0.0, repeat) for s in sinks}
         rtt = {s.name: measure(s, data_dir, hour, naive_n // 10, rtt_ms / 1000) for s in sinks if rtt_ms}
     return local, rtt
 
@@ -188,23 +201,24 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated sink names")
     p.add_argument("--data-dir", help="keep the stored hour here and reuse it on the next run")
     p.add_argument("--rtt-ms", type=float, default=10.0, help="also measure with this round trip (0: skip)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of (naive, ours) over loopback; medians reported")
     args = p.parse_args()
     rows, naive_n = (20_000, 500) if args.quick else (500_000, 3_000)
     sinks = [s for s in SINKS if not args.only or s.name in args.only.split(",")]
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    local, rtt = measure_all(sinks, rows, naive_n, args.rtt_ms, args.data_dir)
+    local, rtt = measure_all(sinks, rows, naive_n, args.rtt_ms, args.data_dir, args.repeat)
     print(f"\n(a) records/s over loopback, one {rows:,}-row hour (floor 50x); naive = one POST per record, "
-          f"{naive_n:,} records")
-    print(f"    {'sink':8} {'naive':>7} {'ours':>8} {'ratio':>6} {'batches':>8} {'largest push':>13} {'stored':>9}")
+          f"{naive_n:,} records; medians of {args.repeat} rounds, each round's ratio in brackets")
+    print(f"    {'sink':8} {'naive':>7} {'ours':>8} {'ratio':>6} {'batches':>8} {'largest push':>13} {'stored':>9}  rounds")
     for name, r in local.items():
         stored = r.receiver.get("stored", r.receiver.get("kept"))
         print(f"    {name:8} {r.naive:7,.0f} {r.ours:8,.0f} {r.ours / r.naive:5.0f}x {r.run['batches']:8,} "
-              f"{r.receiver['largest_body'] / 1e6:10.2f} MB {stored:9,}")
+              f"{r.receiver['largest_body'] / 1e6:10.2f} MB {stored:9,}  [{', '.join(f'{x:.0f}x' for x in r.ratios)}]")
     if rtt:
         print(f"(a') the same with a {args.rtt_ms:g} ms round trip per request (the receiver waits before answering)")
         for name, r in rtt.items():
             print(f"    {name:8} {r.naive:7,.0f} {r.ours:8,.0f} {r.ours / r.naive:5.0f}x")
-    print("(b) peak RSS (VmHWM) of the fresh process delivering the hour over loopback (floor 400 MB)")
+    print("(b) peak RSS (VmHWM) of the fresh process delivering the hour over loopback, highest round (floor 400 MB)")
     for name, r in local.items():
         print(f"    {name:8} {r.run['peak_kb'] / 1024:6,.0f} MB in {r.run['seconds']:.1f}s, accepted "
               f"{r.run['accepted']:,}, skipped {r.run['skipped']:,}, retries {r.run['retries']}")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import orjson
 
-SAFE = {"accept", "accept-encoding", "cache-control", "content-length", "content-type", "retry-after",
-        "user-agent", "x-account-id", "x-ratelimit-limit", "x-ratelimit-remaining", "x-request-id"}  # fmt: skip
+SAFE = {
+    "request": {"accept", "accept-encoding", "content-length", "content-type", "user-agent", "x-account-id",
+                "x-request-id"},
+    "response": {"cache-control", "content-length", "content-type", "retry-after", "x-ratelimit-limit",
+                 "x-ratelimit-remaining", "x-request-id"},
+}  # fmt: skip
 SCALARS = (
     "request_id", "account_id", "project_id", "provider", "service", "resource", "child_resource",
     "sub_resource", "action", "http_method", "path", "url", "status", "success", "duration_ms",
@@ -22,7 +26,7 @@ def expected_record(row: dict) -> dict:
     for part, key in (("request", "request_headers"), ("response", "response_headers")):
         if row.get(part) is not None:
             headers = orjson.loads(row[part]).get("headers") or {}
-            out[key] = {k: v for k, v in headers.items() if k in SAFE}
+            out[key] = {k: v for k, v in headers.items() if k in SAFE[part]}
     errors = orjson.loads(row["response"]).get("provider_errors") if row.get("response") else None
     if errors:
         out["provider_errors"] = [{"status": e.get("status"), "url": e.get("url")} for e in errors]

@@ -1,7 +1,7 @@
 """Cut a chunk of entries into batches per destination key, bounded by entries and bytes.
 
 A chunk is an Arrow table with `key`, `ns` (event time) and `size` (bytes) columns. It is
-sorted by key and event time (Loki wants each push in time order; the others do not mind), and
+sorted by key, and by event time where the sink wants each push in time order (Loki), and
 each key's run is cut greedily: a batch never mixes keys and never exceeds either bound (an
 entry larger than `max_bytes` travels alone). Python handles batches, never single entries, and
 a chunk's last, partly filled batch per key is sent as it is, so no push spans two chunks and
@@ -17,11 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def batches(chunk: pa.Table, max_entries: int, max_bytes: int) -> Iterator[tuple[Hashable, pa.Table]]:
-    """(key, rows) for each batch of `chunk`."""
+def batches(
+    chunk: pa.Table, max_entries: int, max_bytes: int, time_ordered: bool = True
+) -> Iterator[tuple[Hashable, pa.Table]]:
+    """(key, rows) for each batch of `chunk`; rows in event-time order if `time_ordered`."""
     if chunk.num_rows == 0:
         return
-    chunk = chunk.take(pc.sort_indices(chunk, [("key", "ascending"), ("ns", "ascending")]))
+    order = [("key", "ascending"), ("ns", "ascending")] if time_ordered else [("key", "ascending")]
+    if time_ordered or len(pc.unique(chunk.column("key"))) > 1:
+        chunk = chunk.take(pc.sort_indices(chunk, order))
     runs = pc.run_end_encode(chunk.column("key").combine_chunks())  # one run per key, now
     ends = np.cumsum(chunk.column("size").to_numpy(), dtype=np.int64)  # bytes up to each entry
     run_start = 0

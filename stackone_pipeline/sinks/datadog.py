@@ -70,7 +70,8 @@ class DatadogSink:
     max_entries: int = 1000
     max_bytes: int = 4_250_000  # uncompressed array; as Vector, under the intake's 5 MB
 
-    key_sql = "NULL"  # one intake: every log can share a batch
+    key_sql = "NULL::VARCHAR"  # one intake: every log can share a batch
+    time_ordered = False
 
     @property
     def entry_sql(self) -> str:

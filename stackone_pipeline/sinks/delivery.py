@@ -1,21 +1,22 @@
 """Deliver one stored hour to one sink: lake -> skip delivered / unsendable -> batch -> send -> ledger.
 
 DuckDB reads the hour's Parquet file, leaves out what the ledger says the sink already has and
-what the sink would refuse for its age, and builds each entry (payload.py + the sink's SQL), a
-few thousand rows at a time. Python only batches and sends. Batches go out on `in_flight`
-sender threads, so encoding the next batch overlaps the sink's answer to the last one.
+what the sink would refuse for its age, and builds each entry (payload.py + the sink's SQL),
+`chunk_rows` at a time, one chunk ahead on its own thread. Python only cuts chunks into batches
+(batching.py) and sends them, `in_flight` at a time, so building, sending and the sink's work
+overlap. Memory is bounded by a few chunks, whatever the size of the hour.
 """
 
 from __future__ import annotations
 
 import threading
-from queue import Full, Queue
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from queue import Full, Queue
 from typing import Hashable, Iterator, Protocol
 
 import duckdb
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from ..lake.parquet import hour_file
 from ..warehouse.duckdb_store import Warehouse
 from .batching import batches
-from .ledger import Ledger
+from .ledger import NO_IDS, Ledger
 from .payload import PARSED, RECORD
 from .transport import Action, Transport, Verdict
 
@@ -46,13 +47,14 @@ class Sink(Protocol):
     max_entries: int
     max_bytes: int
     key_sql: str  # SQL over the stored row: the batch key (the destination's natural key)
+    time_ordered: bool  # a batch's entries must be in event-time order (Loki's streams)
     entry_sql: str  # SQL over the stored row: one entry (payload.py's RECORD and helpers)
 
     def window(self, now: datetime) -> Window:
         """Which event times the sink accepts at `now`."""
 
     def request(self, key: Hashable, rows: pa.Table) -> tuple[str, bytes, dict]:
-        """Encode one batch (`entry`, `ns`, `request_id` columns, in event-time order):
+        """Encode one batch (`entry`, `ns`, `request_id` columns):
         (url, body, headers). Pure apart from reading configuration."""
 
     def classify(self, response) -> Verdict:
@@ -104,13 +106,10 @@ def stored_rows(
         yield from batch.to_pylist()
 
 
-NO_IDS = pa.table({"request_id": pa.array([], pa.string())})
-
-
 class HourQuery:
     """The sendable rows of one stored hour, as DuckDB computes them (in-memory, UTC session)."""
 
-    def __init__(self, path: Path, delivered: pa.Table = NO_IDS, memory_limit: str = "192MB"):
+    def __init__(self, path: Path, delivered: pa.Table = NO_IDS, memory_limit: str = "128MB"):
         self.path = str(path)
         self.con = duckdb.connect(config={"memory_limit": memory_limit})
         self.con.execute("SET TimeZone = 'UTC'")
@@ -158,7 +157,7 @@ class HourQuery:
         yield from self.con.sql(query, params=params).to_arrow_reader(chunk_rows)
 
 
-def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
     """`items`, produced on a background thread up to `depth` ahead (DuckDB releases the GIL, so
     the next chunk is computed while this one is batched and sent)."""
     queue: Queue = Queue(depth)
@@ -211,7 +210,7 @@ def deliver_hour(
     force: bool = False,
     now: datetime | None = None,
     in_flight: int = 2,
-    chunk_rows: int = 20_000,
+    chunk_rows: int = 10_000,
 ) -> DeliveryReport:
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
@@ -271,7 +270,7 @@ def deliver_hour(
                 for chunk in chunks:
                     chunk = pa.Table.from_batches([chunk])
                     chunk = chunk.append_column("size", pc.binary_length(chunk.column("entry")))
-                    for key, rows in batches(chunk, sink.max_entries, sink.max_bytes):
+                    for key, rows in batches(chunk, sink.max_entries, sink.max_bytes, sink.time_ordered):
                         pending.append(pool.submit(send, key, rows))
                         while len(pending) > in_flight:  # bounded: one batch waits while `in_flight` are out
                             pending.popleft().result()

@@ -23,6 +23,8 @@ CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
   sink VARCHAR, hour TIMESTAMPTZ, request_id VARCHAR, outcome VARCHAR, delivered_at TIMESTAMPTZ
 )"""
 
+NO_IDS = pa.schema([("request_id", pa.string())]).empty_table()
+
 
 class Ledger:
     def __init__(self, warehouse: Warehouse):
@@ -37,7 +39,7 @@ class Ledger:
         Arrow column: half a million ids cost ~20 MB here, several times that as a Python set."""
         self.flush(sink, hour)
         if not self.warehouse.path.exists():
-            return pa.table({"request_id": pa.array([], pa.string())})
+            return NO_IDS
         with self.warehouse.writer() as con:  # writer: the table may not exist yet
             con.execute(CREATE)
             return con.sql(

@@ -70,6 +70,7 @@ class LokiSink:
     max_bytes: int = 1_000_000  # uncompressed JSON per push
 
     key_sql = "coalesce(provider, 'unknown')"  # the stream's one variable label
+    time_ordered = True  # Loki's per-stream window moves forward
     # Loki's push entry: [ns as a string, the record as one sorted-key JSON line, structured metadata]
     entry_sql = (
         """encode('["' || epoch_ns(event_datetime) || '",' || to_json(""" + RECORD + ") || ',' || "

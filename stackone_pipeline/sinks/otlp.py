@@ -122,6 +122,7 @@ class OtlpSink:
         self.headers = {**(headers or {}), "content-type": PROTOBUF, "content-encoding": "gzip"}
 
     key_sql = "'logs'"
+    time_ordered = False
     entry_sql = RECORD  # parsed back here: the SDK's encoder wants Python values
 
     def window(self, now: datetime) -> Window:

@@ -13,19 +13,23 @@ second. Each sink writes its entry as a SQL expression over the stored row's col
 
 from __future__ import annotations
 
-# Header names are stored lower-cased (stackone/redaction.py), so the allowlist matches exactly.
-SAFE_HEADERS = (
-    "accept", "accept-encoding", "cache-control", "content-length", "content-type", "retry-after",
-    "user-agent", "x-account-id", "x-ratelimit-limit", "x-ratelimit-remaining", "x-request-id",
+# Header names are stored lower-cased (stackone/redaction.py), so the allowlists match exactly.
+REQUEST_HEADERS = (
+    "accept", "accept-encoding", "content-length", "content-type", "user-agent", "x-account-id", "x-request-id",
+)  # fmt: skip
+RESPONSE_HEADERS = (
+    "cache-control", "content-length", "content-type", "retry-after", "x-ratelimit-limit",
+    "x-ratelimit-remaining", "x-request-id",
 )  # fmt: skip
 SCALARS = (
     "request_id", "account_id", "project_id", "provider", "service", "resource", "child_resource",
     "sub_resource", "action", "http_method", "path", "url", "status", "success", "duration_ms",
     "is_worker", "source_type", "source_value", "source_id", "source_ip",
 )  # fmt: skip
-# One parse of each JSON column: the allowlisted headers, then (response only) provider_errors.
-_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in SAFE_HEADERS) + ", '$.provider_errors']"
-_ERRORS = f"r[{len(SAFE_HEADERS) + 1}]"
+# One parse of each JSON column: its allowlisted headers (and, for the response, provider_errors).
+_REQUEST_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in REQUEST_HEADERS) + "]"
+_RESPONSE_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in RESPONSE_HEADERS) + ", '$.provider_errors']"
+_ERRORS = f"r[{len(RESPONSE_HEADERS) + 1}]"
 
 # The pipeline's one definition (as analytics/hour_requests.sql): status >= 400, or a timeout.
 IS_ERROR = "coalesce(status >= 400 OR (status IS NULL AND success = false), false)"
@@ -48,16 +52,15 @@ def json_object(fields: dict[str, str]) -> str:
     return f"('{{' || concat_ws(',', {parts}) || '}}')"
 
 
-def _headers(parsed: str) -> str:
-    present = {h: f"{parsed}[{i + 1}]" for i, h in enumerate(SAFE_HEADERS)}
-    return json_object(present)
+def _headers(parsed: str, names: tuple[str, ...]) -> str:
+    return json_object({h: f"{parsed}[{i + 1}]" for i, h in enumerate(names)})
 
 
 _FIELDS = {
     **{k: f"to_json({k})" for k in SCALARS},
     "event_datetime": f"to_json({EVENT_TIME})",
-    "request_headers": f"CASE WHEN request IS NOT NULL THEN {_headers('q')} END",
-    "response_headers": f"CASE WHEN response IS NOT NULL THEN {_headers('r')} END",
+    "request_headers": f"CASE WHEN request IS NOT NULL THEN {_headers('q', REQUEST_HEADERS)} END",
+    "response_headers": f"CASE WHEN response IS NOT NULL THEN {_headers('r', RESPONSE_HEADERS)} END",
     # status and url of each provider error; the provider's own headers and body never leave
     "provider_errors": (
         f"CASE WHEN json_array_length({_ERRORS}) > 0 THEN to_json(list_transform("
@@ -76,4 +79,4 @@ RECORD = record_json()
 
 
 # The columns `_FIELDS` read besides the scalars: select them next to the stored row's columns.
-PARSED = f"json_extract(request, {_PATHS}) AS q, json_extract(response, {_PATHS}) AS r"
+PARSED = f"json_extract(request, {_REQUEST_PATHS}) AS q, json_extract(response, {_RESPONSE_PATHS}) AS r"
