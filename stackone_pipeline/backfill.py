@@ -72,8 +72,10 @@ def run_backfill(
     keys = partition_keys(start, end)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    # Every hourly asset (ingestion, analytics, sinks); unpartitioned ones have their own triggers.
-    hourly = assets or [a for a in defs.assets or [] if getattr(a, "partitions_def", None) == hourly_partitions]
+    # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);
+    # unpartitioned ones have their own triggers.
+    hourly = assets or [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)
+                        and a.is_executable and a.partitions_def == hourly_partitions]  # fmt: skip
     return dg.materialize(
         hourly,
         instance=instance,

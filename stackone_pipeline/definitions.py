@@ -5,18 +5,20 @@ import dagster as dg
 from .assets.analytics import analytics_tables
 from .assets.prometheus_delivery import prometheus_delivery
 from .assets.request_logs import request_logs
-from .assets.sinks import delivery_asset
+from .assets.sinks import delivery_asset, unless_configured
 from .assets.webhook_events import webhook_events, webhook_events_sensor
 from .automation import ASSETS as AUTOMATION_ASSETS
 from .automation import JOBS, SCHEDULES, SENSORS
 from .resources import resources_from_env
-from .sinks import datadog, loki, otlp
+from .sinks import datadog, loki, otlp, prometheus
+
+SINKS = [(delivery_asset("loki", loki), loki), (delivery_asset("datadog", datadog), datadog),
+         (delivery_asset("otlp", otlp), otlp), (prometheus_delivery, prometheus)]  # fmt: skip
 
 defs = dg.Definitions(
     assets=[
         request_logs, analytics_tables, *AUTOMATION_ASSETS,
-        delivery_asset("loki", loki), delivery_asset("datadog", datadog), delivery_asset("otlp", otlp),
-        prometheus_delivery,
+        *(unless_configured(asset, module) for asset, module in SINKS),
         webhook_events,
     ],
     jobs=JOBS,

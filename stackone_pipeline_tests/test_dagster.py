@@ -126,3 +126,19 @@ def test_cli_backfill_runs_one_dagster_run_into_dagster_home(sim, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", "2020-01-01T00:00Z",
                           "--end", "2020-01-01T03:00Z"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "retention" in bad.stderr
+
+
+def test_an_unconfigured_sink_is_a_stand_in_that_jobs_and_backfills_leave_out():
+    from stackone_pipeline.assets.sinks import delivery_asset, unless_configured
+    from stackone_pipeline.automation.jobs import hourly_job
+    from stackone_pipeline.sinks import loki
+
+    asset = delivery_asset("loki", loki)
+    assert unless_configured(asset, loki, env={"LOKI_URL": "http://127.0.0.1:3100"}) is asset
+    stand_in = unless_configured(asset, loki, env={})
+    assert isinstance(stand_in, dg.AssetSpec) and stand_in.key == asset.key and stand_in.group_name == "sinks"
+    assert stand_in.description.startswith("Not configured: LOKI_URL is not set")
+    resources = pipeline_resources("http://127.0.0.1:9", "unused")
+    defs = dg.Definitions(assets=[request_logs, stand_in], jobs=[hourly_job], resources=resources)
+    assert not defs.resolve_asset_graph().get(asset.key).is_executable  # greyed out, still in the lineage
+    assert defs.resolve_job_def("hourly_job").asset_layer.executable_asset_keys == {request_logs.key}

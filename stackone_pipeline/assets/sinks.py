@@ -1,7 +1,10 @@
 """One hourly delivery asset per sink, downstream of `request_logs`.
 
-A sink whose environment variables are not set is *skipped*: the step succeeds without
-materialising, and an observation says why, so the UI shows neither a failure nor a delivery.
+A sink whose environment variables are not set where the code location loads is a stand-in
+(`unless_configured`): a non-executable asset whose description says what to set. The UI shows
+it in the lineage, and "Materialize all", backfills and `hourly_job` leave it out, so they end
+successful instead of failed. Should the variables vanish between loading and running, the
+step itself skips: it succeeds without materialising, and an observation says why.
 """
 
 import os
@@ -71,3 +74,16 @@ def delivery_asset(
         yield dg.MaterializeResult(metadata=summed)
 
     return _deliver
+
+
+def unless_configured(asset: dg.AssetsDefinition, sink_module: ModuleType, env=None) -> dg.AssetsDefinition | dg.AssetSpec:
+    """`asset`, or a non-executable stand-in with the same key, lineage and group when the sink's
+    variables are not set in `env` (default: this process's environment)."""
+    if sink_module.from_env(os.environ if env is None else env) is not None:
+        return asset
+    spec = asset.specs_by_key[asset.key]
+    return dg.AssetSpec(
+        asset.key, deps=spec.deps, group_name=spec.group_name, kinds=spec.kinds, partitions_def=spec.partitions_def,
+        description=f"Not configured: {sink_module.NOT_CONFIGURED}. Set it where Dagster runs and reload the "
+        f"code location to deliver here.",
+    )

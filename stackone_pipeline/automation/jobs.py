@@ -8,14 +8,12 @@ ingestion.
 
 import dagster as dg
 
-from ..partitions import hourly_partitions
-
 HOURLY_JOB = "hourly_job"
 
 hourly_job = dg.define_asset_job(
     HOURLY_JOB,
-    selection=dg.AssetSelection.assets("request_logs").downstream(),
-    partitions_def=hourly_partitions,
+    # materializable: a sink that is not configured is a stand-in spec (assets/sinks.py), not a step
+    selection=dg.AssetSelection.assets("request_logs").downstream().materializable(),
     description="One UTC hour (or a range): request_logs, late_arrivals, the analytics tables and "
     "checks, and every sink delivery.",
 )
