@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

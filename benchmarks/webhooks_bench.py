@@ -180,7 +180,11 @@ def staged_ids(data_dir: Path) -> list[str]:
 
 
 def bench_receiver(n: int, concurrency: int, httpx_n: int) -> float:
-    data_dir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
+    with tempfile.TemporaryDirectory(prefix="webhooks-bench-") as tmp:
+        return _bench_receiver(Path(tmp), n, concurrency, httpx_n)
+
+
+def _bench_receiver(data_dir: Path, n: int, concurrency: int, httpx_n: int) -> float:
     events = make_events(n + httpx_n + 200, "bench")
     warm, main, via_httpx = events[:200], events[200:200 + n], events[200 + n:]
     server = ServerProcess(RECEIVER, data_dir)
@@ -222,7 +226,11 @@ def bench_receiver(n: int, concurrency: int, httpx_n: int) -> float:
 
 
 def bench_naive(n: int, concurrency: int) -> float:
-    data_dir = Path(tempfile.mkdtemp(prefix="webhooks-naive-"))
+    with tempfile.TemporaryDirectory(prefix="webhooks-naive-") as tmp:
+        return _bench_naive(Path(tmp), n, concurrency)
+
+
+def _bench_naive(data_dir: Path, n: int, concurrency: int) -> float:
     events = make_events(n, "naive")
     server = ServerProcess(NAIVE, data_dir)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from datetime import datetime, timedelta, timezone
 
+import dagster as dg
 import pytest
 
 from stackone_pipeline.partitions import hourly_partitions
@@ -13,6 +14,8 @@ from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_
 from stackone_pipeline.stackone.client import StackOneClient
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 from stackone_pipeline.warehouse.duckdb_store import Warehouse
+
+from .inbox import Inbox
 
 warnings.filterwarnings("ignore", module="dagster")
 
@@ -67,3 +70,19 @@ def make_client(sim):
 @pytest.fixture
 def warehouse(tmp_path) -> Warehouse:
     return Warehouse(tmp_path / "data", lock_timeout_s=30)
+
+
+@pytest.fixture
+def hooks():
+    """Two JSON inboxes: a generic webhook and Slack."""
+    webhook, slack = Inbox(), Inbox()
+    yield webhook, slack
+    for inbox in (webhook, slack):
+        inbox.server.shutdown()
+        inbox.server.server_close()
+
+
+@pytest.fixture
+def instance():
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst

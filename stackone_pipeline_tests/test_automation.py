@@ -24,7 +24,6 @@ from stackone_pipeline.warehouse.duckdb_store import Warehouse
 
 from .conftest import closed_hour
 from .receivers.otlp import OtlpReceiver
-from .test_notify import hooks, instance  # noqa: F401 (fixtures: JSON webhook + Slack inboxes, Dagster instance)
 
 H = timedelta(hours=1)
 RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")

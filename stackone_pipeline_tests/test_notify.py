@@ -3,13 +3,10 @@ receiver (tiny local HTTP servers) and a real Alertmanager, read back through it
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
-import orjson
 import pytest
 
 from stackone_pipeline.analytics import tables
@@ -23,49 +20,6 @@ from .prometheus_server import free_port
 
 HOUR = datetime(2026, 11, 25, 14, tzinfo=timezone.utc)
 SENSORS = {s.name: s for s in build_sensors(AutomationSettings())}
-
-
-class Inbox:
-    """Records JSON POSTs; answers `status` (settable: 503 = down, 400 = refuses)."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        self.attempts = 0
-        self.status = 200
-        inbox = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                inbox.attempts += 1
-                if inbox.status == 200:
-                    inbox.bodies.append(orjson.loads(body))
-                self.send_response(inbox.status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def hooks():
-    webhook, slack = Inbox(), Inbox()
-    yield webhook, slack
-    for inbox in (webhook, slack):
-        inbox.server.shutdown()
-        inbox.server.server_close()
-
-
-@pytest.fixture
-def instance():
-    with dg.DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 @pytest.fixture

@@ -216,7 +216,7 @@ def test_late_arrivals_hidden_from_first_walk_only(launch):
 def test_repeat_across_pages_duplicates(launch):
     sim, client = launch(rows_per_hour=300, faults=Faults(repeat_across_pages=True))
     params = _window(H, H + HOUR, page_size=50, order_direction="asc")
-    records, sizes = [], []
+    records = []
     token = None
     while True:
         body = client.get("/requests/logs", params={**params, **({"next": token} if token else {})}).json()
