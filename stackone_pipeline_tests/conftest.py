@@ -12,6 +12,7 @@ from stackone_pipeline.partitions import hourly_partitions
 from stackone_pipeline.resources import StackOneResource, StorageResource
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 from stackone_pipeline.stackone.client import StackOneClient
+from stackone_pipeline.sinks.transport import Transport
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 from stackone_pipeline.warehouse.duckdb_store import Warehouse
 
@@ -86,3 +87,11 @@ def hooks():
 def instance():
     with dg.DagsterInstance.ephemeral() as inst:
         yield inst
+
+
+@pytest.fixture
+def transport():
+    """The sinks' transport with short backoffs (Retry-After is still honoured as sent)."""
+    t = Transport(backoff_base_s=0.01, backoff_max_s=0.05)
+    yield t
+    t.close()

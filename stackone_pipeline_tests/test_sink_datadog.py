@@ -18,7 +18,6 @@ from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.sinks import datadog as datadog_module
 from stackone_pipeline.sinks.datadog import DatadogSink, after_hour, from_env
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
-from stackone_pipeline.sinks.transport import Transport
 
 from .conftest import closed_hour, partition_key, pipeline_resources
 from .receivers.datadog import DatadogReceiver
@@ -31,13 +30,6 @@ TOO_OLD = "older than Datadog's 18-hour log intake window"
 def datadog():
     with DatadogReceiver(api_key=KEY) as receiver:
         yield receiver
-
-
-@pytest.fixture
-def transport():
-    t = Transport(backoff_base_s=0.01, backoff_max_s=0.05)
-    yield t
-    t.close()
 
 
 def sink_for(receiver, **env) -> DatadogSink:

@@ -19,7 +19,6 @@ from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.sinks import loki as loki_module
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.loki import from_env
-from stackone_pipeline.sinks.transport import Transport
 
 from .conftest import closed_hour, partition_key, pipeline_resources
 from .expected_payload import expected_record
@@ -33,13 +32,6 @@ TENANT = "team-a"
 def loki():
     with LokiReceiver() as receiver:
         yield receiver
-
-
-@pytest.fixture
-def transport():
-    t = Transport(backoff_base_s=0.01, backoff_max_s=0.05)
-    yield t
-    t.close()
 
 
 def sink_for(receiver, **env):

@@ -18,7 +18,7 @@ from stackone_pipeline.simulator import SECRET_MARKER, SimulatorConfig
 from stackone_pipeline.sinks import otlp
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 
-from stackone_pipeline.sinks.transport import Action, Transport
+from stackone_pipeline.sinks.transport import Action
 
 from .conftest import closed_hour, partition_key, pipeline_resources
 from .expected_payload import is_error
@@ -37,13 +37,6 @@ def sim_config() -> SimulatorConfig:
 def rx():
     with OtlpReceiver() as receiver:
         yield receiver
-
-
-@pytest.fixture
-def transport():
-    t = Transport(backoff_base_s=0.01, deadline_s=20)
-    yield t
-    t.close()
 
 
 @pytest.fixture
