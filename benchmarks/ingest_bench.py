@@ -40,6 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 30.0) -> None:
+    """Poll `url` until the server `proc` answers; fail at once if it exits (with its stderr, if piped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {err}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s")
+
+
 class SimulatorProcess:
     def __init__(self, rows_per_hour: int, rate_limit: int, max_page_size: int = 1000):
         self.port = free_port()
@@ -50,14 +65,7 @@ class SimulatorProcess:
             f"rate_limit_per_minute={rate_limit}, max_page_size={max_page_size}), '127.0.0.1', {self.port})"
         )
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/_simulator/stats", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("simulator did not start")
+        wait_until_serving(f"{self.url}/_simulator/stats", self.proc, "simulator", timeout_s=20)
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_simulator/stats", timeout=5).json()

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest_bench import SimulatorProcess, free_port  # noqa: E402  (benchmarks/ is on sys.path)
+from ingest_bench import SimulatorProcess, free_port, wait_until_serving  # noqa: E402  (benchmarks/ is on sys.path)
 
 from stackone_pipeline.ingest import ingest_hours  # noqa: E402
 from stackone_pipeline.lake.parquet import hour_file  # noqa: E402
@@ -85,14 +85,7 @@ class ReceiverProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stackone_pipeline_tests.receivers.server", sink.receiver, "--port", str(port),
              "--kwargs", kwargs], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.stats()
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{sink.name} receiver did not start")
+        wait_until_serving(f"{self.url}/_receiver/stats", self.proc, f"{sink.name} receiver", timeout_s=20)
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_receiver/stats", timeout=5).json()

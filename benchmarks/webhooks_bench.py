@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ingest_bench import free_port, wait_until_serving  # noqa: E402  (benchmarks/ is on sys.path)
 from stackone_pipeline.warehouse.duckdb_store import Warehouse  # noqa: E402
 from stackone_pipeline.webhooks import WEBHOOK_PATH, load_staged_events, signed_headers, staged_records  # noqa: E402
 
@@ -71,12 +71,6 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerProcess:
     def __init__(self, code: str, data_dir: Path):
         self.port = free_port()
@@ -86,16 +80,7 @@ class ServerProcess:
             [sys.executable, "-c", code.format(port=self.port, data_dir=str(data_dir), path=WEBHOOK_PATH)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                httpx.get(f"{self.url}/healthz", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start")
+        wait_until_serving(f"{self.url}/healthz", self.proc, "webhook server")
 
     def stop(self) -> str:
         self.proc.terminate()
