@@ -22,8 +22,8 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -84,14 +84,18 @@ def cmd(cfg: Config, key: str) -> str:
 
 
 def section_ingest(cfg: Config) -> Section:
-    s = Section("ingest", "Ingestion throughput (no rate limit)",
-                f"Rows/s from the simulator (own process, no rate limit, page_size 100, {cfg.tp_rows:,} rows/hour) "
-                f"into Parquet + DuckDB. stackone_pipeline ingests {cfg.tp_hours} hours (`ingest_hours`, "
-                "concurrency 4); the baselines fetch the first of those hours: the guide's naive sync worker "
-                "(sequential pages into a list, then one INSERT per row) and dlt's `rest_api` source "
-                "(`benchmarks/dlt_baseline.py`: basic auth, cursor paginator on `next`, `data_selector: data`, "
-                "one resource per hour into DuckDB in a temp dir). Each run measures all of them back to back "
-                "against the same simulator process.", cmd(cfg, "ingest"))
+    s = Section(
+        "ingest",
+        "Ingestion throughput (no rate limit)",
+        f"Rows/s from the simulator (own process, no rate limit, page_size 100, {cfg.tp_rows:,} rows/hour) "
+        f"into Parquet + DuckDB. stackone_pipeline ingests {cfg.tp_hours} hours (`ingest_hours`, "
+        "concurrency 4); the baselines fetch the first of those hours: the guide's naive sync worker "
+        "(sequential pages into a list, then one INSERT per row) and dlt's `rest_api` source "
+        "(`benchmarks/dlt_baseline.py`: basic auth, cursor paginator on `next`, `data_selector: data`, "
+        "one resource per hour into DuckDB in a temp dir). Each run measures all of them back to back "
+        "against the same simulator process.",
+        cmd(cfg, "ingest"),
+    )
     no_dlt = dlt_baseline.unavailable()
     if no_dlt:
         print(f"  dlt baseline skipped: {no_dlt}", flush=True)
@@ -117,74 +121,133 @@ def section_ingest(cfg: Config) -> Section:
     finally:
         sim.stop()
     o, n = med(ours), med(naive)
-    s.rows.append(Row("stackone_pipeline vs the guide's naive sync worker", f"{o:,.0f} rows/s ({runs_text(ours)})",
-                      f"{n:,.0f} rows/s ({runs_text(naive)})", f"{o / n:.1f}x", ">= 5x", verdict(o / n >= 5),
-                      summary=f"{o / n:.1f}x ({o:,.0f} vs {n:,.0f} rows/s)"))
+    s.rows.append(
+        Row(
+            "stackone_pipeline vs the guide's naive sync worker",
+            f"{o:,.0f} rows/s ({runs_text(ours)})",
+            f"{n:,.0f} rows/s ({runs_text(naive)})",
+            f"{o / n:.1f}x",
+            ">= 5x",
+            verdict(o / n >= 5),
+            summary=f"{o / n:.1f}x ({o:,.0f} vs {n:,.0f} rows/s)",
+        )
+    )
     if no_dlt:
         s.notes.append(f"dlt baseline skipped: {no_dlt}.")
     else:
         d = med(dlt_pq)
-        s.rows.append(Row("stackone_pipeline vs dlt rest_api (loader_file_format=parquet)", f"{o:,.0f} rows/s",
-                          f"{d:,.0f} rows/s ({runs_text(dlt_pq)})", f"{o / d:.1f}x",
-                          summary=f"{o / d:.1f}x ({o:,.0f} vs {d:,.0f} rows/s)"))
+        s.rows.append(
+            Row(
+                "stackone_pipeline vs dlt rest_api (loader_file_format=parquet)",
+                f"{o:,.0f} rows/s",
+                f"{d:,.0f} rows/s ({runs_text(dlt_pq)})",
+                f"{o / d:.1f}x",
+                summary=f"{o / d:.1f}x ({o:,.0f} vs {d:,.0f} rows/s)",
+            )
+        )
         dd = dlt_default["rows_per_s"]
-        s.rows.append(Row("stackone_pipeline vs dlt rest_api (dlt's defaults)", f"{o:,.0f} rows/s",
-                          f"{dd:,.0f} rows/s (1 run)", f"{o / dd:.1f}x"))
-        s.notes.append(f"dlt {dlt_baseline.version()}: with its default DuckDB loader format (`insert_values`) "
-                       "most of dlt's time is DuckDB parsing INSERT statements, so the fair baseline is the "
-                       "parquet loader row; dlt also unnests `request`/`response` into child tables "
-                       f"({dlt_default['tables']} tables) and stores headers and bodies unredacted, which "
-                       "stackone_pipeline does not (it redacts and keeps JSON columns).")
-    s.notes.append("The baselines fetch one hour sequentially (neither parallelises hours out of the box); "
-                   "stackone_pipeline fetches hours concurrently, which is part of what is measured.")
+        s.rows.append(
+            Row(
+                "stackone_pipeline vs dlt rest_api (dlt's defaults)",
+                f"{o:,.0f} rows/s",
+                f"{dd:,.0f} rows/s (1 run)",
+                f"{o / dd:.1f}x",
+            )
+        )
+        s.notes.append(
+            f"dlt {dlt_baseline.version()}: with its default DuckDB loader format (`insert_values`) "
+            "most of dlt's time is DuckDB parsing INSERT statements, so the fair baseline is the "
+            "parquet loader row; dlt also unnests `request`/`response` into child tables "
+            f"({dlt_default['tables']} tables) and stores headers and bodies unredacted, which "
+            "stackone_pipeline does not (it redacts and keeps JSON columns)."
+        )
+    s.notes.append(
+        "The baselines fetch one hour sequentially (neither parallelises hours out of the box); "
+        "stackone_pipeline fetches hours concurrently, which is part of what is measured."
+    )
     return s
 
 
 def section_ratelimit(cfg: Config) -> Section:
     secs = 20 if cfg.rl_quick else 120
-    s = Section("ratelimit", "Ingestion at a 600 requests/minute limit",
-                f"The simulator limited to 600 requests/minute (sliding 60 s window); stackone_pipeline ingests "
-                f"{secs} s worth of requests at page_size 10 (`ingest_bench.bench_rate_limit`). Achieved "
-                "successful requests/minute against the limit, and the share of all requests answered 429. "
-                "One run (it is long by design); the baseline is the limit itself.", cmd(cfg, "ratelimit"))
+    s = Section(
+        "ratelimit",
+        "Ingestion at a 600 requests/minute limit",
+        f"The simulator limited to 600 requests/minute (sliding 60 s window); stackone_pipeline ingests "
+        f"{secs} s worth of requests at page_size 10 (`ingest_bench.bench_rate_limit`). Achieved "
+        "successful requests/minute against the limit, and the share of all requests answered 429. "
+        "One run (it is long by design); the baseline is the limit itself.",
+        cmd(cfg, "ratelimit"),
+    )
     r = ingest_bench.bench_rate_limit(cfg.rl_quick)
     share = r["per_minute"] / r["limit"]
     throttled = r["throttled"] / max(r["total"], 1)
-    s.rows.append(Row("achieved requests/minute", f"{r['per_minute']:,.0f}/min over {r['seconds']:.0f} s (1 run)",
-                      f"limit {r['limit']}/min", f"{share:.1%}", ">= 90%", verdict(share >= 0.9),
-                      summary=f"{share:.1%} of the limit ({r['per_minute']:,.0f}/min)"))
-    s.rows.append(Row("429 answers", f"{r['throttled']:,} of {r['total']:,} requests", "—", f"{throttled:.2%}",
-                      "<= 1%", verdict(throttled <= 0.01),
-                      summary=f"{throttled:.2%} ({r['throttled']:,} of {r['total']:,})"))
+    s.rows.append(
+        Row(
+            "achieved requests/minute",
+            f"{r['per_minute']:,.0f}/min over {r['seconds']:.0f} s (1 run)",
+            f"limit {r['limit']}/min",
+            f"{share:.1%}",
+            ">= 90%",
+            verdict(share >= 0.9),
+            summary=f"{share:.1%} of the limit ({r['per_minute']:,.0f}/min)",
+        )
+    )
+    s.rows.append(
+        Row(
+            "429 answers",
+            f"{r['throttled']:,} of {r['total']:,} requests",
+            "—",
+            f"{throttled:.2%}",
+            "<= 1%",
+            verdict(throttled <= 0.01),
+            summary=f"{throttled:.2%} ({r['throttled']:,} of {r['total']:,})",
+        )
+    )
     if cfg.rl_quick:
         s.notes.append("--quick: a 20 s window instead of the 2 minutes of the floor.")
     return s
 
 
 def section_ingest_rss(cfg: Config) -> Section:
-    s = Section("ingest_rss", "Ingestion memory",
-                f"Peak RSS (VmHWM) of a fresh process ingesting one {cfg.rss_rows:,}-row hour from the simulator "
-                "(own process, page_size 100, concurrency 1) into Parquet + DuckDB (`ingest_bench.bench_memory`). "
-                "One run.", cmd(cfg, "ingest_rss"))
+    s = Section(
+        "ingest_rss",
+        "Ingestion memory",
+        f"Peak RSS (VmHWM) of a fresh process ingesting one {cfg.rss_rows:,}-row hour from the simulator "
+        "(own process, page_size 100, concurrency 1) into Parquet + DuckDB (`ingest_bench.bench_memory`). "
+        "One run.",
+        cmd(cfg, "ingest_rss"),
+    )
     r = ingest_bench.bench_memory(cfg.quick, rows=cfg.rss_rows)
     ok = r["rss_mb"] <= 400
     full = r["rows"] >= 500_000
-    s.rows.append(Row(f"peak RSS, one {r['rows']:,}-row hour", f"{r['rss_mb']:,.0f} MB in {r['seconds']:.0f} s (1 run)",
-                      summary=f"{r['rss_mb']:,.0f} MB",
-                      floor="<= 400 MB at 500,000 rows",
-                      result=verdict(ok) if full else f"{verdict(ok)} at {r['rows']:,} rows (floor size not run)"))
+    s.rows.append(
+        Row(
+            f"peak RSS, one {r['rows']:,}-row hour",
+            f"{r['rss_mb']:,.0f} MB in {r['seconds']:.0f} s (1 run)",
+            summary=f"{r['rss_mb']:,.0f} MB",
+            floor="<= 400 MB at 500,000 rows",
+            result=verdict(ok) if full else f"{verdict(ok)} at {r['rows']:,} rows (floor size not run)",
+        )
+    )
     if not full:
-        s.notes.append(f"--quick: measured at {r['rows']:,} rows, not the floor's 500,000 "
-                       "(`python -m benchmarks --only ingest_rss`).")
+        s.notes.append(
+            f"--quick: measured at {r['rows']:,} rows, not the floor's 500,000 "
+            "(`python -m benchmarks --only ingest_rss`)."
+        )
     return s
 
 
 def section_analytics(cfg: Config) -> Section:
-    s = Section("analytics", "Analytics: history cost and dashboard query",
-                "(a) Derive one hour of 200,000 rows (six derived tables + alert evaluations, one transaction, "
-                "lake export) in a warehouse holding 1 day of history, then 60 days (interleaved runs); the "
-                "1-day median is the baseline. (b) The \"Error Rate by Provider\" dashboard queries over 7 days, "
-                "timed with a fresh read-only connection (`benchmarks/analytics_bench.py`).", cmd(cfg, "analytics"))
+    s = Section(
+        "analytics",
+        "Analytics: history cost and dashboard query",
+        "(a) Derive one hour of 200,000 rows (six derived tables + alert evaluations, one transaction, "
+        "lake export) in a warehouse holding 1 day of history, then 60 days (interleaved runs); the "
+        '1-day median is the baseline. (b) The "Error Rate by Provider" dashboard queries over 7 days, '
+        "timed with a fresh read-only connection (`benchmarks/analytics_bench.py`).",
+        cmd(cfg, "analytics"),
+    )
     args = argparse.Namespace(quick=cfg.quick, runs=None, dir=None)
     args.target_rows, args.days = 200_000, 60
     if cfg.quick:
@@ -196,126 +259,226 @@ def section_analytics(cfg: Config) -> Section:
         analytics_bench.bench_history(args, Path(root), hist)
         analytics_bench.bench_dashboard(args, Path(root), dash)
     runs = "1 run" if args.runs == 1 else f"median of {args.runs}"
-    s.rows.append(Row(f"derive one hour, {hist['history_days']} days of history",
-                      f"{hist['median_long']:.3f} s ({runs})", f"1 day: {hist['median_1d']:.3f} s ({runs})",
-                      f"{hist['ratio']:.2f}x", "<= 1.5x", verdict(hist["ratio"] <= 1.5),
-                      summary=f"{hist['ratio']:.2f}x ({hist['median_long']:.3f} vs {hist['median_1d']:.3f} s)"))
+    s.rows.append(
+        Row(
+            f"derive one hour, {hist['history_days']} days of history",
+            f"{hist['median_long']:.3f} s ({runs})",
+            f"1 day: {hist['median_1d']:.3f} s ({runs})",
+            f"{hist['ratio']:.2f}x",
+            "<= 1.5x",
+            verdict(hist["ratio"] <= 1.5),
+            summary=f"{hist['ratio']:.2f}x ({hist['median_long']:.3f} vs {hist['median_1d']:.3f} s)",
+        )
+    )
     for q in dash["queries"]:
-        s.rows.append(Row(f"dashboard: {q['name']} ({q['where']}, {q['rows']:,} rows)",
-                          f"{q['cold'] * 1000:,.0f} ms with connect, {q['warm'] * 1000:,.0f} ms warm ({runs})",
-                          floor="< 1 s", result=verdict(q["cold"] < 1.0), summary=f"{q['cold'] * 1000:,.0f} ms"))
-    s.notes.append(f"History hours hold {hist['history_rows']:,} rows each (the target hour {hist['target_rows']:,}); "
-                   f"dashboard data: {args.dash_days} days at {args.dash_rows:,} rows/hour.")
+        s.rows.append(
+            Row(
+                f"dashboard: {q['name']} ({q['where']}, {q['rows']:,} rows)",
+                f"{q['cold'] * 1000:,.0f} ms with connect, {q['warm'] * 1000:,.0f} ms warm ({runs})",
+                floor="< 1 s",
+                result=verdict(q["cold"] < 1.0),
+                summary=f"{q['cold'] * 1000:,.0f} ms",
+            )
+        )
+    s.notes.append(
+        f"History hours hold {hist['history_rows']:,} rows each (the target hour {hist['target_rows']:,}); "
+        f"dashboard data: {args.dash_days} days at {args.dash_rows:,} rows/hour."
+    )
     if hist["history_rows"] < 25_000:
-        s.notes.append("The 60-day history is smaller than `benchmarks/analytics_bench.py`'s default (25,000 rows "
-                       "per hour, 36M rows, ~2 more minutes to build) to keep this run under 15 minutes; "
-                       "`--full` uses 25,000.")
+        s.notes.append(
+            "The 60-day history is smaller than `benchmarks/analytics_bench.py`'s default (25,000 rows "
+            "per hour, 36M rows, ~2 more minutes to build) to keep this run under 15 minutes; "
+            "`--full` uses 25,000."
+        )
     return s
 
 
 def section_sinks(cfg: Config) -> Section:
-    s = Section("sinks", "Delivery to Loki and Datadog",
-                f"One stored {cfg.sink_rows:,}-row hour delivered by `deliver_hour` in a fresh process to a local "
-                "receiver (own process), beside the guide's forwarder: one POST per log, no batching, no "
-                f"compression, keep-alive ({cfg.sink_naive_n:,} records over loopback, {cfg.sink_naive_n // 10:,} "
-                "with the round trip). Measured over loopback and again with the receiver waiting 10 ms before "
-                f"each answer (a network round trip). Over loopback: {cfg.sink_repeat} rounds of (naive, ours), "
-                "medians; each round's ratio in brackets (`benchmarks/sinks_bench.py`).",
-                cmd(cfg, "sinks"))
-    local, rtt = sinks_bench.measure_all(sinks_bench.SINKS, cfg.sink_rows, cfg.sink_naive_n, 10.0,
-                                         repeat=cfg.sink_repeat)
+    s = Section(
+        "sinks",
+        "Delivery to Loki and Datadog",
+        f"One stored {cfg.sink_rows:,}-row hour delivered by `deliver_hour` in a fresh process to a local "
+        "receiver (own process), beside the guide's forwarder: one POST per log, no batching, no "
+        f"compression, keep-alive ({cfg.sink_naive_n:,} records over loopback, {cfg.sink_naive_n // 10:,} "
+        "with the round trip). Measured over loopback and again with the receiver waiting 10 ms before "
+        f"each answer (a network round trip). Over loopback: {cfg.sink_repeat} rounds of (naive, ours), "
+        "medians; each round's ratio in brackets (`benchmarks/sinks_bench.py`).",
+        cmd(cfg, "sinks"),
+    )
+    local, rtt = sinks_bench.measure_all(
+        sinks_bench.SINKS, cfg.sink_rows, cfg.sink_naive_n, 10.0, repeat=cfg.sink_repeat
+    )
     for name, r in local.items():
         ratio = r.ours / r.naive
         rounds = ", ".join(f"{x:.0f}x" for x in r.ratios)
-        s.rows.append(Row(f"{name}: records/s over loopback", f"{r.ours:,.0f}/s ({r.run['batches']:,} batches)",
-                          f"{r.naive:,.0f}/s one-request-per-log", f"{ratio:.0f}x [{rounds}]", ">= 50x",
-                          verdict(ratio >= 50),
-                          summary=f"{ratio:.0f}x ({r.ours:,.0f} vs {r.naive:,.0f}/s)"))
+        s.rows.append(
+            Row(
+                f"{name}: records/s over loopback",
+                f"{r.ours:,.0f}/s ({r.run['batches']:,} batches)",
+                f"{r.naive:,.0f}/s one-request-per-log",
+                f"{ratio:.0f}x [{rounds}]",
+                ">= 50x",
+                verdict(ratio >= 50),
+                summary=f"{ratio:.0f}x ({r.ours:,.0f} vs {r.naive:,.0f}/s)",
+            )
+        )
         if name in rtt:
             q = rtt[name]
             ratio = q.ours / q.naive
-            s.rows.append(Row(f"{name}: records/s with a 10 ms round trip", f"{q.ours:,.0f}/s",
-                              f"{q.naive:,.0f}/s one-request-per-log", f"{ratio:.0f}x", ">= 50x",
-                              verdict(ratio >= 50), summary=f"{ratio:.0f}x ({q.ours:,.0f} vs {q.naive:,.0f}/s)"))
+            s.rows.append(
+                Row(
+                    f"{name}: records/s with a 10 ms round trip",
+                    f"{q.ours:,.0f}/s",
+                    f"{q.naive:,.0f}/s one-request-per-log",
+                    f"{ratio:.0f}x",
+                    ">= 50x",
+                    verdict(ratio >= 50),
+                    summary=f"{ratio:.0f}x ({q.ours:,.0f} vs {q.naive:,.0f}/s)",
+                )
+            )
     full = cfg.sink_rows >= 500_000
     for name, r in local.items():
         ok = r.run["peak_kb"] / 1024 <= 400
-        s.rows.append(Row(f"{name}: peak RSS delivering {cfg.sink_rows:,} rows",
-                          f"{r.run['peak_kb'] / 1024:,.0f} MB in {r.run['seconds']:.0f} s", floor="<= 400 MB at 500,000 rows",
-                          summary=f"{r.run['peak_kb'] / 1024:,.0f} MB",
-                          result=verdict(ok) if full else f"{verdict(ok)} at {cfg.sink_rows:,} rows (floor size not run)"))
-    s.notes.append("Over loopback the receiver shares the 2 cores with the delivery, so the loopback ratio is "
-                   "bounded by the receiver's own parsing; with a 10 ms round trip (any real network) the "
-                   "one-request-per-log forwarder waits on every record and the gap widens.")
+        s.rows.append(
+            Row(
+                f"{name}: peak RSS delivering {cfg.sink_rows:,} rows",
+                f"{r.run['peak_kb'] / 1024:,.0f} MB in {r.run['seconds']:.0f} s",
+                floor="<= 400 MB at 500,000 rows",
+                summary=f"{r.run['peak_kb'] / 1024:,.0f} MB",
+                result=verdict(ok) if full else f"{verdict(ok)} at {cfg.sink_rows:,} rows (floor size not run)",
+            )
+        )
+    s.notes.append(
+        "Over loopback the receiver shares the 2 cores with the delivery, so the loopback ratio is "
+        "bounded by the receiver's own parsing; with a 10 ms round trip (any real network) the "
+        "one-request-per-log forwarder waits on every record and the gap widens."
+    )
     if not full:
-        s.notes.append(f"Delivered {cfg.sink_rows:,} rows to keep the default run under 15 minutes; the floor's "
-                       "500,000-row hour takes ~2 minutes per sink: `python -m benchmarks --full --only sinks` "
-                       "(or `python benchmarks/sinks_bench.py`).")
+        s.notes.append(
+            f"Delivered {cfg.sink_rows:,} rows to keep the default run under 15 minutes; the floor's "
+            "500,000-row hour takes ~2 minutes per sink: `python -m benchmarks --full --only sinks` "
+            "(or `python benchmarks/sinks_bench.py`)."
+        )
     return s
 
 
 def section_webhooks(cfg: Config) -> Section:
-    s = Section("webhooks", "Webhook receiver",
-                f"{cfg.wh_events:,} distinct signed events POSTed over 32 keep-alive connections to the receiver "
-                "(`serve`, own process); every acknowledged event is checked staged exactly once and loaded "
-                "into `webhook_events` (`benchmarks/webhooks_bench.py`). Baseline: a naive receiver that INSERTs "
-                f"each event into DuckDB inside the request ({cfg.wh_naive} events, 1 run).", cmd(cfg, "webhooks"))
+    s = Section(
+        "webhooks",
+        "Webhook receiver",
+        f"{cfg.wh_events:,} distinct signed events POSTed over 32 keep-alive connections to the receiver "
+        "(`serve`, own process); every acknowledged event is checked staged exactly once and loaded "
+        "into `webhook_events` (`benchmarks/webhooks_bench.py`). Baseline: a naive receiver that INSERTs "
+        f"each event into DuckDB inside the request ({cfg.wh_naive} events, 1 run).",
+        cmd(cfg, "webhooks"),
+    )
     rates = []
-    for i in range(cfg.runs):
+    for _ in range(cfg.runs):
         rates.append(webhooks_bench.bench_receiver(cfg.wh_events, 32, httpx_n=200))
     naive = webhooks_bench.bench_naive(cfg.wh_naive, 32)
     r = med(rates)
-    s.rows.append(Row("accepted events/s", f"{r:,.0f}/s ({runs_text(rates)})", f"{naive:,.0f}/s (1 run)",
-                      f"{r / naive:,.0f}x", ">= 500 events/s", verdict(r >= 500), summary=f"{r:,.0f} events/s"))
+    s.rows.append(
+        Row(
+            "accepted events/s",
+            f"{r:,.0f}/s ({runs_text(rates)})",
+            f"{naive:,.0f}/s (1 run)",
+            f"{r / naive:,.0f}x",
+            ">= 500 events/s",
+            verdict(r >= 500),
+            summary=f"{r:,.0f} events/s",
+        )
+    )
     return s
 
 
 def section_backfill(cfg: Config) -> Section:
-    s = Section("backfill", "90-day backfill at the rate limit" if not cfg.quick else "Backfill at the rate limit (--quick: 48 hours)",
-                f"A backfill of {cfg.bf_hours:,} hours (90 days = 2,160 hours; the oldest few would cross the 90-day "
-                "retention while the run goes) against the simulator in its own process at StackOne's real limit, "
-                "1000 requests/minute, with 100 rows/hour (one page per hour at page_size 100), through ONE "
-                "Dagster single_run materialisation of `request_logs` (SQLite DAGSTER_HOME, as `dagster dev`; "
-                "`benchmarks/deep_backfill.py`). The baseline is the pure fetch time the limit allows "
-                "(successful requests / limit), so whatever orchestration and storage add on top is visible. "
-                "One run.", cmd(cfg, "backfill"))
+    s = Section(
+        "backfill",
+        "90-day backfill at the rate limit" if not cfg.quick else "Backfill at the rate limit (--quick: 48 hours)",
+        f"A backfill of {cfg.bf_hours:,} hours (90 days = 2,160 hours; the oldest few would cross the 90-day "
+        "retention while the run goes) against the simulator in its own process at StackOne's real limit, "
+        "1000 requests/minute, with 100 rows/hour (one page per hour at page_size 100), through ONE "
+        "Dagster single_run materialisation of `request_logs` (SQLite DAGSTER_HOME, as `dagster dev`; "
+        "`benchmarks/deep_backfill.py`). The baseline is the pure fetch time the limit allows "
+        "(successful requests / limit), so whatever orchestration and storage add on top is visible. "
+        "One run.",
+        cmd(cfg, "backfill"),
+    )
     r = deep_backfill.run(cfg.bf_hours, 100, 1000)
     print("  " + deep_backfill.describe(r), flush=True)
-    s.rows.append(Row("wall time of the Dagster run", f"{r['wall']:,.0f} s"
-                      + (f" = {r['wall'] / 60:.1f} min" if r["wall"] >= 120 else "") + " (1 run)",
-                      f"{r['fetch_floor']:,.0f} s pure fetch ({r['ok_requests']:,} requests at {r['rate_limit']}/min)",
-                      f"{r['wall'] / r['fetch_floor']:.2f}x", "— (none in the issue)", "—",
-                      summary=f"{dur(r['wall'])} vs {dur(r['fetch_floor'])} pure fetch "
-                              f"({r['wall'] / r['fetch_floor']:.2f}x), 429s {r['throttled_429']}"))
-    s.rows.append(Row("time on top of the fetch floor", f"{r['wall'] - r['fetch_floor']:+,.0f} s "
-                      f"({(r['wall'] - r['fetch_floor']) / r['hours'] * 1000:,.0f} ms per hour)"))
-    s.rows.append(Row("time inside ingest_hours (fetch + Parquet + DuckDB per hour)", f"{r['work']:,.0f} s",
-                      f"{r['fetch_floor']:,.0f} s pure fetch", f"{r['work'] / r['fetch_floor']:.2f}x"))
-    s.rows.append(Row("of which in the asset's per-hour callback (progress + one Dagster observation per hour)",
-                      f"{r['on_hour']:,.0f} s thread-time over {cfg.bf_concurrency} fetch threads "
-                      f"({r['on_hour'] / r['hours'] * 1000:,.0f} ms per hour)"))
-    s.rows.append(Row("outside ingest_hours (Dagster run start, planning, step and run events)",
-                      f"{r['wall'] - r['work']:,.0f} s"))
-    s.rows.append(Row("429 answers at the simulator", f"{r['throttled_429']:,} of {r['requests']:,} requests",
-                      ratio=f"{r['throttled_429'] / max(r['requests'], 1):.2%}"))
-    s.rows.append(Row("rows stored", f"{r['rows'] or 0:,} ({r['hours']:,} hours, {r['observations']:,} hourly "
-                      "observations)"))
+    s.rows.append(
+        Row(
+            "wall time of the Dagster run",
+            f"{r['wall']:,.0f} s" + (f" = {r['wall'] / 60:.1f} min" if r["wall"] >= 120 else "") + " (1 run)",
+            f"{r['fetch_floor']:,.0f} s pure fetch ({r['ok_requests']:,} requests at {r['rate_limit']}/min)",
+            f"{r['wall'] / r['fetch_floor']:.2f}x",
+            "— (none in the issue)",
+            "—",
+            summary=f"{dur(r['wall'])} vs {dur(r['fetch_floor'])} pure fetch "
+            f"({r['wall'] / r['fetch_floor']:.2f}x), 429s {r['throttled_429']}",
+        )
+    )
+    s.rows.append(
+        Row(
+            "time on top of the fetch floor",
+            f"{r['wall'] - r['fetch_floor']:+,.0f} s "
+            f"({(r['wall'] - r['fetch_floor']) / r['hours'] * 1000:,.0f} ms per hour)",
+        )
+    )
+    s.rows.append(
+        Row(
+            "time inside ingest_hours (fetch + Parquet + DuckDB per hour)",
+            f"{r['work']:,.0f} s",
+            f"{r['fetch_floor']:,.0f} s pure fetch",
+            f"{r['work'] / r['fetch_floor']:.2f}x",
+        )
+    )
+    s.rows.append(
+        Row(
+            "of which in the asset's per-hour callback (progress + one Dagster observation per hour)",
+            f"{r['on_hour']:,.0f} s thread-time over {cfg.bf_concurrency} fetch threads "
+            f"({r['on_hour'] / r['hours'] * 1000:,.0f} ms per hour)",
+        )
+    )
+    s.rows.append(
+        Row(
+            "outside ingest_hours (Dagster run start, planning, step and run events)", f"{r['wall'] - r['work']:,.0f} s"
+        )
+    )
+    s.rows.append(
+        Row(
+            "429 answers at the simulator",
+            f"{r['throttled_429']:,} of {r['requests']:,} requests",
+            ratio=f"{r['throttled_429'] / max(r['requests'], 1):.2%}",
+        )
+    )
+    s.rows.append(
+        Row("rows stored", f"{r['rows'] or 0:,} ({r['hours']:,} hours, {r['observations']:,} hourly observations)")
+    )
     return s
 
 
 RUNNERS: dict[str, Callable[[Config], Section]] = {
-    "ingest": section_ingest, "ratelimit": section_ratelimit, "ingest_rss": section_ingest_rss,
-    "analytics": section_analytics, "sinks": section_sinks, "webhooks": section_webhooks,
+    "ingest": section_ingest,
+    "ratelimit": section_ratelimit,
+    "ingest_rss": section_ingest_rss,
+    "analytics": section_analytics,
+    "sinks": section_sinks,
+    "webhooks": section_webhooks,
     "backfill": section_backfill,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 run each, 48-hour backfill")
-    p.add_argument("--full", action="store_true",
-                   help="500,000-row hour for the sink memory floor, 25,000 rows per analytics history hour")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="500,000-row hour for the sink memory floor, 25,000 rows per analytics history hour",
+    )
     p.add_argument("--runs", type=int, help="runs per short figure (default 3; 1 with --quick)")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--output", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
@@ -330,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = "--quick smoke run" if args.quick else ("--full" if args.full else "default run")
     argv_text = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     mach = machine()
-    print(f"{mach['cores']} cores, {mach['cpu_model']}, load average {mach['loadavg_start'][0]:.2f}; "
-          f"{mode}; writing {args.output}", flush=True)
+    print(
+        f"{mach['cores']} cores, {mach['cpu_model']}, load average {mach['loadavg_start'][0]:.2f}; "
+        f"{mode}; writing {args.output}",
+        flush=True,
+    )
     started = time.perf_counter()
     sections: list[Section] = []
     failed = False

@@ -32,11 +32,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stackone_pipeline.analytics import tables  # noqa: E402
 from stackone_pipeline.analytics.derive import derive_hour, derive_hours, ensure_schema  # noqa: E402
-from stackone_pipeline.warehouse.duckdb_store import Warehouse  # noqa: E402
+from stackone_pipeline.storage import Storage  # noqa: E402
+from stackone_pipeline.warehouse import Warehouse  # noqa: E402
 
 HOUR = timedelta(hours=1)
-PROVIDERS = ["bamboohr", "workday", "hibob", "personio", "successfactors", "sage", "rippling",
-             "greenhouse", "lever", "ashby", "salesforce", "hubspot", "pipedrive"]
+PROVIDERS = [
+    "bamboohr",
+    "workday",
+    "hibob",
+    "personio",
+    "successfactors",
+    "sage",
+    "rippling",
+    "greenhouse",
+    "lever",
+    "ashby",
+    "salesforce",
+    "hubspot",
+    "pipedrive",
+]
 GENERATE = """
 INSERT INTO request_logs (hour, request_id, event_datetime, account_id, provider, service, action,
                           status, success, duration_ms)
@@ -58,14 +72,17 @@ FROM (SELECT unnest($hours::TIMESTAMPTZ[]) AS hour) AS h,
 
 def generate(con, hours: list[datetime], rows: int) -> None:
     for i in range(0, len(hours), 24):  # a day per statement keeps memory flat
-        con.execute(GENERATE, {"hours": hours[i:i + 24], "rows": rows, "providers": PROVIDERS})
+        con.execute(GENERATE, {"hours": hours[i : i + 24], "rows": rows, "providers": PROVIDERS})
 
 
 def bulk_derive_history(con, before: datetime) -> None:
     """The derived tables' history rows, in bulk, from the same SQL (volume and evaluations simplified)."""
     ensure_schema(con)
-    view = tables.sql("hour_requests").replace("TEMP TABLE", "TEMP VIEW").replace(
-        "WHERE hour = $hour", f"WHERE hour < TIMESTAMPTZ '{before.isoformat()}'")
+    view = (
+        tables.sql("hour_requests")
+        .replace("TEMP TABLE", "TEMP VIEW")
+        .replace("WHERE hour = $hour", f"WHERE hour < TIMESTAMPTZ '{before.isoformat()}'")
+    )
     con.execute(view)
     params = {"provider_error_rate": 0.10}
     for table in tables.DERIVED_TABLES[:-1]:
@@ -106,13 +123,15 @@ def build_history(data_dir: Path, target: datetime, days: int, history_rows: int
 def bench_history(args, root: Path, out: dict | None = None) -> bool:
     target = datetime(2026, 9, 1, 12, tzinfo=timezone.utc)
     print(f"(a) derive one hour of {args.target_rows:,} rows against 1 vs {args.days} days of history")
-    print(f"    history hours hold {args.history_rows:,} rows each (not 200,000: {args.days} x 24 x 200k = "
-          f"{args.days * 24 * 200_000 / 1e6:,.0f}M rows would not fit this machine's time budget); "
-          f"the derived tables' history is derived in bulk from them")
+    print(
+        f"    history hours hold {args.history_rows:,} rows each (not 200,000: {args.days} x 24 x 200k = "
+        f"{args.days * 24 * 200_000 / 1e6:,.0f}M rows would not fit this machine's time budget); "
+        f"the derived tables' history is derived in bulk from them"
+    )
     dirs = {days: root / f"history-{days}d" for days in (1, args.days)}
     for days, data_dir in dirs.items():
         built = build_history(data_dir, target, days, args.history_rows, args.target_rows)
-        with Warehouse(data_dir).reader() as con:
+        with Storage(data_dir).warehouse.reader() as con:
             n = con.execute("SELECT count(*) FROM request_logs").fetchone()[0]
         size = (data_dir / "warehouse.duckdb").stat().st_size / 1e6
         print(f"    {days:>3} day(s): request_logs {n:>12,} rows, {size:>7,.0f} MB, built in {built:5.1f}s")
@@ -120,20 +139,29 @@ def bench_history(args, root: Path, out: dict | None = None) -> bool:
     for _ in range(args.runs):  # interleaved, so load from other processes hits both alike
         for days, data_dir in dirs.items():
             t = time.perf_counter()
-            derive_hour(Warehouse(data_dir), target)
+            derive_hour(Storage(data_dir), target)
             times[days].append(time.perf_counter() - t)
     medians = {days: statistics.median(ts) for days, ts in times.items()}
     for days, data_dir in dirs.items():
-        with Warehouse(data_dir).reader() as con:
+        with Storage(data_dir).warehouse.reader() as con:
             hist = con.execute("SELECT history_days FROM request_volume_hourly WHERE hour = ?", [target]).fetchone()[0]
-        print(f"    {days:>3} day(s): volume baseline over {hist:>2} day(s); derive runs "
-              f"{', '.join(f'{t:.3f}' for t in times[days])} s; median {medians[days]:.3f} s")
+        print(
+            f"    {days:>3} day(s): volume baseline over {hist:>2} day(s); derive runs "
+            f"{', '.join(f'{t:.3f}' for t in times[days])} s; median {medians[days]:.3f} s"
+        )
         shutil.rmtree(data_dir)
     ratio = medians[args.days] / medians[1]
     ok = ratio <= 1.5
     if out is not None:
-        out.update(history_days=args.days, history_rows=args.history_rows, target_rows=args.target_rows,
-                   runs=args.runs, median_1d=medians[1], median_long=medians[args.days], ratio=ratio)
+        out.update(
+            history_days=args.days,
+            history_rows=args.history_rows,
+            target_rows=args.target_rows,
+            runs=args.runs,
+            median_1d=medians[1],
+            median_long=medians[args.days],
+            ratio=ratio,
+        )
     print(f"    ratio {args.days} days / 1 day = {ratio:.2f}x (target <= 1.5x): {'PASS' if ok else 'FAIL'}")
     return ok
 
@@ -144,23 +172,27 @@ def bench_dashboard(args, root: Path, out: dict | None = None) -> bool:
     hours = [end - hours_n * HOUR + i * HOUR for i in range(hours_n)]
     print(f"\n(b) dashboard query over {args.dash_days} days at {args.dash_rows:,} rows/hour")
     data_dir = root / "dashboard"
-    warehouse = Warehouse(data_dir)
+    storage = Storage(data_dir)
     t = time.perf_counter()
-    with warehouse.writer() as con:
+    with storage.warehouse.writer() as con:
         ensure_schema(con)
         generate(con, hours, args.dash_rows)
         con.execute("CHECKPOINT")
     gen = time.perf_counter() - t
     t = time.perf_counter()
-    summaries = derive_hours(warehouse, hours)
+    summaries = derive_hours(storage, hours)
     derive_s = time.perf_counter() - t
     per_hour = statistics.median(s.seconds for s in summaries)
-    print(f"    generated {hours_n * args.dash_rows:,} rows in {gen:.1f}s; derived {hours_n} hours in {derive_s:.1f}s "
-          f"(median {per_hour:.3f} s/hour)")
+    print(
+        f"    generated {hours_n * args.dash_rows:,} rows in {gen:.1f}s; derived {hours_n} hours in {derive_s:.1f}s "
+        f"(median {per_hour:.3f} s/hour)"
+    )
     t = time.perf_counter()
-    warehouse.publish_views(extra_views=tables.views())
-    print(f"    publish_views over {hours_n} hour files per dataset: {time.perf_counter() - t:.2f}s "
-          "(once per run, outside the per-hour work)")
+    storage.publish_views(extra_views=tables.views())
+    print(
+        f"    publish_views over {hours_n} hour files per dataset: {time.perf_counter() - t:.2f}s "
+        "(once per run, outside the per-hour work)"
+    )
     since = end - hours_n * HOUR
     queries = {
         "error rate by provider, 5 min": "SELECT bucket_start, provider, requests, errors, error_rate FROM error_rate_5m "
@@ -168,11 +200,16 @@ def bench_dashboard(args, root: Path, out: dict | None = None) -> bool:
         "overall error rate, 5 min": "SELECT bucket_start, requests, errors, error_rate FROM error_rate_5m_overall "
         "WHERE bucket_start >= $since ORDER BY bucket_start",
     }
-    raw = ("SELECT to_timestamp((epoch_ms(event_datetime) // 300000) * 300) AS bucket_start, provider, count(*), "
-           "count(*) FILTER (WHERE status >= 400 OR (status IS NULL AND NOT success)) / count(*) FROM request_logs "
-           "WHERE hour >= $since GROUP BY ALL ORDER BY 1, 2")
+    raw = (
+        "SELECT to_timestamp((epoch_ms(event_datetime) // 300000) * 300) AS bucket_start, provider, count(*), "
+        "count(*) FILTER (WHERE status >= 400 OR (status IS NULL AND NOT success)) / count(*) FROM request_logs "
+        "WHERE hour >= $since GROUP BY ALL ORDER BY 1, 2"
+    )
     ok = True
-    for where, path in (("query.duckdb (lake views)", warehouse.query_path), ("warehouse.duckdb", warehouse.path)):
+    for where, path in (
+        ("query.duckdb (lake views)", storage.query_path),
+        ("warehouse.duckdb", storage.warehouse.path),
+    ):
         for name, sql in queries.items():
             cold, warm = [], []
             for _ in range(args.runs):
@@ -188,15 +225,20 @@ def bench_dashboard(args, root: Path, out: dict | None = None) -> bool:
             c, w = statistics.median(cold), statistics.median(warm)
             ok &= c < 1.0
             if out is not None:
-                out.setdefault("queries", []).append({"where": where, "name": name, "rows": len(rows),
-                                                       "cold": c, "warm": w, "runs": args.runs})
-            print(f"    {where:<26} {name:<31} {len(rows):>6,} rows: median {c * 1000:6.0f} ms with connect, "
-                  f"{w * 1000:6.0f} ms warm (target < 1000 ms): {'PASS' if c < 1.0 else 'FAIL'}")
-    with warehouse.reader() as con:
+                out.setdefault("queries", []).append(
+                    {"where": where, "name": name, "rows": len(rows), "cold": c, "warm": w, "runs": args.runs}
+                )
+            print(
+                f"    {where:<26} {name:<31} {len(rows):>6,} rows: median {c * 1000:6.0f} ms with connect, "
+                f"{w * 1000:6.0f} ms warm (target < 1000 ms): {'PASS' if c < 1.0 else 'FAIL'}"
+            )
+    with storage.warehouse.reader() as con:
         t = time.perf_counter()
         con.execute(raw, {"since": since}).fetchall()
-        print(f"    for comparison, the same from raw request_logs ({hours_n * args.dash_rows:,} rows): "
-              f"{(time.perf_counter() - t) * 1000:.0f} ms")
+        print(
+            f"    for comparison, the same from raw request_logs ({hours_n * args.dash_rows:,} rows): "
+            f"{(time.perf_counter() - t) * 1000:.0f} ms"
+        )
     shutil.rmtree(data_dir)
     return ok
 
@@ -222,8 +264,10 @@ def main(argv=None) -> int:
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{'all targets met' if ok else 'SOME TARGETS MISSED'} ({time.perf_counter() - started:.0f}s"
-          f"{', --quick' if args.quick else ''})")
+    print(
+        f"\n{'all targets met' if ok else 'SOME TARGETS MISSED'} ({time.perf_counter() - started:.0f}s"
+        f"{', --quick' if args.quick else ''})"
+    )
     return 0 if ok else 1
 
 

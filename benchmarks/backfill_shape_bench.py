@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 warnings.filterwarnings("ignore")
 
 import dagster as dg  # noqa: E402
-
 from ingest_bench import SimulatorProcess, last_hours  # noqa: E402
+
 from stackone_pipeline import ingest  # noqa: E402
 from stackone_pipeline.assets.request_logs import request_logs  # noqa: E402
 from stackone_pipeline.partitions import hourly_partitions  # noqa: E402
@@ -77,7 +77,9 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
                 [request_logs],
                 instance=dg.DagsterInstance.get(),
                 resources={
-                    "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=rate_limit),
+                    "stackone": StackOneResource(
+                        api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=rate_limit
+                    ),
                     "storage": StorageResource(data_dir=str(Path(tmp) / "data")),
                 },
                 tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
@@ -96,8 +98,17 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
             os.environ.pop("DAGSTER_HOME", None)
         else:
             os.environ["DAGSTER_HOME"] = dagster_home
-    return {"hours": len(hours), "rows_per_hour": rows_per_hour, "rate_limit": rate_limit, "wall": wall,
-            "work": spent[0], "on_hour": sum(in_on_hour), "observations": requests, "run_metadata": run_meta, "sim_stats": stats}
+    return {
+        "hours": len(hours),
+        "rows_per_hour": rows_per_hour,
+        "rate_limit": rate_limit,
+        "wall": wall,
+        "work": spent[0],
+        "on_hour": sum(in_on_hour),
+        "observations": requests,
+        "run_metadata": run_meta,
+        "sim_stats": stats,
+    }
 
 
 def main() -> None:
@@ -111,11 +122,17 @@ def main() -> None:
     overhead = wall - work
     pages_per_hour = -(-args.rows_per_hour // 100)
     fetch_at_limit = len(hours) * pages_per_hour / 1000 * 60
-    print(f"{len(hours)} hours in one run, {args.rows_per_hour} rows/hour, no rate limit ({requests} hourly observations)")
-    print(f"  wall {wall:,.1f}s = ingestion {work:,.1f}s + Dagster bookkeeping {overhead:,.1f}s "
-          f"({overhead / len(hours) * 1000:.0f} ms per hour)")
-    print(f"  a real backfill at 1000 requests/min needs >= {fetch_at_limit:,.0f}s of fetching for "
-          f"{pages_per_hour} page(s)/hour: bookkeeping is {overhead / (overhead + fetch_at_limit):.0%} of the total")
+    print(
+        f"{len(hours)} hours in one run, {args.rows_per_hour} rows/hour, no rate limit ({requests} hourly observations)"
+    )
+    print(
+        f"  wall {wall:,.1f}s = ingestion {work:,.1f}s + Dagster bookkeeping {overhead:,.1f}s "
+        f"({overhead / len(hours) * 1000:.0f} ms per hour)"
+    )
+    print(
+        f"  a real backfill at 1000 requests/min needs >= {fetch_at_limit:,.0f}s of fetching for "
+        f"{pages_per_hour} page(s)/hour: bookkeeping is {overhead / (overhead + fetch_at_limit):.0%} of the total"
+    )
 
 
 if __name__ == "__main__":

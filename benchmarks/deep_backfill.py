@@ -48,13 +48,15 @@ def run(hours: int = 2150, rows_per_hour: int = 100, rate_limit: int = 1000) -> 
 
 def describe(r: dict) -> str:
     over = r["wall"] - r["fetch_floor"]
-    return (f"{r['hours']:,} hours, {r['rows'] or 0:,} rows in one Dagster run at {r['rate_limit']:,} requests/min: "
-            f"wall {r['wall']:,.0f}s vs pure fetch at the limit {r['fetch_floor']:,.0f}s "
-            f"({r['ok_requests']:,} requests) = {r['wall'] / r['fetch_floor']:.2f}x, {over:+,.0f}s on top; "
-            f"ingest_hours itself {r['work']:,.0f}s (of which {r['on_hour']:,.0f}s thread-time in the asset's "
-            f"per-hour callback: progress + one Dagster observation per hour), Dagster around it "
-            f"{r['wall'] - r['work']:,.0f}s; "
-            f"429s at the simulator {r['throttled_429']}/{r['requests']:,}")
+    return (
+        f"{r['hours']:,} hours, {r['rows'] or 0:,} rows in one Dagster run at {r['rate_limit']:,} requests/min: "
+        f"wall {r['wall']:,.0f}s vs pure fetch at the limit {r['fetch_floor']:,.0f}s "
+        f"({r['ok_requests']:,} requests) = {r['wall'] / r['fetch_floor']:.2f}x, {over:+,.0f}s on top; "
+        f"ingest_hours itself {r['work']:,.0f}s (of which {r['on_hour']:,.0f}s thread-time in the asset's "
+        f"per-hour callback: progress + one Dagster observation per hour), Dagster around it "
+        f"{r['wall'] - r['work']:,.0f}s; "
+        f"429s at the simulator {r['throttled_429']}/{r['requests']:,}"
+    )
 
 
 def main() -> None:

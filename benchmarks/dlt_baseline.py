@@ -34,8 +34,8 @@ def unavailable() -> str | None:
     """Why the dlt baseline cannot run here (None if it can)."""
     try:
         import dlt  # noqa: F401
-        from dlt.sources.rest_api import rest_api_source  # noqa: F401
         import dlt.destinations  # noqa: F401
+        from dlt.sources.rest_api import rest_api_source  # noqa: F401
     except ImportError as exc:
         return f"dlt is not installed ({exc}); `pip install 'dlt[duckdb]'` (the `bench` extra) to include it"
     return None
@@ -103,8 +103,10 @@ def load(base_url: str, hours: list[datetime], workdir: str, loader_file_format:
 
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute("SELECT count(*) FROM stackone.request_logs").fetchone()[0]
-        tables = con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'stackone' "
-                             "AND NOT starts_with(table_name, '_dlt')").fetchone()[0]
+        tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'stackone' "
+            "AND NOT starts_with(table_name, '_dlt')"
+        ).fetchone()[0]
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "tables": tables}
 
 
@@ -126,8 +128,10 @@ def main() -> None:
             r = load(sim.url, last_hours(args.hours), tmp, args.loader_file_format)
     finally:
         sim.stop()
-    print(f"dlt {version()} rest_api -> duckdb ({args.loader_file_format or 'default'} loader): {r['rows']:,} rows in {r['seconds']:.1f}s = "
-          f"{r['rows_per_s']:,.0f} rows/s ({r['tables']} tables)")
+    print(
+        f"dlt {version()} rest_api -> duckdb ({args.loader_file_format or 'default'} loader): {r['rows']:,} rows in {r['seconds']:.1f}s = "
+        f"{r['rows_per_s']:,.0f} rows/s ({r['tables']} tables)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from stackone_pipeline.ingest import hours_between, ingest_hours  # noqa: E402
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
 from stackone_pipeline.stackone.client import StackOneClient  # noqa: E402
 from stackone_pipeline.stackone.ratelimit import RateLimiter  # noqa: E402
-from stackone_pipeline.warehouse.duckdb_store import Warehouse  # noqa: E402
+from stackone_pipeline.storage import Storage  # noqa: E402
 
 
 def free_port() -> int:
@@ -88,8 +88,13 @@ def naive_sync_worker(url: str, start: datetime, end: datetime, db_path: str) ->
     logs, cursor = [], None
     with httpx.Client(timeout=30) as http:
         while True:
-            params = {"filter[start_date]": start.isoformat(), "filter[end_date]": end.isoformat(),
-                      "page_size": 100, "order_by": "eventDatetime", "order_direction": "asc"}
+            params = {
+                "filter[start_date]": start.isoformat(),
+                "filter[end_date]": end.isoformat(),
+                "page_size": 100,
+                "order_by": "eventDatetime",
+                "order_direction": "asc",
+            }
             if cursor:
                 params["next"] = cursor
             data = http.get(f"{url}/requests/logs", params=params, auth=(DEFAULT_API_KEY, "")).json()
@@ -98,14 +103,25 @@ def naive_sync_worker(url: str, start: datetime, end: datetime, db_path: str) ->
             if not cursor:
                 break
     con = duckdb.connect(db_path)
-    con.execute("CREATE TABLE IF NOT EXISTS logs (request_id VARCHAR, event_datetime VARCHAR, provider VARCHAR, "
-                "status INTEGER, duration DOUBLE, request VARCHAR, response VARCHAR)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS logs (request_id VARCHAR, event_datetime VARCHAR, provider VARCHAR, "
+        "status INTEGER, duration DOUBLE, request VARCHAR, response VARCHAR)"
+    )
     import json
 
     for log in logs:
-        con.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            log.get("request_id"), log.get("event_datetime"), log.get("provider"), log.get("status"),
-            log.get("duration"), json.dumps(log.get("request")), json.dumps(log.get("response"))])
+        con.execute(
+            "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                log.get("request_id"),
+                log.get("event_datetime"),
+                log.get("provider"),
+                log.get("status"),
+                log.get("duration"),
+                json.dumps(log.get("request")),
+                json.dumps(log.get("response")),
+            ],
+        )
     con.close()
     return len(logs)
 
@@ -117,7 +133,7 @@ def measure_throughput(url: str, hours: list[datetime], tmp: str) -> tuple[float
     naive = rows / (time.perf_counter() - t0)
     with StackOneClient(DEFAULT_API_KEY, url, rate_limiter=RateLimiter(10_000_000), page_size=100) as c:
         t0 = time.perf_counter()
-        done = ingest_hours(c, Warehouse(f"{tmp}/ours"), hours, concurrency=4)
+        done = ingest_hours(c, Storage(f"{tmp}/ours"), hours, concurrency=4)
         ours = sum(r.rows for r in done) / (time.perf_counter() - t0)
     return naive, ours
 
@@ -144,22 +160,32 @@ def bench_rate_limit(quick: bool) -> dict:
         needed = int(limit / 60 * seconds)  # requests the window allows
         page_size = 10
         n_hours = needed * page_size // 1_200 + 1
-        with tempfile.TemporaryDirectory() as tmp, StackOneClient(
-            DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(limit), page_size=page_size
-        ) as c:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            StackOneClient(DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(limit), page_size=page_size) as c,
+        ):
             sim.reset()
             t0 = time.perf_counter()
-            ingest_hours(c, Warehouse(tmp), last_hours(n_hours), concurrency=4)
+            ingest_hours(c, Storage(tmp), last_hours(n_hours), concurrency=4)
             elapsed = time.perf_counter() - t0
         s = sim.stats()
         total = s["total"]
         throttled = s["by_status"].get("429", 0)
         print(f"(b) simulator limited to {limit}/min, {n_hours} hours at page_size {page_size}, {elapsed:.0f}s")
-        print(f"    achieved {(total - throttled) / elapsed * 60:,.0f} requests/min = "
-              f"{(total - throttled) / elapsed * 60 / limit:.1%} of the limit (floor 90%); "
-              f"429s {throttled}/{total} = {throttled / max(total, 1):.2%} (floor <= 1%)")
-        return {"limit": limit, "seconds": elapsed, "hours": n_hours, "page_size": page_size, "total": total,
-                "throttled": throttled, "per_minute": (total - throttled) / elapsed * 60}
+        print(
+            f"    achieved {(total - throttled) / elapsed * 60:,.0f} requests/min = "
+            f"{(total - throttled) / elapsed * 60 / limit:.1%} of the limit (floor 90%); "
+            f"429s {throttled}/{total} = {throttled / max(total, 1):.2%} (floor <= 1%)"
+        )
+        return {
+            "limit": limit,
+            "seconds": elapsed,
+            "hours": n_hours,
+            "page_size": page_size,
+            "total": total,
+            "throttled": throttled,
+            "per_minute": (total - throttled) / elapsed * 60,
+        }
     finally:
         sim.stop()
 
@@ -176,17 +202,19 @@ def bench_memory(quick: bool, rows: int | None = None) -> dict:
                 "from stackone_pipeline.ingest import ingest_hours;"
                 "from stackone_pipeline.stackone.client import StackOneClient;"
                 "from stackone_pipeline.stackone.ratelimit import RateLimiter;"
-                "from stackone_pipeline.warehouse.duckdb_store import Warehouse;"
+                "from stackone_pipeline.storage import Storage;"
                 f"c = StackOneClient('{DEFAULT_API_KEY}', '{sim.url}', rate_limiter=RateLimiter(1e9), page_size=100);"
                 "t = time.perf_counter();"
-                f"r = ingest_hours(c, Warehouse('{tmp}'), [datetime.fromisoformat('{hour.isoformat()}')], concurrency=1)[0];"
+                f"r = ingest_hours(c, Storage('{tmp}'), [datetime.fromisoformat('{hour.isoformat()}')], concurrency=1)[0];"
                 "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
                 "print(r.rows, time.perf_counter() - t, hwm)"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             n, secs, rss_kb = out.strip().splitlines()[-1].split()
-        print(f"(c) one {int(n):,}-row hour in a fresh process: {float(secs):.1f}s, "
-              f"peak RSS {int(rss_kb) / 1024:,.0f} MB (floor 400 MB)")
+        print(
+            f"(c) one {int(n):,}-row hour in a fresh process: {float(secs):.1f}s, "
+            f"peak RSS {int(rss_kb) / 1024:,.0f} MB (floor 400 MB)"
+        )
         return {"rows": int(n), "seconds": float(secs), "rss_mb": int(rss_kb) / 1024}
     finally:
         sim.stop()

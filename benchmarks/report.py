@@ -81,8 +81,14 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(mach: dict, sections: list[Section], mode: str, argv: str, total_s: float | None,
-           loadavg_end: tuple[float, float, float] | None) -> str:
+def render(
+    mach: dict,
+    sections: list[Section],
+    mode: str,
+    argv: str,
+    total_s: float | None,
+    loadavg_end: tuple[float, float, float] | None,
+) -> str:
     la = mach["loadavg_start"]
     out = [
         "# Benchmarks",
@@ -126,8 +132,9 @@ def render(mach: dict, sections: list[Section], mode: str, argv: str, total_s: f
         for r in s.rows:
             if r.floor != "—" or r.summary:
                 value = r.summary or r.value
-                out.append(f"| {_cell(s.title)} | {_cell(r.figure)} | {_cell(value)} | {_cell(r.floor)} | "
-                           f"{_cell(r.result)} |")
+                out.append(
+                    f"| {_cell(s.title)} | {_cell(r.figure)} | {_cell(value)} | {_cell(r.floor)} | {_cell(r.result)} |"
+                )
     for s in sections:
         out += ["", f"## {s.title}", "", s.what, "", f"Command: `{s.command}` ({s.seconds:.0f} s in this run)", ""]
         if s.skipped:
@@ -135,10 +142,12 @@ def render(mach: dict, sections: list[Section], mode: str, argv: str, total_s: f
         if s.error:
             out += ["ERROR — the section did not complete:", "", "```", s.error.rstrip(), "```", ""]
         if s.rows:
-            out += ["| figure | value | baseline | ratio | floor | result |",
-                    "| --- | --- | --- | --- | --- | --- |"]
-            out += [f"| {_cell(r.figure)} | {_cell(r.value)} | {_cell(r.baseline)} | {_cell(r.ratio)} | "
-                    f"{_cell(r.floor)} | {_cell(r.result)} |" for r in s.rows]
+            out += ["| figure | value | baseline | ratio | floor | result |", "| --- | --- | --- | --- | --- | --- |"]
+            out += [
+                f"| {_cell(r.figure)} | {_cell(r.value)} | {_cell(r.baseline)} | {_cell(r.ratio)} | "
+                f"{_cell(r.floor)} | {_cell(r.result)} |"
+                for r in s.rows
+            ]
             out.append("")
         for n in s.notes:
             out.append(f"- {n}")

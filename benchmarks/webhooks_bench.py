@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ingest_bench import free_port, wait_until_serving  # noqa: E402  (benchmarks/ is on sys.path)
-from stackone_pipeline.warehouse.duckdb_store import Warehouse  # noqa: E402
+
+from stackone_pipeline.storage import Storage  # noqa: E402
 from stackone_pipeline.webhooks import WEBHOOK_PATH, load_staged_events, signed_headers, staged_records  # noqa: E402
 
 SECRET = "bench-signing-secret-" + os.urandom(8).hex()
@@ -46,18 +47,18 @@ RECEIVER = (
     "serve('127.0.0.1', {port}, {data_dir!r}, os.environ['STACKONE_WEBHOOK_SECRET'], log_level='warning')"
 )
 # The naive baseline: verify, parse, and write the event into DuckDB inside the request.
-NAIVE = '''
+NAIVE = """
 import os, orjson, uvicorn, anyio.to_thread
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 from stackone_pipeline.webhooks import verify
-secret, wh = os.environ["STACKONE_WEBHOOK_SECRET"], Warehouse({data_dir!r})
-with wh.writer() as con:
+secret, wh = os.environ["STACKONE_WEBHOOK_SECRET"], Storage({data_dir!r})
+with wh.warehouse.writer() as con:
     con.execute("CREATE TABLE IF NOT EXISTS naive_events (event_id VARCHAR PRIMARY KEY, payload JSON)")
 def insert(event_id, body):
-    with wh.writer() as con:
+    with wh.warehouse.writer() as con:
         con.execute("INSERT OR IGNORE INTO naive_events VALUES (?, ?)", [event_id, body])
 async def receive(request):
     body = await request.body()
@@ -68,7 +69,7 @@ async def receive(request):
 app = Starlette(routes=[Route("{path}", receive, methods=["POST"]),
                        Route("/healthz", lambda r: Response(b"ok"), methods=["GET"])])
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
-'''
+"""
 
 
 class ServerProcess:
@@ -78,7 +79,9 @@ class ServerProcess:
         env = dict(os.environ, STACKONE_WEBHOOK_SECRET=SECRET, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code.format(port=self.port, data_dir=str(data_dir), path=WEBHOOK_PATH)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_until_serving(f"{self.url}/healthz", self.proc, "webhook server")
 
@@ -96,9 +99,18 @@ def make_events(n: int, tag: str) -> list[tuple[str, bytes, dict]]:
     now = datetime.now(timezone.utc).isoformat()
     out = []
     for i in range(n):
-        event = {"id": f"evt_{tag}_{i:07d}", "type": TYPES[i % len(TYPES)], "created_at": now,
-                 "data": {"account_id": f"acct_{i % 40:03d}", "provider": "workday", "request_id": f"req_{i:07d}",
-                          "event_datetime": now, "error": {"status": 502, "message": "upstream timeout"}}}
+        event = {
+            "id": f"evt_{tag}_{i:07d}",
+            "type": TYPES[i % len(TYPES)],
+            "created_at": now,
+            "data": {
+                "account_id": f"acct_{i % 40:03d}",
+                "provider": "workday",
+                "request_id": f"req_{i:07d}",
+                "event_datetime": now,
+                "error": {"status": 502, "message": "upstream timeout"},
+            },
+        }
         body = orjson.dumps(event)
         out.append((event["id"], body, signed_headers(SECRET, body)))
     return out
@@ -119,8 +131,11 @@ async def fire(url: str, events, concurrency: int) -> tuple[float, dict[str, str
         try:
             for event_id, body, headers in queue:
                 head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                writer.write(f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}"
-                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                writer.write(
+                    f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 status_line = await reader.readline()
                 length = 0
                 while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -171,7 +186,7 @@ def bench_receiver(n: int, concurrency: int, httpx_n: int) -> float:
 
 def _bench_receiver(data_dir: Path, n: int, concurrency: int, httpx_n: int) -> float:
     events = make_events(n + httpx_n + 200, "bench")
-    warm, main, via_httpx = events[:200], events[200:200 + n], events[200 + n:]
+    warm, main, via_httpx = events[:200], events[200 : 200 + n], events[200 + n :]
     server = ServerProcess(RECEIVER, data_dir)
     endpoint = server.url + WEBHOOK_PATH
     try:
@@ -184,28 +199,38 @@ def _bench_receiver(data_dir: Path, n: int, concurrency: int, httpx_n: int) -> f
         log = server.stop()
     stored = sum(1 for s in results.values() if s == "stored")
     rate = stored / seconds
-    print(f"receiver: {stored:,} of {n:,} signed events acknowledged 'stored' in {seconds:.2f}s = {rate:,.0f} events/s "
-          f"({concurrency} keep-alive connections; status codes {codes})")
+    print(
+        f"receiver: {stored:,} of {n:,} signed events acknowledged 'stored' in {seconds:.2f}s = {rate:,.0f} events/s "
+        f"({concurrency} keep-alive connections; status codes {codes})"
+    )
     h_stored = sum(1 for s in h_results.values() if s == "stored")
-    print(f"  with httpx (16 threads, one Client each): {h_stored:,} of {len(via_httpx):,} in {h_seconds:.2f}s = "
-          f"{h_stored / h_seconds:,.0f} events/s (codes {h_codes}; the client's CPU is the limit here)")
-    print(f"  re-sent {len(resend):,}: {sum(1 for s in again.values() if s == 'already received'):,} answered "
-          f"'already received' (codes {again_codes})")
+    print(
+        f"  with httpx (16 threads, one Client each): {h_stored:,} of {len(via_httpx):,} in {h_seconds:.2f}s = "
+        f"{h_stored / h_seconds:,.0f} events/s (codes {h_codes}; the client's CPU is the limit here)"
+    )
+    print(
+        f"  re-sent {len(resend):,}: {sum(1 for s in again.values() if s == 'already received'):,} answered "
+        f"'already received' (codes {again_codes})"
+    )
     ids = staged_ids(data_dir)
     expected = {e[0] for e in events}
     segments = len(list((data_dir / "webhooks" / "staging").iterdir()))
-    print(f"  staged: {len(ids):,} events in {segments} log segment(s); distinct ids {len(set(ids)):,} of {len(expected):,} sent; "
-          f"missing {len(expected - set(ids))}; unexpected {len(set(ids) - expected)}")
+    print(
+        f"  staged: {len(ids):,} events in {segments} log segment(s); distinct ids {len(set(ids)):,} of {len(expected):,} sent; "
+        f"missing {len(expected - set(ids))}; unexpected {len(set(ids) - expected)}"
+    )
     assert len(ids) == len(set(ids)) == len(expected) and set(ids) == expected, "staging is not exactly-once"
     assert SECRET not in log, "the secret appeared in the receiver's output"
     t0 = time.perf_counter()
-    loaded = load_staged_events(Warehouse(data_dir))
+    loaded = load_staged_events(Storage(data_dir))
     load_s = time.perf_counter() - t0
-    with Warehouse(data_dir).reader() as con:
+    with Storage(data_dir).warehouse.reader() as con:
         (rows, distinct) = con.execute("SELECT count(*), count(DISTINCT event_id) FROM webhook_events").fetchone()
-    print(f"  load_staged_events: {len(loaded):,} events into webhook_events in {load_s:.2f}s "
-          f"({len(loaded) / load_s:,.0f}/s); table rows {rows:,}, distinct ids {distinct:,}; "
-          f"staged events left {len(staged_ids(data_dir))}")
+    print(
+        f"  load_staged_events: {len(loaded):,} events into webhook_events in {load_s:.2f}s "
+        f"({len(loaded) / load_s:,.0f}/s); table rows {rows:,}, distinct ids {distinct:,}; "
+        f"staged events left {len(staged_ids(data_dir))}"
+    )
     assert rows == distinct == len(events) and not staged_ids(data_dir)
     return rate
 
@@ -223,8 +248,10 @@ def _bench_naive(data_dir: Path, n: int, concurrency: int) -> float:
     finally:
         server.stop()
     rate = len(results) / seconds
-    print(f"naive baseline (DuckDB insert per request via Warehouse.writer()): {len(results)} of {n} events in "
-          f"{seconds:.2f}s = {rate:,.0f} events/s (codes {codes})")
+    print(
+        f"naive baseline (DuckDB insert per request via Warehouse.writer()): {len(results)} of {n} events in "
+        f"{seconds:.2f}s = {rate:,.0f} events/s (codes {codes})"
+    )
     return rate
 
 
@@ -238,8 +265,10 @@ def main() -> None:
     print(f"webhooks benchmark on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f})\n")
     rate = bench_receiver(n, args.concurrency, httpx_n=max(n // 5, 200))
     naive = bench_naive(100, args.concurrency)
-    print(f"\nreceiver {rate:,.0f} events/s vs naive {naive:,.0f} events/s ({rate / naive:,.0f}x); "
-          f"floor {FLOOR_PER_S}/s: {'PASS' if rate >= FLOOR_PER_S else 'FAIL'}")
+    print(
+        f"\nreceiver {rate:,.0f} events/s vs naive {naive:,.0f} events/s ({rate / naive:,.0f}x); "
+        f"floor {FLOOR_PER_S}/s: {'PASS' if rate >= FLOOR_PER_S else 'FAIL'}"
+    )
     sys.exit(0 if rate >= FLOOR_PER_S else 1)
 
 

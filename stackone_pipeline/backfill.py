@@ -7,13 +7,20 @@ otherwise in a throw-away instance.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import dagster as dg
 
-from .partitions import expired_hours, hourly_partitions
-
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+from .partitions import (
+    expired_hours,
+    hour_of,
+    hourly_partitions,
+    last_closed_hour,
+    partition_key,
+    range_tags,
+    whole_hours,
+)
+from .settings import Settings
 
 
 class BackfillError(ValueError):
@@ -34,17 +41,10 @@ def partition_keys(start: datetime, end: datetime, now: datetime | None = None) 
     now = now or datetime.now(timezone.utc)
     if end <= start:
         raise BackfillError(f"--end ({end:%Y-%m-%dT%H:%MZ}) must be after --start ({start:%Y-%m-%dT%H:%MZ})")
-    first = start.replace(minute=0, second=0, microsecond=0)
-    if first < start:
-        first += timedelta(hours=1)
-    hours = []
-    h = first
-    while h + timedelta(hours=1) <= end:
-        hours.append(h)
-        h += timedelta(hours=1)
+    hours = whole_hours(start, end)
     if not hours:
         raise BackfillError("the range holds no whole UTC hour")
-    last_closed = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    last_closed = last_closed_hour(now)
     if hours[-1] > last_closed:
         raise BackfillError(
             f"{hours[-1]:%Y-%m-%d %H}:00 UTC has not closed yet; the last complete hour is {last_closed:%Y-%m-%d %H}:00 UTC"
@@ -55,7 +55,7 @@ def partition_keys(start: datetime, end: datetime, now: datetime | None = None) 
             f"{len(expired)} hour(s) from {expired[0]:%Y-%m-%d %H}:00 UTC are older than StackOne's 90-day "
             "log retention: the API no longer has them. Start the range later."
         )
-    return [hourly_partitions.get_partition_key_for_timestamp(h.timestamp()) for h in hours]
+    return [partition_key(h) for h in hours]
 
 
 def run_backfill(
@@ -65,22 +65,27 @@ def run_backfill(
     assets=None,
     resources: dict | None = None,
     instance: dg.DagsterInstance | None = None,
+    settings: Settings | None = None,
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
-    from .definitions import defs
+    from .definitions import build_defs
 
     keys = partition_keys(start, end)
+    defs = build_defs(settings or Settings.from_env())
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);
     # unpartitioned ones have their own triggers.
-    hourly = assets or [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)
-                        and a.is_executable and a.partitions_def == hourly_partitions]  # fmt: skip
+    hourly = assets or [
+        a
+        for a in defs.assets or []
+        if isinstance(a, dg.AssetsDefinition) and a.is_executable and a.partitions_def == hourly_partitions
+    ]
     return dg.materialize(
         hourly,
         instance=instance,
         resources=resources or defs.resources,
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
+        tags=range_tags(hour_of(keys[0]), hour_of(keys[-1])),
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         raise_on_error=False,
     )

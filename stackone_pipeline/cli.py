@@ -89,28 +89,34 @@ def _fresh_demo_dir(path: Path) -> Path:
 
 def cmd_demo(args) -> int:
     _quiet_dagster()
+    from .partitions import floor_hour
     from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 
     data_dir = _fresh_demo_dir(Path(args.data_dir))
     home = data_dir / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    end = floor_hour(datetime.now(timezone.utc))
     start = end - timedelta(hours=args.hours)
     with start_simulator(SimulatorConfig(seed=args.seed), port=args.port) as sim:
         os.environ.update(
-            STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
-            STACKONE_DATA_DIR=str(data_dir), DAGSTER_HOME=str(home),
+            STACKONE_API_KEY=DEFAULT_API_KEY,
+            STACKONE_BASE_URL=sim.url,
+            STACKONE_DATA_DIR=str(data_dir),
+            DAGSTER_HOME=str(home),
         )
-        print(f"simulator at {sim.url}; backfilling {args.hours} hours "
-              f"{start:%Y-%m-%d %H}:00 -> {end:%Y-%m-%d %H}:00 UTC into {data_dir}", file=sys.stderr)
+        print(
+            f"simulator at {sim.url}; backfilling {args.hours} hours "
+            f"{start:%Y-%m-%d %H}:00 -> {end:%Y-%m-%d %H}:00 UTC into {data_dir}",
+            file=sys.stderr,
+        )
         from .backfill import run_backfill
 
         result = run_backfill(start, end)
     if not result.success:
         print("demo backfill failed; see the log above", file=sys.stderr)
         return 1
-    from .demo_summary import print_summary
+    from .reporting.demo import print_summary
 
     print_summary(data_dir, start, end)
     print(
@@ -126,8 +132,14 @@ def cmd_webhooks(args) -> int:
     from .webhooks import SECRET_ENV, StagingBusyError, WebhookConfigError, serve
 
     try:
-        serve(args.host, args.port, Settings.from_env().data_dir, os.environ.get(SECRET_ENV, ""),
-              signature_header=args.signature_header, tolerance_s=args.tolerance)
+        serve(
+            args.host,
+            args.port,
+            Settings.from_env().data_dir,
+            os.environ.get(SECRET_ENV, ""),
+            signature_header=args.signature_header,
+            tolerance_s=args.tolerance,
+        )
     except (WebhookConfigError, StagingBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -149,9 +161,16 @@ def cmd_dev(args) -> int:
     import subprocess
 
     with start_simulator(SimulatorConfig(seed=args.seed), port=args.sim_port) as sim:
-        env = dict(os.environ, STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
-                   STACKONE_DATA_DIR=str(data_dir), DAGSTER_HOME=str(home))
-        print(f"simulator at {sim.url}; data in {data_dir}; Dagster UI on http://127.0.0.1:{args.port}", file=sys.stderr)
+        env = dict(
+            os.environ,
+            STACKONE_API_KEY=DEFAULT_API_KEY,
+            STACKONE_BASE_URL=sim.url,
+            STACKONE_DATA_DIR=str(data_dir),
+            DAGSTER_HOME=str(home),
+        )
+        print(
+            f"simulator at {sim.url}; data in {data_dir}; Dagster UI on http://127.0.0.1:{args.port}", file=sys.stderr
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", *target, "-h", "127.0.0.1", "-p", str(args.port)], env=env
         )
@@ -193,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-limit", type=int, default=1000, help="requests per minute per key")
     s.set_defaults(func=cmd_simulate)
 
-    w = sub.add_parser("webhooks", help="receive signed StackOne webhooks into <data dir>/webhooks/staging "
-                       "(needs STACKONE_WEBHOOK_SECRET)")
+    w = sub.add_parser(
+        "webhooks",
+        help="receive signed StackOne webhooks into <data dir>/webhooks/staging (needs STACKONE_WEBHOOK_SECRET)",
+    )
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8780)
     w.add_argument("--signature-header", default="X-StackOne-Signature", help="header carrying the HMAC-SHA256")

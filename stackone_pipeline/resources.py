@@ -1,20 +1,30 @@
-"""Dagster resources: the StackOne API and the storage, configured from the environment.
+"""Every Dagster resource, and `build_resources(settings)`: the one place they are configured.
 
-The API key is an `EnvVar`: Dagster resolves it when a run starts and never shows its value.
-Everything else comes from `Settings.from_env()` (the one place that reads the environment).
+Secrets (the API key, sink credentials, notification URLs) are `EnvVar`s: Dagster resolves them
+when a run starts and never shows their values. Each resource is a thin, typed view of a part
+of `Settings` that builds the plain object the stages use (a client, a `Storage`, a sink).
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import asdict, fields
+from typing import ClassVar
 
 import dagster as dg
 
+from .http import Transport
 from .ingest import RedactionSettings
-from .settings import Settings
+from .notify import Notifier, channels
+from .settings import NotifySettings, Settings, Thresholds
+from .sinks.registry import BY_NAME, SINKS
 from .stackone.client import StackOneClient
 from .stackone.ratelimit import shared_limiter
-from .warehouse.duckdb_store import Warehouse
+from .storage import Storage
+
+
+def _with_env_vars(values: dict, secret_vars: dict[str, str]) -> dict:
+    """`values` with each secret replaced by a reference to its environment variable."""
+    return {**values, **{f: dg.EnvVar(var) for f, var in secret_vars.items()}}
 
 
 class StackOneResource(dg.ConfigurableResource):
@@ -27,6 +37,18 @@ class StackOneResource(dg.ConfigurableResource):
     deadline_s: float = 1800.0
     keep_bodies: bool = False
     redact_names: list[str] = []
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> StackOneResource:
+        return cls(
+            api_key=dg.EnvVar(s.api_key_var),
+            base_url=s.base_url,
+            rate_limit_per_minute=s.rate_limit_per_minute,
+            page_size=s.page_size,
+            concurrency=s.concurrency,
+            keep_bodies=s.keep_bodies,
+            redact_names=list(s.redact_names),
+        )
 
     def client(self) -> StackOneClient:
         limiter = shared_limiter(self.base_url, self.api_key, self.rate_limit_per_minute, self.rate_limit_window_s)
@@ -45,28 +67,145 @@ class StackOneResource(dg.ConfigurableResource):
 
 class StorageResource(dg.ConfigurableResource):
     data_dir: str = "./data"
+    lock_timeout_s: float = 600.0
 
-    def warehouse(self) -> Warehouse:
-        return Warehouse(self.data_dir)
+    def storage(self) -> Storage:
+        return Storage(self.data_dir, lock_timeout_s=self.lock_timeout_s)
 
 
-def resources_from_env(settings: Settings | None = None) -> dict:
-    from .analytics.thresholds import Thresholds
-    from .assets.analytics import AlertThresholdsResource
-    from .automation.resources import NotifyResource
+class AlertThresholdsResource(dg.ConfigurableResource):
+    """The alert thresholds (settings.Thresholds)."""
 
-    s = settings or Settings.from_env()
-    return {
-        "alerts": AlertThresholdsResource.from_thresholds(Thresholds.from_env(os.environ)),
-        "stackone": StackOneResource(
-            api_key=dg.EnvVar("STACKONE_API_KEY"),
-            base_url=s.base_url,
-            rate_limit_per_minute=s.rate_limit_per_minute,
-            page_size=s.page_size,
-            concurrency=s.concurrency,
-            keep_bodies=s.keep_bodies,
-            redact_names=list(s.redact_names),
-        ),
-        "storage": StorageResource(data_dir=s.data_dir),
-        "notify": NotifyResource.from_env(),
+    error_rate_5m: float = Thresholds.error_rate_5m
+    p95_ms: float = Thresholds.p95_ms
+    provider_error_rate: float = Thresholds.provider_error_rate
+    volume_score: float = Thresholds.volume_score
+    severity: str = Thresholds.severity
+
+    @classmethod
+    def from_thresholds(cls, t: Thresholds) -> AlertThresholdsResource:
+        return cls(**asdict(t))
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            error_rate_5m=self.error_rate_5m,
+            p95_ms=self.p95_ms,
+            provider_error_rate=self.provider_error_rate,
+            volume_score=self.volume_score,
+            severity=self.severity.upper(),
+        )
+
+
+class NotifyResource(dg.ConfigurableResource):
+    """The notification channels (settings.NotifySettings); unset URLs are channels left out."""
+
+    webhook_url: str = ""
+    slack_url: str = ""
+    alertmanager_url: str = ""
+    dagster_url: str = NotifySettings.dagster_url
+    timeout_s: float = 5.0  # per request
+    deadline_s: float = 10.0  # per message and channel, retries included: a down channel costs this once per tick
+    alertmanager_refresh_s: float = 900.0
+
+    @classmethod
+    def from_settings(cls, s: NotifySettings) -> NotifyResource:
+        return cls(**_with_env_vars({"dagster_url": s.dagster_url}, s.secret_vars()))
+
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self._channels()]
+
+    def notifier(self, storage: Storage) -> Notifier:
+        return Notifier(
+            storage,
+            self._channels(),
+            transport=lambda: Transport(
+                timeout_s=self.timeout_s, max_attempts=3, deadline_s=self.deadline_s, backoff_base_s=0.2
+            ),
+        )
+
+    def _channels(self):
+        return channels(self.webhook_url, self.slack_url, self.alertmanager_url, self.alertmanager_refresh_s)
+
+
+# -- sinks: one resource per sink, mirroring its settings ---------------------------------------------
+class SinkResource(dg.ConfigurableResource):
+    """Base of the sink resources: the fields are the sink's settings; `sink()` builds the sink.
+    Built with no arguments, a sink resource is off: its delivery asset skips and says why."""
+
+    name: ClassVar[str]
+    key_field: ClassVar[str]  # the field that switches the sink on (its endpoint or key)
+
+    @property
+    def configured(self) -> bool:
+        return bool(getattr(self, self.key_field))
+
+    @classmethod
+    def from_settings(cls, s) -> SinkResource:
+        return cls(**_with_env_vars(asdict(s), s.secret_vars()))
+
+    def settings(self):
+        settings_class = BY_NAME[self.name].settings_class
+        return settings_class(**{f.name: getattr(self, f.name) for f in fields(settings_class)})
+
+    def sink(self):
+        return BY_NAME[self.name].build(self.settings())
+
+
+class LokiResource(SinkResource):
+    name: ClassVar[str] = "loki"
+    key_field: ClassVar[str] = "url"
+    url: str = ""
+    env: str = "prod"
+    max_age_hours: int = 168
+    tenant_id: str = ""
+    username: str = ""
+    password: str = ""
+
+
+class DatadogResource(SinkResource):
+    name: ClassVar[str] = "datadog"
+    key_field: ClassVar[str] = "api_key"
+    api_key: str = ""
+    site: str = "datadoghq.com"
+    logs_url: str = ""
+    env: str = "prod"
+    send_old_as_metrics: bool = False
+    metrics_url: str = ""
+
+
+class OtlpResource(SinkResource):
+    name: ClassVar[str] = "otlp"
+    key_field: ClassVar[str] = "url"
+    url: str = ""
+    headers: str = ""
+    headers_var: str = "OTEL_EXPORTER_OTLP_HEADERS"
+    resource_attributes: dict[str, str] = {}
+
+
+class PrometheusResource(SinkResource):
+    name: ClassVar[str] = "prometheus"
+    key_field: ClassVar[str] = "write_url"
+    write_url: str = ""
+    api_url: str = ""
+    username: str = ""
+    password: str = ""
+
+
+SINK_RESOURCES: dict[str, type[SinkResource]] = {
+    r.name: r for r in (LokiResource, DatadogResource, OtlpResource, PrometheusResource)
+}
+assert set(SINK_RESOURCES) == {s.name for s in SINKS}, "every registered sink needs a resource"
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the definitions need (a sink that is not configured gets an 'off' resource)."""
+    resources: dict[str, dg.ConfigurableResource] = {
+        "stackone": StackOneResource.from_settings(settings),
+        "storage": StorageResource(data_dir=settings.data_dir),
+        "alerts": AlertThresholdsResource.from_thresholds(settings.thresholds),
+        "notify": NotifyResource.from_settings(settings.notify),
     }
+    for spec in SINKS:
+        s, resource = settings.sink(spec.name), SINK_RESOURCES[spec.name]
+        resources[spec.name] = resource() if s is None else resource.from_settings(s)
+    return resources

@@ -1,16 +1,42 @@
-"""Configuration from the environment, read in one place, with clear errors."""
+"""All configuration, read from the environment in one place, validated once, with clear errors.
+
+`Settings.from_env()` is called once, by definitions.py (and the CLI); everything else receives
+a `Settings` (or a part of it). Secrets are read here only to know that they are set: the
+Dagster resources refer to them as `EnvVar`s (`secret_vars()`), so their values are resolved
+when a run starts and never shown in the UI.
+
+| variable                           | default                  | meaning                                   |
+|------------------------------------|--------------------------|-------------------------------------------|
+| STACKONE_API_KEY                   | (required to ingest)     | the API key (HTTP Basic username)         |
+| STACKONE_BASE_URL                  | https://api.stackone.com |                                           |
+| STACKONE_DATA_DIR                  | ./data                   | lake, warehouse.duckdb, query.duckdb      |
+| STACKONE_RATE_LIMIT_PER_MINUTE     | 1000                     | client-side pacing per key                |
+| STACKONE_PAGE_SIZE                 | 100                      |                                           |
+| STACKONE_CONCURRENCY               | 4                        | hours fetched at once in one run          |
+| STACKONE_KEEP_BODIES               | false                    | keep request/response bodies (redacted)   |
+| STACKONE_REDACT_NAMES              |                          | extra header/field names to redact        |
+| STACKONE_ENV                       | prod                     | `env` label/tag of every sink             |
+| STACKONE_ALERT_*                   | see `Thresholds`         | alert thresholds                          |
+| STACKONE_AUTOMATION, _SCHEDULE_LAG_MINUTES, _LOOKBACK_HOURS | see `AutomationSettings` |          |
+| STACKONE_NOTIFY_*, STACKONE_DAGSTER_URL | see `NotifySettings` | notification channels                |
+| LOKI_*, DATADOG_*, OTEL_*, PROMETHEUS_* | see each sink's settings | a sink is on when its URL/key is set |
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from urllib.parse import unquote
+
+Env = Mapping[str, str]
 
 
 class SettingsError(ValueError):
     pass
 
 
-def env_int(env, name: str, default: int, lo: int = 1, hi: int | None = None) -> int:
+def env_int(env: Env, name: str, default: int, lo: int = 1, hi: int | None = None) -> int:
     """An integer variable in [lo, hi], or `default` when unset; a clear error otherwise."""
     raw = env.get(name)
     if raw in (None, ""):
@@ -25,7 +51,7 @@ def env_int(env, name: str, default: int, lo: int = 1, hi: int | None = None) ->
     return value
 
 
-def env_bool(env, name: str, default: bool) -> bool:
+def env_bool(env: Env, name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -36,6 +62,250 @@ def env_bool(env, name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def env_float(env: Env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _secrets(values: dict[str, str], names: dict[str, str]) -> dict[str, str]:
+    """{field: variable} for the secret fields that are set."""
+    return {f: var for f, var in names.items() if values.get(f)}
+
+
+# -- analytics and automation ------------------------------------------------------------------
+class ThresholdsError(SettingsError):
+    pass
+
+
+SEVERITIES = ("WARN", "ERROR")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds (the guide's "Key Metrics to Track"). Values equal to a threshold pass:
+    only *crossing* one fails. 3.5 is Iglewicz and Hoaglin's cut-off for the modified z-score.
+
+    STACKONE_ALERT_ERROR_RATE_5M (0.05), _P95_MS (2000), _PROVIDER_ERROR_RATE (0.10),
+    _VOLUME_SCORE (3.5), _SEVERITY (WARN or ERROR)."""
+
+    error_rate_5m: float = 0.05
+    p95_ms: float = 2000.0
+    provider_error_rate: float = 0.10
+    volume_score: float = 3.5
+    severity: str = "WARN"
+
+    def __post_init__(self):
+        for name in ("error_rate_5m", "provider_error_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ThresholdsError(f"{name} must be a fraction between 0 and 1, got {getattr(self, name)}")
+        for name in ("p95_ms", "volume_score"):
+            if getattr(self, name) <= 0:
+                raise ThresholdsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.severity not in SEVERITIES:
+            raise ThresholdsError(f"severity must be WARN or ERROR, got {self.severity!r}")
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> Thresholds:
+        env = os.environ if env is None else env
+        try:
+            return cls(
+                error_rate_5m=env_float(env, "STACKONE_ALERT_ERROR_RATE_5M", cls.error_rate_5m),
+                p95_ms=env_float(env, "STACKONE_ALERT_P95_MS", cls.p95_ms),
+                provider_error_rate=env_float(env, "STACKONE_ALERT_PROVIDER_ERROR_RATE", cls.provider_error_rate),
+                volume_score=env_float(env, "STACKONE_ALERT_VOLUME_SCORE", cls.volume_score),
+                severity=(env.get("STACKONE_ALERT_SEVERITY") or cls.severity).strip().upper(),
+            )
+        except ThresholdsError:
+            raise
+        except SettingsError as exc:
+            raise ThresholdsError(str(exc)) from None
+
+    def sql_params(self) -> dict[str, float]:
+        """The numeric thresholds as named SQL parameters ($error_rate_5m, ...)."""
+        return {k: float(v) for k, v in asdict(self).items() if k != "severity"}
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """STACKONE_AUTOMATION (off; `on`: schedules and sensors start RUNNING),
+    STACKONE_SCHEDULE_LAG_MINUTES (5: minutes after the hour closes that it is ingested, 0-59),
+    STACKONE_LOOKBACK_HOURS (3: earlier hours re-ingested each hour for late logs; 0 = off)."""
+
+    enabled: bool = False
+    lag_minutes: int = 5
+    lookback_hours: int = 3
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> AutomationSettings:
+        env = os.environ if env is None else env
+        return cls(
+            enabled=env_bool(env, "STACKONE_AUTOMATION", False),
+            lag_minutes=env_int(env, "STACKONE_SCHEDULE_LAG_MINUTES", cls.lag_minutes, 0, 59),
+            lookback_hours=env_int(env, "STACKONE_LOOKBACK_HOURS", cls.lookback_hours, 0, 24 * 7),
+        )
+
+    @property
+    def keep_baseline_hours(self) -> int:
+        """Hours of late-arrival baselines to keep behind the newest: the lookback and a margin."""
+        return max(48, self.lookback_hours + 2)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """STACKONE_NOTIFY_WEBHOOK_URL (generic JSON webhook), STACKONE_NOTIFY_SLACK_URL (Slack incoming
+    webhook), STACKONE_NOTIFY_ALERTMANAGER_URL (e.g. http://alertmanager:9093), STACKONE_DAGSTER_URL
+    (the UI, linked from messages). The URLs carry tokens: they are secrets."""
+
+    webhook_url: str = field(default="", repr=False)
+    slack_url: str = field(default="", repr=False)
+    alertmanager_url: str = field(default="", repr=False)
+    dagster_url: str = "http://127.0.0.1:3000"
+
+    SECRET_VARS = {
+        "webhook_url": "STACKONE_NOTIFY_WEBHOOK_URL",
+        "slack_url": "STACKONE_NOTIFY_SLACK_URL",
+        "alertmanager_url": "STACKONE_NOTIFY_ALERTMANAGER_URL",
+    }
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> NotifySettings:
+        env = os.environ if env is None else env
+        urls = {f: env.get(var) or "" for f, var in cls.SECRET_VARS.items()}
+        return cls(**urls, dagster_url=env.get("STACKONE_DAGSTER_URL") or cls.dagster_url)
+
+    def secret_vars(self) -> dict[str, str]:
+        return _secrets(asdict(self), self.SECRET_VARS)
+
+
+# -- sinks: each is on when its endpoint (or key) is set ------------------------------------------
+@dataclass(frozen=True)
+class LokiSettings:
+    """LOKI_URL (base or full push URL), LOKI_TENANT_ID (X-Scope-OrgID), LOKI_USERNAME and
+    LOKI_PASSWORD (basic auth), LOKI_MAX_AGE_HOURS (Loki's reject_old_samples_max_age, 168)."""
+
+    url: str
+    env: str = "prod"
+    max_age_hours: int = 168
+    tenant_id: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env: Env) -> LokiSettings | None:
+        url = (env.get("LOKI_URL") or "").strip()
+        if not url:
+            return None
+        return cls(
+            url=url,
+            env=env.get("STACKONE_ENV") or "prod",
+            max_age_hours=env_int(env, "LOKI_MAX_AGE_HOURS", 168),
+            tenant_id=env.get("LOKI_TENANT_ID") or "",
+            username=env.get("LOKI_USERNAME") or "",
+            password=env.get("LOKI_PASSWORD") or "",
+        )
+
+    def secret_vars(self) -> dict[str, str]:
+        return _secrets(asdict(self), {"password": "LOKI_PASSWORD"})
+
+
+@dataclass(frozen=True)
+class DatadogSettings:
+    """DATADOG_API_KEY, DATADOG_SITE (datadoghq.com), DATADOG_LOGS_URL (overrides the site's
+    intake), DATADOG_SEND_OLD_AS_METRICS (false) and DATADOG_METRICS_URL."""
+
+    api_key: str = field(repr=False)
+    site: str = "datadoghq.com"
+    logs_url: str = ""
+    env: str = "prod"
+    send_old_as_metrics: bool = False
+    metrics_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Env) -> DatadogSettings | None:
+        key = env.get("DATADOG_API_KEY")
+        if not key:
+            return None
+        return cls(
+            api_key=key,
+            site=env.get("DATADOG_SITE") or "datadoghq.com",
+            logs_url=env.get("DATADOG_LOGS_URL") or "",
+            env=env.get("STACKONE_ENV") or "prod",
+            send_old_as_metrics=env_bool(env, "DATADOG_SEND_OLD_AS_METRICS", False),
+            metrics_url=env.get("DATADOG_METRICS_URL") or "",
+        )
+
+    def secret_vars(self) -> dict[str, str]:
+        return _secrets(asdict(self), {"api_key": "DATADOG_API_KEY"})
+
+
+DEFAULT_OTEL_SERVICE_NAME = "stackone-request-log"
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """The OpenTelemetry SDK's variables: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT (used as given) or
+    OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/logs); headers from OTEL_EXPORTER_OTLP_LOGS_HEADERS, else
+    OTEL_EXPORTER_OTLP_HEADERS (`k=v,k2=v2`, URL-encoded; a secret: tokens live there);
+    OTEL_SERVICE_NAME over OTEL_RESOURCE_ATTRIBUTES."""
+
+    url: str
+    headers: str = field(default="", repr=False)
+    headers_var: str = "OTEL_EXPORTER_OTLP_HEADERS"
+    resource_attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Env) -> OtlpSettings | None:
+        if url := env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+            pass
+        elif base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            url = f"{base.removesuffix('/')}/v1/logs"
+        else:
+            return None
+        var = "OTEL_EXPORTER_OTLP_LOGS_HEADERS" if env.get("OTEL_EXPORTER_OTLP_LOGS_HEADERS") else cls.headers_var
+        attrs = {}
+        for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+            key, sep, value = item.partition("=")
+            if sep and key.strip():  # URL-encoded; keys keep their case
+                attrs[unquote(key.strip())] = unquote(value.strip())
+        attrs["service.name"] = env.get("OTEL_SERVICE_NAME") or attrs.get("service.name") or DEFAULT_OTEL_SERVICE_NAME
+        return cls(url=url, headers=env.get(var) or "", headers_var=var, resource_attributes=attrs)
+
+    def secret_vars(self) -> dict[str, str]:
+        return _secrets(asdict(self), {"headers": self.headers_var})
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """PROMETHEUS_REMOTE_WRITE_URL (…/api/v1/write), PROMETHEUS_URL (query and admin API, for a
+    forced resend; default: the write URL's base), PROMETHEUS_USERNAME / PROMETHEUS_PASSWORD."""
+
+    write_url: str
+    api_url: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env: Env) -> PrometheusSettings | None:
+        url = (env.get("PROMETHEUS_REMOTE_WRITE_URL") or "").strip()
+        if not url:
+            return None
+        return cls(
+            write_url=url,
+            api_url=(env.get("PROMETHEUS_URL") or "").strip().rstrip("/"),
+            username=env.get("PROMETHEUS_USERNAME") or "",
+            password=env.get("PROMETHEUS_PASSWORD") or "",
+        )
+
+    def secret_vars(self) -> dict[str, str]:
+        return _secrets(asdict(self), {"password": "PROMETHEUS_PASSWORD"})
+
+
+# -- everything -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
     base_url: str = "https://api.stackone.com"
@@ -44,10 +314,18 @@ class Settings:
     page_size: int = 100
     concurrency: int = 4  # hours fetched at once inside one run (all share the rate limit)
     keep_bodies: bool = False
-    redact_names: tuple[str, ...] = field(default_factory=tuple)
+    redact_names: tuple[str, ...] = ()
+    api_key_var: str = "STACKONE_API_KEY"
+    thresholds: Thresholds = Thresholds()
+    automation: AutomationSettings = AutomationSettings()
+    notify: NotifySettings = NotifySettings()
+    loki: LokiSettings | None = None
+    datadog: DatadogSettings | None = None
+    otlp: OtlpSettings | None = None
+    prometheus: PrometheusSettings | None = None
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: Env | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         return cls(
             base_url=env.get("STACKONE_BASE_URL") or cls.base_url,
@@ -57,4 +335,15 @@ class Settings:
             concurrency=env_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
             keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),
             redact_names=tuple(n.strip() for n in env.get("STACKONE_REDACT_NAMES", "").split(",") if n.strip()),
+            thresholds=Thresholds.from_env(env),
+            automation=AutomationSettings.from_env(env),
+            notify=NotifySettings.from_env(env),
+            loki=LokiSettings.from_env(env),
+            datadog=DatadogSettings.from_env(env),
+            otlp=OtlpSettings.from_env(env),
+            prometheus=PrometheusSettings.from_env(env),
         )
+
+    def sink(self, name: str):
+        """The settings of sink `name`, or None when it is not configured."""
+        return getattr(self, name)

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from .prometheus_server import free_port
-
 from .server_process import server_process
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
@@ -44,8 +43,13 @@ def running_alertmanager(workdir: Path):
     config.write_text(CONFIG)
     port, log = free_port(), workdir / "alertmanager.log"
     url = f"http://127.0.0.1:{port}"
-    cmd = [ALERTMANAGER, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    cmd = [
+        ALERTMANAGER,
+        f"--config.file={config}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
     with server_process("alertmanager", cmd, url, log):
         yield Alertmanager(url, log)
 

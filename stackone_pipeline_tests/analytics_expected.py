@@ -34,12 +34,30 @@ KEYS = {
 
 # ---- rows ---------------------------------------------------------------------------------
 
-def row(t: datetime, provider="alpha", status=200, success=True, duration=100.0, service="hris",
-        action="list", account="acct_1", hour: datetime | None = None) -> dict:
-    return {"hour": hour or t.replace(minute=0, second=0, microsecond=0), "event_datetime": t,
-            "request_id": f"r{t.timestamp()}-{provider}-{status}-{duration}", "provider": provider,
-            "service": service, "action": action, "account_id": account, "status": status,
-            "success": success, "duration_ms": duration}
+
+def row(
+    t: datetime,
+    provider="alpha",
+    status=200,
+    success=True,
+    duration=100.0,
+    service="hris",
+    action="list",
+    account="acct_1",
+    hour: datetime | None = None,
+) -> dict:
+    return {
+        "hour": hour or t.replace(minute=0, second=0, microsecond=0),
+        "event_datetime": t,
+        "request_id": f"r{t.timestamp()}-{provider}-{status}-{duration}",
+        "provider": provider,
+        "service": service,
+        "action": action,
+        "account_id": account,
+        "status": status,
+        "success": success,
+        "duration_ms": duration,
+    }
 
 
 def rows_from_records(records: list[dict]) -> list[dict]:
@@ -47,11 +65,20 @@ def rows_from_records(records: list[dict]) -> list[dict]:
     out = []
     for r in records:
         t = parse_timestamp(r["event_datetime"])
-        out.append({"hour": t.replace(minute=0, second=0, microsecond=0), "event_datetime": t,
-                    "request_id": r["request_id"], "provider": r.get("provider"), "service": r.get("service"),
-                    "action": r.get("action"), "account_id": r.get("account_id"), "status": r.get("status"),
-                    "success": r.get("success"),
-                    "duration_ms": None if r.get("duration") is None else float(r["duration"])})
+        out.append(
+            {
+                "hour": t.replace(minute=0, second=0, microsecond=0),
+                "event_datetime": t,
+                "request_id": r["request_id"],
+                "provider": r.get("provider"),
+                "service": r.get("service"),
+                "action": r.get("action"),
+                "account_id": r.get("account_id"),
+                "status": r.get("status"),
+                "success": r.get("success"),
+                "duration_ms": None if r.get("duration") is None else float(r["duration"]),
+            }
+        )
     return out
 
 
@@ -82,6 +109,7 @@ def _k(v):
 
 # ---- tables -------------------------------------------------------------------------------
 
+
 def _group(rows, key):
     g = defaultdict(list)
     for r in rows:
@@ -110,17 +138,27 @@ def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds)
             **_counts(rs),
             "status_4xx": sum(1 for r in rs if r["status"] is not None and 400 <= r["status"] <= 499),
             "status_5xx": sum(1 for r in rs if r["status"] is not None and 500 <= r["status"] <= 599),
-            "timeouts": sum(is_timeout(r) for r in rs)}
+            "timeouts": sum(is_timeout(r) for r in rs),
+        }
     for (h, p, a), rs in _group(rows, lambda r: (r["hour"], _k(r["provider"]), _k(r["action"]))).items():
         d = [r["duration_ms"] for r in rs if r["duration_ms"] is not None]
         p50, p90, p95, p99 = _q(rs, [0.5, 0.9, 0.95, 0.99])
-        out["latency_hourly"][(h, p, a)] = {"requests": len(rs), "p50_ms": p50, "p90_ms": p90, "p95_ms": p95,
-                                            "p99_ms": p99, "mean_ms": float(np.mean(d)) if d else None,
-                                            "max_ms": max(d) if d else None}
+        out["latency_hourly"][(h, p, a)] = {
+            "requests": len(rs),
+            "p50_ms": p50,
+            "p90_ms": p90,
+            "p95_ms": p95,
+            "p99_ms": p99,
+            "mean_ms": float(np.mean(d)) if d else None,
+            "max_ms": max(d) if d else None,
+        }
     for (h, p), rs in _group(rows, lambda r: (r["hour"], _k(r["provider"]))).items():
         c = _counts(rs)
-        out["provider_health_hourly"][(h, p)] = {**c, "p95_ms": _q(rs, [0.95])[0],
-                                                 "healthy": c["error_rate"] <= thresholds.provider_error_rate}
+        out["provider_health_hourly"][(h, p)] = {
+            **c,
+            "p95_ms": _q(rs, [0.95])[0],
+            "healthy": c["error_rate"] <= thresholds.provider_error_rate,
+        }
     for (h, a, p), rs in _group(rows, lambda r: (r["hour"], _k(r["account_id"]), _k(r["provider"]))).items():
         out["account_errors_hourly"][(h, a, p)] = _counts(rs)
     by_hour = _group(rows, lambda r: r["hour"])
@@ -137,10 +175,19 @@ def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds)
         d = [r["duration_ms"] for r in rs if r["duration_ms"] is not None]
         e = sum(is_error(r) for r in rs)
         out["request_volume_hourly"][(h,)] = {
-            "requests": len(rs), "errors": e, "error_rate": e / len(rs) if rs else None, "p50_ms": p50,
-            "p95_ms": p95, "p99_ms": p99, "mean_ms": float(np.mean(d)) if d else None, "history_days": len(hist),
-            "baseline": base, "mad": mad, "score": score,
-            "anomaly": score is not None and abs(score) > thresholds.volume_score}
+            "requests": len(rs),
+            "errors": e,
+            "error_rate": e / len(rs) if rs else None,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
+            "mean_ms": float(np.mean(d)) if d else None,
+            "history_days": len(hist),
+            "baseline": base,
+            "mad": mad,
+            "score": score,
+            "anomaly": score is not None and abs(score) > thresholds.volume_score,
+        }
         volume[h] = len(rs)
     out["alert_evaluations"] = expected_evaluations(out, thresholds)
     return out
@@ -153,7 +200,11 @@ def expected_evaluations(t: dict[str, dict], th) -> dict:
         overall[(h, b)][0] += v["errors"]
         overall[(h, b)][1] += v["requests"]
     for (h, b), (e, n) in overall.items():
-        ev[(h, "overall_error_rate_5m", f"bucket {b:%Y-%m-%dT%H:%M}Z")] = (e / n, th.error_rate_5m, e / n <= th.error_rate_5m)
+        ev[(h, "overall_error_rate_5m", f"bucket {b:%Y-%m-%dT%H:%M}Z")] = (
+            e / n,
+            th.error_rate_5m,
+            e / n <= th.error_rate_5m,
+        )
     for (h,), v in t["request_volume_hourly"].items():
         if v["p95_ms"] is not None:
             ev[(h, "p95_latency", "overall")] = (v["p95_ms"], th.p95_ms, v["p95_ms"] <= th.p95_ms)
@@ -162,11 +213,15 @@ def expected_evaluations(t: dict[str, dict], th) -> dict:
         if v["p95_ms"] is not None:
             ev[(h, "p95_latency", f"provider {p}")] = (v["p95_ms"], th.p95_ms, v["p95_ms"] <= th.p95_ms)
         ev[(h, "provider_error_rate", f"provider {p}")] = (
-            v["error_rate"], th.provider_error_rate, v["error_rate"] <= th.provider_error_rate)
+            v["error_rate"],
+            th.provider_error_rate,
+            v["error_rate"] <= th.provider_error_rate,
+        )
     return {k: {"value": a, "threshold": b, "passed": c, "severity": th.severity} for k, (a, b, c) in ev.items()}
 
 
 # ---- comparison ---------------------------------------------------------------------------
+
 
 def actual_tables(con, hours: list[datetime]) -> dict[str, dict]:
     out = {}
@@ -195,7 +250,8 @@ def assert_tables_match(actual: dict, expected: dict) -> None:
     for table, exp in expected.items():
         act = actual[table]
         assert set(act) == set(exp), (
-            f"{table}: missing {sorted(set(exp) - set(act))[:5]}, unexpected {sorted(set(act) - set(exp))[:5]}")
+            f"{table}: missing {sorted(set(exp) - set(act))[:5]}, unexpected {sorted(set(act) - set(exp))[:5]}"
+        )
         for key, cols in exp.items():
             for col, value in cols.items():
                 assert same(act[key][col], value), f"{table}{key}.{col}: got {act[key][col]!r}, expected {value!r}"
@@ -219,35 +275,77 @@ def edge_rows(h0: datetime) -> list[dict]:
     # bucket :00 -- 100 requests, 5 errors = exactly 5% (passes): first at :00:00.000, last at :04:59.999
     for i in range(100):
         t = h0 + (timedelta(minutes=5) - ms if i == 99 else i * timedelta(milliseconds=2999))
-        rows.append(row(t, provider="alpha" if i % 2 else "beta", status=500 if i % 20 == 0 else 200,
-                        success=i % 20 != 0, duration=float(100 + i), account=f"acct_{i % 3}",
-                        action="list" if i % 3 else "get"))
+        rows.append(
+            row(
+                t,
+                provider="alpha" if i % 2 else "beta",
+                status=500 if i % 20 == 0 else 200,
+                success=i % 20 != 0,
+                duration=float(100 + i),
+                account=f"acct_{i % 3}",
+                action="list" if i % 3 else "get",
+            )
+        )
     # bucket :05 -- starts at :05:00.000 exactly, 100 requests, 6 errors = 6% (fails)
     for i in range(100):
         t = h0 + timedelta(minutes=5) + i * timedelta(milliseconds=2500)
         status = 404 if i == 7 else (502 if i % 20 == 0 else 201)
-        rows.append(row(t, provider="alpha" if i % 4 else "beta", status=status, success=status < 400,
-                        duration=float(3000 - i * 7), service="ats" if i % 2 else "hris"))
+        rows.append(
+            row(
+                t,
+                provider="alpha" if i % 4 else "beta",
+                status=status,
+                success=status < 400,
+                duration=float(3000 - i * 7),
+                service="ats" if i % 2 else "hris",
+            )
+        )
     # bucket :10 -- empty. Bucket :15 -- null statuses and status edges, a missing provider/account
     t15 = h0 + timedelta(minutes=15)
-    edge = [(None, False), (None, True), (None, None), (399, False), (400, False), (499, False),
-            (500, False), (599, False), (600, False), (200, False)]
+    edge = [
+        (None, False),
+        (None, True),
+        (None, None),
+        (399, False),
+        (400, False),
+        (499, False),
+        (500, False),
+        (599, False),
+        (600, False),
+        (200, False),
+    ]
     for i, (status, success) in enumerate(edge):
-        rows.append(row(t15 + i * timedelta(seconds=7), provider="gamma" if i % 2 else None, status=status,
-                        success=success, duration=None if i == 2 else 30000.0 if status is None else 50.0 * i,
-                        service=None if i == 3 else "crm", action=None if i == 4 else "sync",
-                        account=None if i == 5 else "acct_9"))
+        rows.append(
+            row(
+                t15 + i * timedelta(seconds=7),
+                provider="gamma" if i % 2 else None,
+                status=status,
+                success=success,
+                duration=None if i == 2 else 30000.0 if status is None else 50.0 * i,
+                service=None if i == 3 else "crm",
+                action=None if i == 4 else "sync",
+                account=None if i == 5 else "acct_9",
+            )
+        )
     rows.append(row(h0 + HOUR - ms, provider="beta", status=200, duration=2500.0))  # :59:59.999, bucket :55
     # H1: only errors (5xx and timeouts)
     for i in range(20):
         status = None if i % 5 == 0 else (503 if i % 2 else 500)
-        rows.append(row(h0 + HOUR + i * timedelta(minutes=3), provider="alpha" if i % 2 else "beta",
-                        status=status, success=False, duration=30000.0 if status is None else float(200 + i)))
+        rows.append(
+            row(
+                h0 + HOUR + i * timedelta(minutes=3),
+                provider="alpha" if i % 2 else "beta",
+                status=status,
+                success=False,
+                duration=30000.0 if status is None else float(200 + i),
+            )
+        )
     # H2: nothing
     return rows
 
 
 # ---- the shared simulated dataset ---------------------------------------------------------
+
 
 @dataclass
 class SimDataset:
@@ -282,34 +380,41 @@ def simulated_dataset(tmp_path_factory) -> SimDataset:
     import dagster as dg
 
     from stackone_pipeline.analytics.derive import derive_hours
-    from stackone_pipeline.analytics.thresholds import Thresholds
-    from stackone_pipeline.assets.analytics import AlertThresholdsResource, analytics_tables
+    from stackone_pipeline.assets.analytics import analytics_tables
     from stackone_pipeline.ingest import ingest_hours
-    from stackone_pipeline.resources import StorageResource
+    from stackone_pipeline.resources import AlertThresholdsResource, StorageResource
+    from stackone_pipeline.settings import Thresholds
     from stackone_pipeline.simulator import DEFAULT_API_KEY, Faults, SimulatorConfig, start_simulator
     from stackone_pipeline.stackone.client import StackOneClient
     from stackone_pipeline.stackone.ratelimit import RateLimiter
-    from stackone_pipeline.warehouse.duckdb_store import Warehouse
+    from stackone_pipeline.storage import Storage
 
     data_dir = tmp_path_factory.mktemp("analytics") / "data"
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     day = (now - 2 * DAY).replace(hour=0)
     hours = [day + timedelta(hours=h) for h in (13, 14, 15)]
     history = sorted(day + timedelta(hours=h) - k * DAY for k in range(1, MIN_HISTORY_DAYS + 1) for h in (14, 15))
-    config = SimulatorConfig(seed=7, rows_per_hour=400, diurnal=False,
-                             spike_hours=(f"{hours[2]:%Y-%m-%dT%H:%M:%S}Z",), faults=Faults(boundary_records=True))
-    warehouse = Warehouse(data_dir, lock_timeout_s=30)
+    config = SimulatorConfig(
+        seed=7,
+        rows_per_hour=400,
+        diurnal=False,
+        spike_hours=(f"{hours[2]:%Y-%m-%dT%H:%M:%S}Z",),
+        faults=Faults(boundary_records=True),
+    )
+    storage = Storage(data_dir, lock_timeout_s=30)
     with start_simulator(config) as sim:
         with StackOneClient(DEFAULT_API_KEY, sim.url, rate_limiter=RateLimiter(100_000), page_size=1000) as client:
-            ingest_hours(client, warehouse, history + hours)
+            ingest_hours(client, storage, history + hours)
         records = [r for h in history + hours for r in sim.simulator.expected_records(h, h + HOUR)]
     thresholds = Thresholds()
-    derive_hours(warehouse, history, thresholds)  # the plain function: these hours are not contiguous
+    derive_hours(storage, history, thresholds)  # the plain function: these hours are not contiguous
     result = dg.materialize(
         [analytics_tables],
         resources={"storage": StorageResource(data_dir=str(data_dir)), "alerts": AlertThresholdsResource()},
-        tags={"dagster/asset_partition_range_start": partition_key(hours[0]),
-              "dagster/asset_partition_range_end": partition_key(hours[-1])},
+        tags={
+            "dagster/asset_partition_range_start": partition_key(hours[0]),
+            "dagster/asset_partition_range_end": partition_key(hours[-1]),
+        },
     )
     _DATASETS["sim"] = SimDataset(data_dir, day, hours, history, rows_from_records(records), result, thresholds)
     return _DATASETS["sim"]

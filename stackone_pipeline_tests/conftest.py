@@ -8,13 +8,14 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
+from stackone_pipeline.http import Transport
 from stackone_pipeline.partitions import hourly_partitions
-from stackone_pipeline.resources import StackOneResource, StorageResource
+from stackone_pipeline.resources import SINK_RESOURCES, StackOneResource, StorageResource, build_resources
+from stackone_pipeline.settings import Settings
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 from stackone_pipeline.stackone.client import StackOneClient
-from stackone_pipeline.sinks.transport import Transport
 from stackone_pipeline.stackone.ratelimit import RateLimiter
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 
 from .inbox import Inbox
 
@@ -31,13 +32,22 @@ def partition_key(hour: datetime) -> str:
     return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
 
 
-def pipeline_resources(sim_url: str, data_dir, **stackone) -> dict:
-    """The resources a Dagster test run needs: the simulator (no client-side limit to speak of)
-    and a data directory."""
+def pipeline_resources(sim_url: str, data_dir, sinks: dict | None = None, **stackone) -> dict:
+    """The resources a Dagster test run needs: the simulator (no client-side limit to speak of),
+    a data directory, and every sink off unless `sinks` (e.g. `sink_resources(env)`) turns it on."""
     return {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim_url, rate_limit_per_minute=100_000, **stackone),
+        "stackone": StackOneResource(
+            api_key=DEFAULT_API_KEY, base_url=sim_url, rate_limit_per_minute=100_000, **stackone
+        ),
         "storage": StorageResource(data_dir=str(data_dir)),
+        **{name: resource() for name, resource in SINK_RESOURCES.items()},
+        **(sinks or {}),
     }
+
+
+def sink_resources(env) -> dict:
+    """The sink resources that `env` configures, exactly as the definitions build them."""
+    return {k: v for k, v in build_resources(Settings.from_env(env)).items() if k in SINK_RESOURCES}
 
 
 @pytest.fixture
@@ -69,8 +79,8 @@ def make_client(sim):
 
 
 @pytest.fixture
-def warehouse(tmp_path) -> Warehouse:
-    return Warehouse(tmp_path / "data", lock_timeout_s=30)
+def storage(tmp_path) -> Storage:
+    return Storage(tmp_path / "data", lock_timeout_s=30)
 
 
 @pytest.fixture

@@ -6,16 +6,47 @@ from __future__ import annotations
 import orjson
 
 SAFE = {
-    "request": {"accept", "accept-encoding", "content-length", "content-type", "user-agent", "x-account-id",
-                "x-request-id"},
-    "response": {"cache-control", "content-length", "content-type", "retry-after", "x-ratelimit-limit",
-                 "x-ratelimit-remaining", "x-request-id"},
-}  # fmt: skip
+    "request": {
+        "accept",
+        "accept-encoding",
+        "content-length",
+        "content-type",
+        "user-agent",
+        "x-account-id",
+        "x-request-id",
+    },
+    "response": {
+        "cache-control",
+        "content-length",
+        "content-type",
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-request-id",
+    },
+}
 SCALARS = (
-    "request_id", "account_id", "project_id", "provider", "service", "resource", "child_resource",
-    "sub_resource", "action", "http_method", "path", "url", "status", "success", "duration_ms",
-    "is_worker", "source_type", "source_value", "source_id", "source_ip",
-)  # fmt: skip
+    "request_id",
+    "account_id",
+    "project_id",
+    "provider",
+    "service",
+    "resource",
+    "child_resource",
+    "sub_resource",
+    "action",
+    "http_method",
+    "path",
+    "url",
+    "status",
+    "success",
+    "duration_ms",
+    "is_worker",
+    "source_type",
+    "source_value",
+    "source_id",
+    "source_ip",
+)
 
 
 def expected_record(row: dict) -> dict:

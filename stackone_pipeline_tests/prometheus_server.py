@@ -62,9 +62,15 @@ def running_prometheus(workdir: Path, ooo_window: str = "100d"):
     config.write_text(f"storage:\n  tsdb:\n    out_of_order_time_window: {ooo_window}\n")  # no scrape jobs
     port, log = free_port(), workdir / "prometheus.log"
     url = f"http://127.0.0.1:{port}"
-    cmd = [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver",
-           "--web.enable-admin-api", "--storage.tsdb.retention.time=400d"]
+    cmd = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-remote-write-receiver",
+        "--web.enable-admin-api",
+        "--storage.tsdb.retention.time=400d",
+    ]
     with server_process("prometheus", cmd, url, log):
         yield Prometheus(url, log)
 

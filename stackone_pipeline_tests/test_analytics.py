@@ -13,17 +13,24 @@ import pytest
 
 from stackone_pipeline.analytics import tables
 from stackone_pipeline.analytics.derive import derive_hour, derive_hours
-from stackone_pipeline.analytics.thresholds import Thresholds, ThresholdsError
-from stackone_pipeline.assets.analytics import AlertThresholdsResource, analytics_tables
-from stackone_pipeline.ingest import CREATE_REQUEST_LOGS
-from stackone_pipeline.lake.parquet import hour_file
-from stackone_pipeline.resources import StorageResource
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.assets.analytics import analytics_tables
+from stackone_pipeline.resources import AlertThresholdsResource, StorageResource
+from stackone_pipeline.settings import Thresholds, ThresholdsError
+from stackone_pipeline.storage import Storage
+from stackone_pipeline.warehouse.schema import CREATE_REQUEST_LOGS
 
 from .analytics_expected import (
-    HOUR, Window, actual_tables, assert_tables_match, edge_rows, expected_tables, insert_rows, partition_key,
-    rows_from_records, simulated_dataset,
-)  # fmt: skip
+    HOUR,
+    Window,
+    actual_tables,
+    assert_tables_match,
+    edge_rows,
+    expected_tables,
+    insert_rows,
+    partition_key,
+    rows_from_records,
+    simulated_dataset,
+)
 
 CHECKS = ("overall_error_rate_5m", "p95_latency", "provider_error_rate", "request_volume_anomaly")
 
@@ -36,13 +43,13 @@ def sim_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def edge_data(tmp_path_factory):
     w = Window()
-    warehouse = Warehouse(tmp_path_factory.mktemp("edge") / "data", lock_timeout_s=30)
+    storage = Storage(tmp_path_factory.mktemp("edge") / "data", lock_timeout_s=30)
     rows = edge_rows(w.h0)
-    with warehouse.writer() as con:
+    with storage.warehouse.writer() as con:
         con.execute(CREATE_REQUEST_LOGS)
         insert_rows(con, rows)
-    summaries = derive_hours(warehouse, w.hours)
-    return warehouse, w, rows, summaries
+    summaries = derive_hours(storage, w.hours)
+    return storage, w, rows, summaries
 
 
 def resources(data_dir, **alerts):
@@ -52,34 +59,46 @@ def resources(data_dir, **alerts):
 def snapshot(data_dir, hour) -> dict:
     """Every table's rows of `hour` in the warehouse and in the lake."""
     out = {}
-    with Warehouse(data_dir).reader() as con:
+    with Storage(data_dir).warehouse.reader() as con:
         for t in tables.TABLES:
             out[t] = con.execute(f"SELECT * FROM {t} WHERE hour = ? ORDER BY ALL", [hour]).fetchall()
     for t in tables.TABLES:
-        out[f"lake/{t}"] = pq.read_table(hour_file(data_dir, t, hour)).to_pylist()
+        out[f"lake/{t}"] = pq.read_table(Storage(data_dir).lake.hour_file(t, hour)).to_pylist()
     return out
 
 
 # ---- thresholds --------------------------------------------------------------------------
 
+
 def test_thresholds_defaults_and_environment():
     assert Thresholds.from_env({}) == Thresholds(0.05, 2000.0, 0.10, 3.5, "WARN")
-    t = Thresholds.from_env({"STACKONE_ALERT_ERROR_RATE_5M": "0.02", "STACKONE_ALERT_P95_MS": "1500",
-                             "STACKONE_ALERT_PROVIDER_ERROR_RATE": "0.2", "STACKONE_ALERT_VOLUME_SCORE": "5",
-                             "STACKONE_ALERT_SEVERITY": "error"})
+    t = Thresholds.from_env(
+        {
+            "STACKONE_ALERT_ERROR_RATE_5M": "0.02",
+            "STACKONE_ALERT_P95_MS": "1500",
+            "STACKONE_ALERT_PROVIDER_ERROR_RATE": "0.2",
+            "STACKONE_ALERT_VOLUME_SCORE": "5",
+            "STACKONE_ALERT_SEVERITY": "error",
+        }
+    )
     assert t == Thresholds(0.02, 1500.0, 0.2, 5.0, "ERROR")
-    for env in ({"STACKONE_ALERT_P95_MS": "fast"}, {"STACKONE_ALERT_SEVERITY": "PAGE"},
-                {"STACKONE_ALERT_ERROR_RATE_5M": "5"}, {"STACKONE_ALERT_VOLUME_SCORE": "0"}):
+    for env in (
+        {"STACKONE_ALERT_P95_MS": "fast"},
+        {"STACKONE_ALERT_SEVERITY": "PAGE"},
+        {"STACKONE_ALERT_ERROR_RATE_5M": "5"},
+        {"STACKONE_ALERT_VOLUME_SCORE": "0"},
+    ):
         with pytest.raises(ThresholdsError):
             Thresholds.from_env(env)
 
 
 # ---- hand-built edge cases ---------------------------------------------------------------
 
+
 def test_edge_cases_match_an_independent_computation(edge_data):
-    warehouse, w, rows, _ = edge_data
+    storage, w, rows, _ = edge_data
     expected = expected_tables(rows, w.hours, Thresholds())
-    with warehouse.reader() as con:
+    with storage.warehouse.reader() as con:
         actual = actual_tables(con, w.hours)
     assert_tables_match(actual, expected)
 
@@ -94,7 +113,7 @@ def test_edge_cases_match_an_independent_computation(edge_data):
     # null statuses: a timeout is an error, a null status with success true/null is not
     crm = actual["error_rate_hourly"]
     assert sum(v["timeouts"] for k, v in crm.items() if k[0] == h0) == 1
-    assert ("unknown" in {k[2] for k in actual["error_rate_5m"] if k[0] == h0})
+    assert "unknown" in {k[2] for k in actual["error_rate_5m"] if k[0] == h0}
     # the hour of only errors, and the hour without requests (a volume row, nothing else, no NaN)
     assert {v["error_rate"] for k, v in actual["provider_health_hourly"].items() if k[0] == h1} == {1.0}
     assert actual["request_volume_hourly"][(h2,)]["requests"] == 0
@@ -109,12 +128,15 @@ def test_edge_cases_match_an_independent_computation(edge_data):
 
 
 def test_views_reaggregate_counts_not_rates(edge_data):
-    warehouse, w, rows, _ = edge_data
-    with warehouse.reader() as con:
-        five = con.execute("SELECT bucket_start, requests, errors, error_rate FROM error_rate_5m_overall "
-                           "WHERE hour = ? ORDER BY 1", [w.h0]).fetchall()
-        hourly = con.execute("SELECT hour, requests, errors, error_rate, timeouts FROM error_rate_hourly_overall "
-                             "ORDER BY 1").fetchall()
+    storage, w, rows, _ = edge_data
+    with storage.warehouse.reader() as con:
+        five = con.execute(
+            "SELECT bucket_start, requests, errors, error_rate FROM error_rate_5m_overall WHERE hour = ? ORDER BY 1",
+            [w.h0],
+        ).fetchall()
+        hourly = con.execute(
+            "SELECT hour, requests, errors, error_rate, timeouts FROM error_rate_hourly_overall ORDER BY 1"
+        ).fetchall()
     in_h0 = [r for r in rows if r["hour"] == w.h0]
     assert sum(r[1] for r in five) == len(in_h0)
     assert [(r[1], r[2]) for r in five][:2] == [(100, 5), (100, 6)]
@@ -124,9 +146,10 @@ def test_views_reaggregate_counts_not_rates(edge_data):
 
 # ---- real hours from the simulator, through Dagster ---------------------------------------
 
+
 def test_simulated_hours_match_the_simulators_ground_truth(sim_data):
     expected = expected_tables(sim_data.rows, sim_data.all_hours, sim_data.thresholds)
-    with Warehouse(sim_data.data_dir).reader() as con:
+    with Storage(sim_data.data_dir).warehouse.reader() as con:
         actual = actual_tables(con, sim_data.all_hours)
     assert_tables_match(actual, expected)
 
@@ -137,8 +160,12 @@ def test_simulated_hours_match_the_simulators_ground_truth(sim_data):
     assert ev[(h13, "provider_error_rate", "provider workday")]["passed"] is True
     assert all(not ev[(h, "p95_latency", "provider successfactors")]["passed"] for h in sim_data.hours)
     assert ev[(h15, "request_volume_anomaly", "overall")]["passed"] is False
-    assert ev[(h14, "request_volume_anomaly", "overall")] == {"value": 0.0, "threshold": 3.5, "passed": True,
-                                                              "severity": "WARN"}
+    assert ev[(h14, "request_volume_anomaly", "overall")] == {
+        "value": 0.0,
+        "threshold": 3.5,
+        "passed": True,
+        "severity": "WARN",
+    }
     assert ev[(h13, "request_volume_anomaly", "overall")]["value"] is None  # no history for 13:00
     assert any(r["event_datetime"] == h14 for r in sim_data.rows)  # a record on 14:00:00.000
 
@@ -148,9 +175,14 @@ def test_a_range_run_records_each_hour_and_names_every_failing_hour(sim_data):
     assert result.success
     mats = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     assert len(mats) == len(tables.TABLES) * 3
-    obs = {(e.asset_key.path[-1], e.event_specific_data.asset_observation.partition):
-           e.event_specific_data.asset_observation.metadata
-           for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
+    obs = {
+        (
+            e.asset_key.path[-1],
+            e.event_specific_data.asset_observation.partition,
+        ): e.event_specific_data.asset_observation.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    }
     assert len(obs) == len(tables.TABLES) * 3
     expected = expected_tables(sim_data.rows, sim_data.all_hours, sim_data.thresholds)
     for h in sim_data.hours:
@@ -167,8 +199,13 @@ def test_a_range_run_records_each_hour_and_names_every_failing_hour(sim_data):
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == set(CHECKS)  # once per run, not per hour
     for name, check in checks.items():
-        failing = sorted({k[0] for k, v in expected["alert_evaluations"].items()
-                          if k[1] == name and k[0] in sim_data.hours and not v["passed"]})
+        failing = sorted(
+            {
+                k[0]
+                for k, v in expected["alert_evaluations"].items()
+                if k[1] == name and k[0] in sim_data.hours and not v["passed"]
+            }
+        )
         assert check.passed == (not failing), name
         assert check.metadata["failing_hours"].value == [partition_key(h) for h in failing], name
         assert check.severity == dg.AssetCheckSeverity.WARN
@@ -180,18 +217,22 @@ def test_a_range_run_records_each_hour_and_names_every_failing_hour(sim_data):
 def test_a_check_fires_exactly_when_its_threshold_is_crossed(sim_data, tmp_path, check):
     data_dir = tmp_path / "data"
     shutil.copytree(sim_data.data_dir, data_dir)
-    warehouse = Warehouse(data_dir)
+    storage = Storage(data_dir)
     hour = sim_data.hours[2] if check == "request_volume_anomaly" else sim_data.hours[1]
     ev = expected_tables(sim_data.rows, sim_data.all_hours, sim_data.thresholds)["alert_evaluations"]
     values = {k[2]: v["value"] for k, v in ev.items() if k[0] == hour and k[1] == check and v["value"] is not None}
     worst = max(abs(v) for v in values.values())
-    field = {"overall_error_rate_5m": "error_rate_5m", "p95_latency": "p95_ms",
-             "provider_error_rate": "provider_error_rate", "request_volume_anomaly": "volume_score"}[check]
+    field = {
+        "overall_error_rate_5m": "error_rate_5m",
+        "p95_latency": "p95_ms",
+        "provider_error_rate": "provider_error_rate",
+        "request_volume_anomaly": "volume_score",
+    }[check]
 
-    at = derive_hour(warehouse, hour, Thresholds(**{field: worst}))  # equal to the worst value: passes
+    at = derive_hour(storage, hour, Thresholds(**{field: worst}))  # equal to the worst value: passes
     assert [f for f in at.failures if f.check_name == check] == []
     below = Thresholds(**{field: math.nextafter(worst, 0)})  # the smallest step below it: fails
-    fails = [f for f in derive_hour(warehouse, hour, below).failures if f.check_name == check]
+    fails = [f for f in derive_hour(storage, hour, below).failures if f.check_name == check]
     assert sorted(f.subject for f in fails) == sorted(s for s, v in values.items() if math.isclose(abs(v), worst))
 
 
@@ -199,7 +240,9 @@ def test_rematerialising_an_hour_leaves_identical_contents(sim_data):
     hour = sim_data.hours[1]
     before = snapshot(sim_data.data_dir, hour)
     others = snapshot(sim_data.data_dir, sim_data.hours[0])
-    result = dg.materialize([analytics_tables], partition_key=partition_key(hour), resources=resources(sim_data.data_dir))
+    result = dg.materialize(
+        [analytics_tables], partition_key=partition_key(hour), resources=resources(sim_data.data_dir)
+    )
     assert result.success
     assert snapshot(sim_data.data_dir, hour) == before
     assert snapshot(sim_data.data_dir, sim_data.hours[0]) == others
@@ -212,34 +255,41 @@ def test_rematerialising_an_hour_leaves_identical_contents(sim_data):
 def test_error_severity_is_configurable(sim_data, tmp_path):
     data_dir = tmp_path / "data"
     shutil.copytree(sim_data.data_dir, data_dir)
-    result = dg.materialize([analytics_tables], partition_key=partition_key(sim_data.hours[1]),
-                            resources=resources(data_dir, severity="ERROR"))
+    result = dg.materialize(
+        [analytics_tables],
+        partition_key=partition_key(sim_data.hours[1]),
+        resources=resources(data_dir, severity="ERROR"),
+    )
     assert result.success  # the checks are not blocking: the tables are written, the checks fail loudly
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["provider_error_rate"].severity == dg.AssetCheckSeverity.ERROR
     assert not checks["provider_error_rate"].passed
-    with Warehouse(data_dir).reader() as con:
-        assert con.execute("SELECT DISTINCT severity FROM alert_evaluations WHERE hour = ?",
-                           [sim_data.hours[1]]).fetchall() == [("ERROR",)]
+    with Storage(data_dir).warehouse.reader() as con:
+        assert con.execute(
+            "SELECT DISTINCT severity FROM alert_evaluations WHERE hour = ?", [sim_data.hours[1]]
+        ).fetchall() == [("ERROR",)]
 
 
 def test_the_lake_and_query_duckdb_see_every_table(sim_data):
     hour = sim_data.hours[1]
     for t in tables.TABLES:
-        assert hour_file(sim_data.data_dir, t, hour).exists(), t
+        assert Storage(sim_data.data_dir).lake.hour_file(t, hour).exists(), t
     con = duckdb.connect(str(sim_data.data_dir / "query.duckdb"), read_only=True)
     try:
         con.execute("SET TimeZone = 'UTC'")
         names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
         assert set(tables.TABLES) | set(tables.views()) | {"request_logs"} <= names
-        lake = con.execute("SELECT * FROM error_rate_5m_overall WHERE hour = ? ORDER BY bucket_start", [hour]).fetchall()
+        lake = con.execute(
+            "SELECT * FROM error_rate_5m_overall WHERE hour = ? ORDER BY bucket_start", [hour]
+        ).fetchall()
     finally:
         con.close()
-    with Warehouse(sim_data.data_dir).reader() as w:
-        assert lake == w.execute("SELECT * FROM error_rate_5m_overall WHERE hour = ? ORDER BY bucket_start",
-                                 [hour]).fetchall()
+    with Storage(sim_data.data_dir).warehouse.reader() as w:
+        assert (
+            lake
+            == w.execute("SELECT * FROM error_rate_5m_overall WHERE hour = ? ORDER BY bucket_start", [hour]).fetchall()
+        )
     assert len(lake) == 12
-
 
 
 def test_request_logs_and_the_analytics_in_one_run(sim, tmp_path):
@@ -252,22 +302,23 @@ def test_request_logs_and_the_analytics_in_one_run(sim, tmp_path):
 
     hour = closed_hour(3)
     res = resources(tmp_path) | {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000)}
+        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=sim.url, rate_limit_per_minute=100_000)
+    }
     result = dg.materialize([request_logs, analytics_tables], partition_key=partition_key(hour), resources=res)
     assert result.success
     assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {"request_logs", *tables.TABLES}
     rows = rows_from_records(sim.simulator.expected_records(hour, hour + HOUR))
-    with Warehouse(tmp_path).reader() as con:
+    with Storage(tmp_path).warehouse.reader() as con:
         actual = actual_tables(con, [hour])
     assert_tables_match(actual, expected_tables(rows, [hour], Thresholds()))
 
 
 def test_lake_files_are_replaced_whole_and_stale_temporaries_removed(edge_data):
-    warehouse, w, _, _ = edge_data
-    folder = hour_file(warehouse.data_dir, "error_rate_5m", w.h0).parent
+    storage, w, _, _ = edge_data
+    folder = storage.lake.hour_file("error_rate_5m", w.h0).parent
     stale = folder / ".tmp-999-deadbeef-part-0.parquet.tmp"  # as a run killed mid-write leaves it
     stale.write_bytes(b"half a file")
     before = pq.read_table(folder / "part-0.parquet")
-    derive_hours(warehouse, [w.h0])
+    derive_hours(storage, [w.h0])
     assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
     assert pq.read_table(folder / "part-0.parquet").equals(before)

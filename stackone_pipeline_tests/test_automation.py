@@ -10,17 +10,13 @@ import dagster as dg
 import orjson
 import pytest
 
-from stackone_pipeline.assets.analytics import AlertThresholdsResource, analytics_tables
-from stackone_pipeline.assets.request_logs import request_logs
-from stackone_pipeline.assets.sinks import delivery_asset
-from stackone_pipeline.automation import JOBS, AutomationSettings, NotifyResource, build_schedules, build_sensors
-from stackone_pipeline.automation.assets import late_arrivals_asset
-from stackone_pipeline.late_arrivals import late_arrivals_table
-from stackone_pipeline.resources import StackOneResource, StorageResource
-from stackone_pipeline.settings import SettingsError
+from stackone_pipeline.automation import build_schedules, build_sensors
+from stackone_pipeline.definitions import build_defs
+from stackone_pipeline.ingest import late_arrivals_table
+from stackone_pipeline.resources import NotifyResource, StorageResource
+from stackone_pipeline.settings import AutomationSettings, OtlpSettings, Settings, SettingsError
 from stackone_pipeline.simulator import DEFAULT_API_KEY
-from stackone_pipeline.sinks import otlp
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 
 from .conftest import closed_hour
 from .receivers.otlp import OtlpReceiver
@@ -33,16 +29,18 @@ def key(hour: datetime) -> str:
     return f"{hour:%Y-%m-%d-%H:%M}"
 
 
-def make_defs(settings: AutomationSettings, data_dir="unused", base_url="http://127.0.0.1:9") -> dg.Definitions:
-    """The definitions as the lead composes them (with an OTLP sink), for the given settings."""
-    resources = {
-        "stackone": StackOneResource(api_key=DEFAULT_API_KEY, base_url=base_url, rate_limit_per_minute=100_000),
-        "storage": StorageResource(data_dir=str(data_dir)), "alerts": AlertThresholdsResource(),
-        "notify": NotifyResource(),
-    }  # fmt: skip
-    return dg.Definitions(
-        assets=[request_logs, analytics_tables, late_arrivals_asset(), delivery_asset("otlp", otlp)],
-        jobs=JOBS, schedules=build_schedules(settings), sensors=build_sensors(settings), resources=resources,
+def make_defs(
+    settings: AutomationSettings, data_dir="unused", base_url="http://127.0.0.1:9", otlp_url="http://127.0.0.1:9"
+) -> dg.Definitions:
+    """The definitions exactly as definitions.py builds them (with an OTLP sink), for the given settings."""
+    return build_defs(
+        Settings(
+            base_url=base_url,
+            data_dir=str(data_dir),
+            rate_limit_per_minute=100_000,
+            automation=settings,
+            otlp=OtlpSettings(url=f"{otlp_url.rstrip('/')}/v1/logs"),
+        )
     )
 
 
@@ -59,26 +57,41 @@ def test_settings_decide_default_status_lag_and_lookback():
         schedules, sensors = build_schedules(settings), build_sensors(settings)
         assert {s.default_status.value for s in [*schedules, *sensors]} == {status}
     assert {s.cron_schedule for s in build_schedules(on)} == {"17 * * * *"}
-    for bad in ({"STACKONE_SCHEDULE_LAG_MINUTES": "60"}, {"STACKONE_LOOKBACK_HOURS": "-1"}, {"STACKONE_AUTOMATION": "maybe"}):
+    for bad in (
+        {"STACKONE_SCHEDULE_LAG_MINUTES": "60"},
+        {"STACKONE_LOOKBACK_HOURS": "-1"},
+        {"STACKONE_AUTOMATION": "maybe"},
+    ):
         with pytest.raises(SettingsError):
             AutomationSettings.from_env(bad)
 
 
-@pytest.mark.parametrize("at, hourly, lookback", [
-    ("2026-11-25T14:05:00Z", "2026-11-25-13:00", ("2026-11-25-10:00", "2026-11-25-12:00")),
-    ("2026-11-26T00:05:00Z", "2026-11-25-23:00", ("2026-11-25-20:00", "2026-11-25-22:00")),  # day boundary
-    ("2026-12-01T01:05:00Z", "2026-12-01-00:00", ("2026-11-30-21:00", "2026-11-30-23:00")),  # month boundary
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "at, hourly, lookback",
+    [
+        ("2026-11-25T14:05:00Z", "2026-11-25-13:00", ("2026-11-25-10:00", "2026-11-25-12:00")),
+        ("2026-11-26T00:05:00Z", "2026-11-25-23:00", ("2026-11-25-20:00", "2026-11-25-22:00")),  # day boundary
+        ("2026-12-01T01:05:00Z", "2026-12-01-00:00", ("2026-11-30-21:00", "2026-11-30-23:00")),  # month boundary
+    ],
+)
 def test_schedules_request_the_closed_hour_and_the_lookback_range(at, hourly, lookback):
     defs, when = make_defs(AutomationSettings()), datetime.fromisoformat(at)
     (run,) = tick(defs, "hourly_schedule", when).run_requests
     assert (run.run_key, run.partition_key) == (hourly, hourly)
-    assert run.tags == {"stackone/trigger": "hourly_schedule", "dagster/schedule_name": "hourly_schedule",
-                        "dagster/partition": hourly, "dagster/partition_set": "hourly_job_partition_set"}
+    assert run.tags == {
+        "stackone/trigger": "hourly_schedule",
+        "dagster/schedule_name": "hourly_schedule",
+        "dagster/partition": hourly,
+        "dagster/partition_set": "hourly_job_partition_set",
+    }
     (run,) = tick(defs, "lookback_schedule", when).run_requests
     assert run.run_key == f"lookback {lookback[0]}...{lookback[1]}" and run.partition_key is None
-    assert run.tags == {RANGE[0]: lookback[0], RANGE[1]: lookback[1], "stackone/trigger": "lookback_schedule",
-                        "dagster/schedule_name": "lookback_schedule"}
+    assert run.tags == {
+        RANGE[0]: lookback[0],
+        RANGE[1]: lookback[1],
+        "stackone/trigger": "lookback_schedule",
+        "dagster/schedule_name": "lookback_schedule",
+    }
     # Lag 0 at the exact hour boundary; lookback off.
     zero, exact = make_defs(AutomationSettings(lag_minutes=0, lookback_hours=0)), when.replace(minute=0)
     assert zero.resolve_schedule_def("hourly_schedule").cron_schedule == "0 * * * *"
@@ -87,11 +100,12 @@ def test_schedules_request_the_closed_hour_and_the_lookback_range(at, hourly, lo
 
 
 @pytest.fixture
-def pipeline(sim, tmp_path):
-    """Definitions as the lead composes them, on the simulator, with an OTLP sink."""
+def pipeline(sim, tmp_path, monkeypatch):
+    """Definitions as definitions.py builds them, on the simulator, with an OTLP sink."""
+    monkeypatch.setenv("STACKONE_API_KEY", DEFAULT_API_KEY)
     with OtlpReceiver() as rx:
         sim.config.faults.late_fraction = 0.25
-        yield make_defs(AutomationSettings(lookback_hours=2), tmp_path, sim.url), rx, Warehouse(tmp_path)
+        yield make_defs(AutomationSettings(lookback_hours=2), tmp_path, sim.url, rx.url), rx, Storage(tmp_path)
 
 
 def run_tick(defs, name: str, at: datetime, instance) -> list[dg.RunRequest]:
@@ -112,11 +126,13 @@ def test_the_lookback_finds_late_rows_refreshes_tables_and_delivers_only_new_row
     expected = {h: len(sim.simulator.expected_records(h, h + H)) for h in (h21, h22, h23)}
 
     def stored(hour):
-        with wh.reader() as con:
+        with wh.warehouse.reader() as con:
             return con.execute("SELECT count(*) FROM request_logs WHERE hour = ?", [hour]).fetchone()[0]
 
     # 23:05: the hour that just closed, first seen without its late rows.
-    assert [r.partition_key for r in run_tick(defs, "hourly_schedule", midnight - H + timedelta(minutes=5), instance)] == [key(h22)]
+    assert [
+        r.partition_key for r in run_tick(defs, "hourly_schedule", midnight - H + timedelta(minutes=5), instance)
+    ] == [key(h22)]
     first22 = stored(h22)
     assert 0 < first22 < expected[h22] and late_arrivals_table(wh) == []
 
@@ -131,18 +147,24 @@ def test_the_lookback_finds_late_rows_refreshes_tables_and_delivers_only_new_row
 
     # 01:05: 22:00 is complete (nothing new), 23:00 gets its late rows.
     run_tick(defs, "lookback_schedule", midnight + timedelta(hours=1, minutes=5), instance)
-    assert [(h, n) for h, _, n in late_arrivals_table(wh)] == [(h22, expected[h22] - first22), (h23, expected[h23] - first23)]
-    with wh.reader() as con:  # derived tables were refreshed with the late rows
+    assert [(h, n) for h, _, n in late_arrivals_table(wh)] == [
+        (h22, expected[h22] - first22),
+        (h23, expected[h23] - first23),
+    ]
+    with wh.warehouse.reader() as con:  # derived tables were refreshed with the late rows
         volume = dict(con.execute("SELECT hour, requests FROM request_volume_hourly").fetchall())
     assert volume == {h21: stored(h21), h22: expected[h22], h23: expected[h23]}
     # Every stored row reached the sink exactly once: re-ingests sent only what was new.
     sent = Counter(r.attributes["stackone.request_id"] for r in rx.records)
     assert max(sent.values()) == 1 and len(sent) == stored(h21) + expected[h22] + expected[h23]
     last = instance.get_runs()[0].run_id  # the 01:05 lookback: one observation per hour of its range
-    seen = {e.dagster_event.event_specific_data.asset_observation.partition:
-            e.dagster_event.event_specific_data.asset_observation.metadata["new_rows"].value
-            for e in instance.all_logs(last, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
-            if e.dagster_event.asset_key == dg.AssetKey("late_arrivals")}
+    seen = {
+        e.dagster_event.event_specific_data.asset_observation.partition: e.dagster_event.event_specific_data.asset_observation.metadata[
+            "new_rows"
+        ].value
+        for e in instance.all_logs(last, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+        if e.dagster_event.asset_key == dg.AssetKey("late_arrivals")
+    }
     assert seen == {key(h22): 0, key(h23): expected[h23] - first23}
 
 
@@ -152,13 +174,27 @@ WEBHOOK_EVENTS = """CREATE TABLE IF NOT EXISTS webhook_events (event_id VARCHAR,
   event_datetime TIMESTAMPTZ, event_hour TIMESTAMPTZ, error JSON, payload JSON, loaded_at TIMESTAMPTZ)"""
 
 
-def load(wh: Warehouse, *events: tuple) -> None:
+def load(wh: Storage, *events: tuple) -> None:
     """Insert (event_id, type, event time, account_id, provider, error) rows, loaded now."""
     now = datetime.now(timezone.utc)
-    rows = [(i, kind, now, at, account, provider, None, at if kind == "request.failed" else None,
-             at.replace(minute=0, second=0, microsecond=0), orjson.dumps(error).decode() if error else None,
-             orjson.dumps({"id": i, "type": kind}).decode(), now) for i, kind, at, account, provider, error in events]
-    with wh.writer() as con:
+    rows = [
+        (
+            i,
+            kind,
+            now,
+            at,
+            account,
+            provider,
+            None,
+            at if kind == "request.failed" else None,
+            at.replace(minute=0, second=0, microsecond=0),
+            orjson.dumps(error).decode() if error else None,
+            orjson.dumps({"id": i, "type": kind}).decode(),
+            now,
+        )
+        for i, kind, at, account, provider, error in events
+    ]
+    with wh.warehouse.writer() as con:
         con.execute(WEBHOOK_EVENTS)
         con.executemany("INSERT INTO webhook_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
@@ -167,12 +203,15 @@ def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pip
     defs, _, wh = pipeline
     webhook, slack = hooks
     failed_at, now_hour = closed_hour(3) + timedelta(minutes=20), closed_hour(0)
-    load(wh, ("evt_f1", "request.failed", failed_at, "acc_1", "workday", {"status": 502}),
-         ("evt_f2", "request.failed", failed_at + timedelta(minutes=9), "acc_2", "hibob", None),
-         ("evt_open", "request.failed", now_hour, "acc_1", "workday", None),  # its hour is still open
-         ("evt_err", "account.error", failed_at, "acc_17", "workday", {"message": "401 from provider"}),
-         ("evt_exp", "account.expired", failed_at, "acc_3", "bamboohr", None),
-         ("evt_other", "account.connected", failed_at, "acc_3", "bamboohr", None))
+    load(
+        wh,
+        ("evt_f1", "request.failed", failed_at, "acc_1", "workday", {"status": 502}),
+        ("evt_f2", "request.failed", failed_at + timedelta(minutes=9), "acc_2", "hibob", None),
+        ("evt_open", "request.failed", now_hour, "acc_1", "workday", None),  # its hour is still open
+        ("evt_err", "account.error", failed_at, "acc_17", "workday", {"message": "401 from provider"}),
+        ("evt_exp", "account.expired", failed_at, "acc_3", "bamboohr", None),
+        ("evt_other", "account.connected", failed_at, "acc_3", "bamboohr", None),
+    )
 
     sensor = defs.resolve_sensor_def("webhook_actions_sensor")
     notify = NotifyResource(webhook_url=webhook.url, slack_url=slack.url)
@@ -187,7 +226,9 @@ def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pip
     assert (run.run_key, run.partition_key) == ("evt_f1", key(closed_hour(3)))
     assert run.tags["stackone/webhook_events"] == "evt_f1,evt_f2"
     assert sorted(b["title"] for b in webhook.bodies) == [
-        "StackOne account acc_17 (workday) reports an error", "StackOne account acc_3 (bamboohr) has expired: reconnect it"]
+        "StackOne account acc_17 (workday) reports an error",
+        "StackOne account acc_3 (bamboohr) has expired: reconnect it",
+    ]
     assert {b["labels"]["provider"] for b in webhook.bodies} == {"workday", "bamboohr"} and len(slack.bodies) == 2
     assert "401 from provider" in next(b["text"] for b in webhook.bodies if b["labels"]["account_id"] == "acc_17")
 
@@ -200,5 +241,5 @@ def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pip
     # The requested run re-ingests that hour.
     job = defs.resolve_job_def("hourly_job")
     assert job.execute_in_process(partition_key=run.partition_key, tags=run.tags, instance=instance).success
-    with wh.reader() as con:
+    with wh.warehouse.reader() as con:
         assert con.execute("SELECT count(DISTINCT hour) FROM request_logs").fetchone()[0] == 1

@@ -7,14 +7,14 @@ from datetime import timedelta
 
 import pytest
 
+from stackone_pipeline.http import retry_after_seconds
 from stackone_pipeline.simulator import DEFAULT_API_KEY, start_simulator
 from stackone_pipeline.stackone.client import (
-    StackOneClient,
     FetchStats,
     StackOneAuthError,
     StackOneBadRequest,
+    StackOneClient,
     StackOneError,
-    retry_after_seconds,
 )
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 
@@ -24,7 +24,9 @@ from .sim_stats import request_log
 
 def walk(client, hour, **kw):
     stats = FetchStats()
-    pages = list(client.list_logs(filters={"start_date": hour, "end_date": hour + timedelta(hours=1)}, stats=stats, **kw))
+    pages = list(
+        client.list_logs(filters={"start_date": hour, "end_date": hour + timedelta(hours=1)}, stats=stats, **kw)
+    )
     return pages, stats
 
 
@@ -52,8 +54,14 @@ def test_every_filter_is_sent_and_narrows(sim, make_client):
     provider = everything[0]["provider"]
     filtered = [
         r
-        for p in client.list_logs(filters={"start_date": hour, "end_date": hour + timedelta(hours=1),
-                                           "providers": [provider], "success": True})
+        for p in client.list_logs(
+            filters={
+                "start_date": hour,
+                "end_date": hour + timedelta(hours=1),
+                "providers": [provider],
+                "success": True,
+            }
+        )
         for r in p
     ]
     assert filtered and all(r["provider"] == provider and r["success"] for r in filtered)
@@ -151,9 +159,10 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_sliding_window(sim_config):
 
     sim_config.rate_limit_per_minute, sim_config.rate_limit_window_s = 30, 2.0
     limiter = RecordingLimiter(30, window_s=2.0)
-    with start_simulator(sim_config) as sim, StackOneClient(
-        DEFAULT_API_KEY, sim.url, rate_limiter=limiter, page_size=10
-    ) as client:
+    with (
+        start_simulator(sim_config) as sim,
+        StackOneClient(DEFAULT_API_KEY, sim.url, rate_limiter=limiter, page_size=10) as client,
+    ):
         threads = [threading.Thread(target=walk, args=(client, closed_hour(i))) for i in range(2, 6)]
         t0 = time.monotonic()
         for t in threads:

@@ -19,47 +19,57 @@ H = timedelta(hours=1)
 
 def worker(sim, data_dir, hours, rps=1000, page_size=100):
     return subprocess.Popen(
-        [sys.executable, "-m", "stackone_pipeline_tests.ingest_worker", sim.url, str(data_dir), str(rps),
-         str(page_size), *[h.isoformat() for h in hours]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stackone_pipeline_tests.ingest_worker",
+            sim.url,
+            str(data_dir),
+            str(rps),
+            str(page_size),
+            *[h.isoformat() for h in hours],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def snapshot(warehouse, hour):
-    with warehouse.reader() as con:
+def snapshot(storage, hour):
+    with storage.warehouse.reader() as con:
         rows = con.execute("SELECT * FROM request_logs WHERE hour = ? ORDER BY request_id", [hour]).fetchall()
-    lake = sorted(p for p in (warehouse.data_dir / "lake").rglob("*.parquet"))
+    lake = sorted(p for p in (storage.data_dir / "lake").rglob("*.parquet"))
     return rows, [(p, p.read_bytes()) for p in lake]
 
 
-def test_a_killed_run_leaves_the_previous_state_of_the_hour(sim, make_client, warehouse):
+def test_a_killed_run_leaves_the_previous_state_of_the_hour(sim, make_client, storage):
     hour = closed_hour()
     sim.config.faults.late_fraction = 0.3  # the second fetch would bring more rows
-    ingest_hours(make_client(), warehouse, [hour])
-    before = snapshot(warehouse, hour)
-    proc = worker(sim, warehouse.data_dir, [hour], rps=10, page_size=10)  # ~40 pages: several seconds
+    ingest_hours(make_client(), storage, [hour])
+    before = snapshot(storage, hour)
+    proc = worker(sim, storage.data_dir, [hour], rps=10, page_size=10)  # ~40 pages: several seconds
     deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".partial") for p in warehouse.data_dir.rglob("*")):  # mid-write
+    while not any(p.name.endswith(".partial") for p in storage.data_dir.rglob("*")):  # mid-write
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the worker never started writing"
         time.sleep(0.05)
     time.sleep(0.5)
     proc.kill()
     proc.wait()
-    assert snapshot(warehouse, hour) == before
-    with duckdb.connect(str(warehouse.data_dir / "query.duckdb"), read_only=True) as con:  # readers ignore it
+    assert snapshot(storage, hour) == before
+    with duckdb.connect(str(storage.data_dir / "query.duckdb"), read_only=True) as con:  # readers ignore it
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == len(before[0])
     # and the next run completes the hour and sweeps the partial file away
-    ingest_hour(make_client(), warehouse, hour)
-    assert len(snapshot(warehouse, hour)[0]) > len(before[0])
-    assert not any(p.name.endswith(".partial") for p in warehouse.data_dir.rglob("*"))
+    ingest_hour(make_client(), storage, hour)
+    assert len(snapshot(storage, hour)[0]) > len(before[0])
+    assert not any(p.name.endswith(".partial") for p in storage.data_dir.rglob("*"))
 
 
-def test_two_writers_and_a_user_session_at_once(sim, make_client, warehouse):
+def test_two_writers_and_a_user_session_at_once(sim, make_client, storage):
     hours = [closed_hour(i) for i in range(2, 8)]
-    ingest_hours(make_client(), warehouse, hours[:1])  # query.duckdb exists with its views
+    ingest_hours(make_client(), storage, hours[:1])  # query.duckdb exists with its views
     # A user opens query.duckdb the way the duckdb CLI does (read-write) and keeps querying.
-    user = duckdb.connect(str(warehouse.data_dir / "query.duckdb"))
+    user = duckdb.connect(str(storage.data_dir / "query.duckdb"))
     seen, stop = [], threading.Event()
 
     def keep_querying():
@@ -69,8 +79,8 @@ def test_two_writers_and_a_user_session_at_once(sim, make_client, warehouse):
 
     reader = threading.Thread(target=keep_querying)
     reader.start()
-    a = worker(sim, warehouse.data_dir, hours[0:3], rps=40)
-    b = worker(sim, warehouse.data_dir, hours[3:6], rps=40)
+    a = worker(sim, storage.data_dir, hours[0:3], rps=40)
+    b = worker(sim, storage.data_dir, hours[3:6], rps=40)
     outs = [p.communicate(timeout=120) for p in (a, b)]
     stop.set()
     reader.join()
@@ -80,19 +90,27 @@ def test_two_writers_and_a_user_session_at_once(sim, make_client, warehouse):
     assert all(n % 300 == 0 for n in seen)
     assert user.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 1800
     user.close()
-    with warehouse.reader() as con:
+    with storage.warehouse.reader() as con:
         assert con.execute("SELECT count(*), count(DISTINCT request_id) FROM request_logs").fetchone() == (1800, 1800)
 
 
-def test_a_user_holding_the_warehouse_file_delays_a_run_but_does_not_break_it(sim, make_client, warehouse):
+def test_a_user_holding_the_warehouse_file_delays_a_run_but_does_not_break_it(sim, make_client, storage):
     hour = closed_hour()
-    ingest_hour(make_client(), warehouse, hour)
+    ingest_hour(make_client(), storage, hour)
     # another process has it open, as `duckdb -readonly warehouse.duckdb` would, for 2 seconds
-    user = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
-                             "read_only=True); print('open', flush=True); time.sleep(2)", str(warehouse.path)],
-                            stdout=subprocess.PIPE, text=True)
+    user = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
+            "read_only=True); print('open', flush=True); time.sleep(2)",
+            str(storage.warehouse.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert user.stdout.readline().strip() == "open"
     t0 = time.monotonic()
-    res = ingest_hour(make_client(), warehouse, hour + H)
+    res = ingest_hour(make_client(), storage, hour + H)
     assert time.monotonic() - t0 >= 1.0 and res.rows == 300
     user.wait()

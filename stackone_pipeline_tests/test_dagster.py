@@ -16,9 +16,10 @@ from stackone_pipeline.backfill import BackfillError, partition_keys
 from stackone_pipeline.partitions import hourly_partitions
 from stackone_pipeline.resources import StackOneResource
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 
-from .conftest import closed_hour, partition_key as key, pipeline_resources
+from .conftest import closed_hour, pipeline_resources
+from .conftest import partition_key as key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +33,14 @@ def test_definitions_load_and_the_workspace_resolves():
 
     assert defs.resolve_asset_graph().get_all_asset_keys() >= {dg.AssetKey("request_logs")}
     env = dict(os.environ, STACKONE_API_KEY="x")
-    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -47,20 +54,26 @@ def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
     sim.config.faults.late_fraction = 0.0
     hours = [closed_hour(i) for i in (4, 3, 2)]
     result = dg.materialize(
-        [request_logs], resources=pipeline_resources(sim.url, tmp_path),
-        tags={"dagster/asset_partition_range_start": key(hours[0]), "dagster/asset_partition_range_end": key(hours[-1])},
+        [request_logs],
+        resources=pipeline_resources(sim.url, tmp_path),
+        tags={
+            "dagster/asset_partition_range_start": key(hours[0]),
+            "dagster/asset_partition_range_end": key(hours[-1]),
+        },
     )
     assert result.success
     mats = events(result, "ASSET_MATERIALIZATION")
     assert sorted(e.partition for e in mats) == [key(h) for h in hours]  # one run, three hours
-    obs = {e.event_specific_data.asset_observation.partition: e.event_specific_data.asset_observation.metadata
-           for e in events(result, "ASSET_OBSERVATION")}
+    obs = {
+        e.event_specific_data.asset_observation.partition: e.event_specific_data.asset_observation.metadata
+        for e in events(result, "ASSET_OBSERVATION")
+    }
     assert set(obs) == {key(h) for h in hours}
     for h in hours:
         expected = len(sim.simulator.expected_records(h, h + timedelta(hours=1)))
         assert obs[key(h)]["dagster/partition_row_count"].value == expected
         assert obs[key(h)]["requests"].value >= 3
-    with Warehouse(tmp_path).reader() as con:
+    with Storage(tmp_path).warehouse.reader() as con:
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 900
 
 
@@ -70,8 +83,19 @@ def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
     assert result.success
     (mat,) = events(result, "ASSET_MATERIALIZATION")
     meta = mat.event_specific_data.materialization.metadata
-    for name in ("rows", "pages", "requests", "retries", "throttled", "duplicates_dropped", "clipped_outside_hour",
-                 "redactions", "bytes_written", "seconds", "dagster/partition_row_count"):
+    for name in (
+        "rows",
+        "pages",
+        "requests",
+        "retries",
+        "throttled",
+        "duplicates_dropped",
+        "clipped_outside_hour",
+        "redactions",
+        "bytes_written",
+        "seconds",
+        "dagster/partition_row_count",
+    ):
         assert name in meta
     assert meta["rows"].value == 300 and meta["redactions"].value > 0
     assert SECRET_MARKER not in str(result.all_events) and DEFAULT_API_KEY not in str(result.all_events)
@@ -79,8 +103,9 @@ def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
 
 def test_an_hour_past_retention_is_refused_and_nothing_is_stored(sim, tmp_path):
     old = closed_hour(24 * 90 + 2)
-    result = dg.materialize([request_logs], partition_key=key(old), resources=pipeline_resources(sim.url, tmp_path),
-                            raise_on_error=False)
+    result = dg.materialize(
+        [request_logs], partition_key=key(old), resources=pipeline_resources(sim.url, tmp_path), raise_on_error=False
+    )
     assert not result.success
     failure = events(result, "STEP_FAILURE")[0].step_failure_data.error.message
     assert "90-day" in failure and "retention" in failure
@@ -112,30 +137,67 @@ def test_cli_backfill_runs_one_dagster_run_into_dagster_home(sim, tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     end = closed_hour(1)
-    env = dict(os.environ, STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url,
-               STACKONE_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(home))
+    env = dict(
+        os.environ,
+        STACKONE_API_KEY=DEFAULT_API_KEY,
+        STACKONE_BASE_URL=sim.url,
+        STACKONE_DATA_DIR=str(tmp_path / "data"),
+        DAGSTER_HOME=str(home),
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", (end - timedelta(hours=3)).isoformat(),
-         "--end", end.isoformat()], env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "stackone_pipeline.cli",
+            "backfill",
+            "--start",
+            (end - timedelta(hours=3)).isoformat(),
+            "--end",
+            end.isoformat(),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "backfill succeeded" in out.stdout
     instance = dg.DagsterInstance.from_config(str(home))
     assert len(instance.get_run_records()) == 1
-    with Warehouse(tmp_path / "data").reader() as con:
+    with Storage(tmp_path / "data").warehouse.reader() as con:
         assert con.execute("SELECT count(DISTINCT hour) FROM request_logs").fetchone()[0] == 3
-    bad = subprocess.run([sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", "2020-01-01T00:00Z",
-                          "--end", "2020-01-01T03:00Z"], env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stackone_pipeline.cli",
+            "backfill",
+            "--start",
+            "2020-01-01T00:00Z",
+            "--end",
+            "2020-01-01T03:00Z",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "retention" in bad.stderr
 
 
 def test_an_unconfigured_sink_is_a_stand_in_that_jobs_and_backfills_leave_out():
-    from stackone_pipeline.assets.sinks import delivery_asset, unless_configured
     from stackone_pipeline.automation.jobs import hourly_job
-    from stackone_pipeline.sinks import loki
+    from stackone_pipeline.definitions import build_defs
+    from stackone_pipeline.settings import Settings
 
-    asset = delivery_asset("loki", loki)
-    assert unless_configured(asset, loki, env={"LOKI_URL": "http://127.0.0.1:3100"}) is asset
-    stand_in = unless_configured(asset, loki, env={})
+    def loki_asset(env):
+        defs = build_defs(Settings.from_env(env))
+        key = dg.AssetKey("loki_delivery")
+        return next(a for a in defs.assets if (a.keys if isinstance(a, dg.AssetsDefinition) else {a.key}) == {key})
+
+    asset = loki_asset({"LOKI_URL": "http://127.0.0.1:3100"})
+    assert isinstance(asset, dg.AssetsDefinition) and asset.is_executable
+    stand_in = loki_asset({})
     assert isinstance(stand_in, dg.AssetSpec) and stand_in.key == asset.key and stand_in.group_name == "sinks"
     assert stand_in.description.startswith("Not configured: LOKI_URL is not set")
     resources = pipeline_resources("http://127.0.0.1:9", "unused")

@@ -10,31 +10,31 @@ from stackone_pipeline.sinks.ledger import Ledger
 from .conftest import closed_hour
 
 
-def test_ids_journaled_by_a_killed_run_count_as_delivered(warehouse):
+def test_ids_journaled_by_a_killed_run_count_as_delivered(storage):
     hour = closed_hour()
     # a separate process journals two batches and is killed before it can merge them
     code = (
         "import os, sys; from datetime import datetime; from stackone_pipeline.sinks.ledger import Ledger;"
-        "from stackone_pipeline.warehouse.duckdb_store import Warehouse;"
-        "l = Ledger(Warehouse(sys.argv[1])); h = datetime.fromisoformat(sys.argv[2]);"
+        "from stackone_pipeline.storage import Storage;"
+        "l = Ledger(Storage(sys.argv[1])); h = datetime.fromisoformat(sys.argv[2]);"
         "l.add('loki', h, ['a', 'b']); l.add('loki', h, ['b', 'c'], outcome='partial');"
         "os.kill(os.getpid(), 9)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(warehouse.data_dir), hour.isoformat()])
+    proc = subprocess.run([sys.executable, "-c", code, str(storage.data_dir), hour.isoformat()])
     assert proc.returncode == -9
-    ledger = Ledger(warehouse)
+    ledger = Ledger(storage)
     assert ledger.delivered("loki", hour) == {"a", "b", "c"}
     assert ledger.delivered("datadog", hour) == set()
     assert not any(ledger.journal_dir.iterdir())  # merged once, journal gone
-    with warehouse.reader() as con:
+    with storage.warehouse.reader() as con:
         assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (3,)
     ledger.forget("loki", hour)
     assert ledger.delivered("loki", hour) == set()
 
 
-def test_a_torn_last_line_is_not_taken_as_delivered(warehouse):
+def test_a_torn_last_line_is_not_taken_as_delivered(storage):
     hour = closed_hour()
-    ledger = Ledger(warehouse)
+    ledger = Ledger(storage)
     ledger.add("otlp", hour, ["x1", "x2"])
     with open(ledger._journal("otlp", hour), "a") as f:
         f.write("x3\taccep")  # the process died mid-write

@@ -10,10 +10,11 @@ import dagster as dg
 import pytest
 
 from stackone_pipeline.analytics import tables
-from stackone_pipeline.automation import AutomationSettings, NotifyResource, build_sensors
+from stackone_pipeline.automation import build_sensors
 from stackone_pipeline.notify import Notifier, channels
-from stackone_pipeline.resources import StorageResource
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.resources import NotifyResource, StorageResource
+from stackone_pipeline.settings import AutomationSettings
+from stackone_pipeline.storage import Storage
 
 from .alertmanager_server import alertmanager  # noqa: F401 (fixture)
 from .prometheus_server import free_port
@@ -24,23 +25,29 @@ SENSORS = {s.name: s for s in build_sensors(AutomationSettings())}
 
 @pytest.fixture
 def wh(tmp_path):
-    warehouse = Warehouse(tmp_path / "data")
-    with warehouse.writer() as con:
+    storage = Storage(tmp_path / "data")
+    with storage.warehouse.writer() as con:
         con.execute(tables.sql("schema"))
-    return warehouse
+    return storage
 
 
-def evaluate(wh: Warehouse, hour: datetime, failing: list[tuple[str, str, float, float]]) -> None:
+def evaluate(wh: Storage, hour: datetime, failing: list[tuple[str, str, float, float]]) -> None:
     """alert_evaluations of `hour`: the given (check, subject, value, threshold) fail, one passes."""
     rows = [(hour, c, s, v, t, False, "WARN", f"detail of {s}") for c, s, v, t in failing]
     rows.append((hour, "p95_latency", "overall", 900.0, 2000.0, True, "WARN", None))
-    with wh.writer() as con:
+    with wh.warehouse.writer() as con:
         con.executemany("INSERT INTO alert_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def tick(wh, webhook, slack, am_url="", name="alert_notifications", **kw):
-    notify = NotifyResource(webhook_url=webhook.url, slack_url=slack.url, alertmanager_url=am_url,
-                            timeout_s=0.5, deadline_s=1.0, dagster_url="http://dagster.test:3000")
+    notify = NotifyResource(
+        webhook_url=webhook.url,
+        slack_url=slack.url,
+        alertmanager_url=am_url,
+        timeout_s=0.5,
+        deadline_s=1.0,
+        dagster_url="http://dagster.test:3000",
+    )
     resources = {"storage": StorageResource(data_dir=str(wh.data_dir)), "notify": notify}
     with dg.build_sensor_context(resources=resources, **kw) as context:  # tears the resources down
         return SENSORS[name](context)
@@ -56,12 +63,20 @@ def test_an_open_condition_is_notified_once_everywhere_and_resolved_once(wh, hoo
     tick(wh, webhook, slack, alertmanager.url)
     tick(wh, webhook, slack, alertmanager.url)  # still open: nothing new
     assert [(b["status"], b["key"]) for b in webhook.bodies] == [
-        ("firing", "alert/overall_error_rate_5m/overall"), ("firing", "alert/provider_error_rate/provider workday")]
+        ("firing", "alert/overall_error_rate_5m/overall"),
+        ("firing", "alert/provider_error_rate/provider workday"),
+    ]
     overall, workday = webhook.bodies
     assert workday["title"] == "provider error rate: provider workday at 23.50% (threshold 10.00%)"
-    assert workday["labels"] == {"alertname": "StackOneProviderErrorRate", "check": "provider_error_rate",
-                                 "subject": "provider workday", "provider": "workday"}
-    assert workday["url"] == "http://dagster.test:3000/assets/provider_health_hourly" and workday["severity"] == "warning"
+    assert workday["labels"] == {
+        "alertname": "StackOneProviderErrorRate",
+        "check": "provider_error_rate",
+        "subject": "provider workday",
+        "provider": "workday",
+    }
+    assert (
+        workday["url"] == "http://dagster.test:3000/assets/provider_health_hourly" and workday["severity"] == "warning"
+    )
     assert overall["annotations"]["failing"] == "2" and "14:20Z: 31.00%" in overall["text"]  # worst bucket first
     assert len(slack.bodies) == 2 and slack.bodies[1]["text"].startswith(":warning: [FIRING] provider error rate")
     assert [b["type"] for b in slack.bodies[1]["blocks"]] == ["header", "section", "section", "context"]
@@ -76,13 +91,17 @@ def test_an_open_condition_is_notified_once_everywhere_and_resolved_once(wh, hoo
     evaluate(wh, HOUR + timedelta(hours=1), [(*WORKDAY[:2], 0.19, 0.10)])
     tick(wh, webhook, slack, alertmanager.url)
     tick(wh, webhook, slack, alertmanager.url)
-    assert [(b["status"], b["key"]) for b in webhook.bodies[2:]] == [("resolved", "alert/overall_error_rate_5m/overall")]
+    assert [(b["status"], b["key"]) for b in webhook.bodies[2:]] == [
+        ("resolved", "alert/overall_error_rate_5m/overall")
+    ]
     assert webhook.bodies[2]["resolved_at"] and slack.bodies[2]["text"].startswith(":white_check_mark: [RESOLVED]")
     assert [a["labels"]["alertname"] for a in alertmanager.alerts()] == ["StackOneProviderErrorRate"]
 
     evaluate(wh, HOUR + timedelta(hours=2), [])  # all clear
     tick(wh, webhook, slack, alertmanager.url)
-    assert [(b["status"], b["key"]) for b in webhook.bodies[3:]] == [("resolved", "alert/provider_error_rate/provider workday")]
+    assert [(b["status"], b["key"]) for b in webhook.bodies[3:]] == [
+        ("resolved", "alert/provider_error_rate/provider workday")
+    ]
     assert len(slack.bodies) == 4 and alertmanager.alerts() == []
 
 
@@ -96,16 +115,21 @@ def test_a_down_channel_is_retried_on_the_next_tick_without_blocking(wh, hooks):
     assert time.monotonic() - started < 5  # one deadline per down channel, not per message
     assert "4 waiting for" in result.skip_message and len(slack.bodies) == 2 and webhook.bodies == []
     assert 2 <= webhook.attempts <= 3  # retried inside the deadline, then left for the next tick
-    with wh.reader() as con:
-        pending = con.execute("SELECT channel, count(*), min(last_error) FROM notify_deliveries "
-                              "WHERE status = 'pending' GROUP BY channel ORDER BY channel").fetchall()
+    with wh.warehouse.reader() as con:
+        pending = con.execute(
+            "SELECT channel, count(*), min(last_error) FROM notify_deliveries "
+            "WHERE status = 'pending' GROUP BY channel ORDER BY channel"
+        ).fetchall()
     assert [(c, n) for c, n, _ in pending] == [("alertmanager", 2), ("webhook", 2)]
     assert "HTTP 503" in pending[1][2] and "ConnectError" in pending[0][2]
 
     webhook.status = 200
     tick(wh, webhook, slack, dead_alertmanager)
     tick(wh, webhook, slack, dead_alertmanager)
-    assert [b["key"] for b in webhook.bodies] == ["alert/overall_error_rate_5m/overall", "alert/provider_error_rate/provider workday"]
+    assert [b["key"] for b in webhook.bodies] == [
+        "alert/overall_error_rate_5m/overall",
+        "alert/provider_error_rate/provider workday",
+    ]
     assert len(slack.bodies) == 2  # never twice
 
 
@@ -116,7 +140,7 @@ def test_a_message_a_channel_refuses_is_not_retried(wh, hooks):
     tick(wh, webhook, slack)
     tick(wh, webhook, slack)
     assert slack.attempts == 1 and len(webhook.bodies) == 1
-    with wh.reader() as con:
+    with wh.warehouse.reader() as con:
         assert con.execute("SELECT status FROM notify_deliveries WHERE channel = 'slack'").fetchall() == [("rejected",)]
 
 
@@ -149,19 +173,30 @@ def test_a_failed_run_is_notified_once(wh, hooks, alertmanager, instance):
     def failing():
         fetch()
 
-    result = failing.execute_in_process(instance=instance, raise_on_error=False, tags={"dagster/partition": "2026-11-25-14:00"})
+    result = failing.execute_in_process(
+        instance=instance, raise_on_error=False, tags={"dagster/partition": "2026-11-25-14:00"}
+    )
     failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
-    notify = NotifyResource(webhook_url=webhook.url, slack_url=slack.url, alertmanager_url=alertmanager.url,
-                            dagster_url="http://dagster.test:3000")
+    notify = NotifyResource(
+        webhook_url=webhook.url,
+        slack_url=slack.url,
+        alertmanager_url=alertmanager.url,
+        dagster_url="http://dagster.test:3000",
+    )
     for _ in range(2):
         with dg.build_run_status_sensor_context(
-            sensor_name="run_failure_notifications", dagster_event=failure, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"storage": StorageResource(data_dir=str(wh.data_dir)), "notify": notify},
+            sensor_name="run_failure_notifications",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources={"storage": StorageResource(data_dir=str(wh.data_dir)), "notify": notify},
         ).for_run_failure() as context:
             SENSORS["run_failure_notifications"](context)
     (doc,) = webhook.bodies
     assert doc["title"] == "Dagster run of hourly_job failed for 2026-11-25-14:00" and doc["severity"] == "critical"
-    assert "fetch: 3 of 4 hours failed" in doc["text"] and doc["url"] == f"http://dagster.test:3000/runs/{result.run_id}"
+    assert (
+        "fetch: 3 of 4 hours failed" in doc["text"] and doc["url"] == f"http://dagster.test:3000/runs/{result.run_id}"
+    )
     assert len(slack.bodies) == 1
     (alert,) = [a for a in alertmanager.alerts() if a["labels"]["alertname"] == "StackOnePipelineRunFailed"]
     assert alert["labels"]["job"] == "hourly_job" and alert["annotations"]["run_id"] == result.run_id

@@ -11,9 +11,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from stackone_pipeline.analytics.thresholds import Thresholds
 from stackone_pipeline.reporting import ReportError, run_report, summary_lines
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.settings import Thresholds
+from stackone_pipeline.storage import Storage
 
 from .analytics_expected import HOUR, expected_tables, simulated_dataset
 
@@ -48,11 +48,16 @@ def test_the_text_report_is_the_key_metrics_table_for_the_window(sim_data, repor
     assert set(status.values()) == {"WARN"}
     expected = expected_tables(sim_data.rows, sim_data.all_hours, sim_data.thresholds)
     requests = sum(expected["request_volume_hourly"][(h,)]["requests"] for h in sim_data.hours)
-    assert observed["Request Volume"].startswith(f"{requests:,} requests in 3 of 3 hours; anomalies: {h15:%Y-%m-%d %H:%M}")
+    assert observed["Request Volume"].startswith(
+        f"{requests:,} requests in 3 of 3 hours; anomalies: {h15:%Y-%m-%d %H:%M}"
+    )
     assert "unhealthy: workday 1 h" in observed["Provider Health"]
     assert "providers above: successfactors 3 h" in observed["P95 Latency"]
-    buckets_above = sum(1 for k, v in expected["alert_evaluations"].items()
-                        if k[1] == "overall_error_rate_5m" and k[0] in sim_data.hours and not v["passed"])
+    buckets_above = sum(
+        1
+        for k, v in expected["alert_evaluations"].items()
+        if k[1] == "overall_error_rate_5m" and k[0] in sim_data.hours and not v["passed"]
+    )
     assert f"{buckets_above} of 36 buckets above" in observed["Error Rate"]
 
 
@@ -63,8 +68,12 @@ def test_the_html_report_is_self_contained_with_three_kinds_of_chart(report):
         assert forbidden not in lowered, forbidden
     svgs = re.findall(r"<svg.*?</svg>", html, re.S)
     labels = [ET.fromstring(s).get("aria-label") for s in svgs]  # each chart is well-formed XML
-    assert labels == ["Error rate per provider (hourly)", "Error rate, all providers, per 5-minute bucket",
-                      "p95 latency per provider (hourly)", "Requests per hour"]
+    assert labels == [
+        "Error rate per provider (hourly)",
+        "Error rate, all providers, per 5-minute bucket",
+        "p95 latency per provider (hourly)",
+        "Requests per hour",
+    ]
     for svg in svgs:  # every drawn coordinate lies inside the chart's view box
         root = ET.fromstring(svg)
         width, height = (float(v) for v in root.get("viewBox").split()[2:])
@@ -87,8 +96,10 @@ def test_summary_lines_give_the_headline_figures(sim_data):
     assert "workday" in joined and "successfactors" in joined
     assert f"volume anomalies: {sim_data.hours[2]:%Y-%m-%d %H:%M}" in joined
     quiet = summary_lines(sim_data.data_dir, sim_data.day - 30 * 24 * HOUR, sim_data.day - 29 * 24 * HOUR)
-    assert quiet == [f"no requests between {sim_data.day - 30 * 24 * HOUR:%Y-%m-%d %H:%M} and "
-                     f"{sim_data.day - 29 * 24 * HOUR:%Y-%m-%d %H:%M} UTC"]
+    assert quiet == [
+        f"no requests between {sim_data.day - 30 * 24 * HOUR:%Y-%m-%d %H:%M} and "
+        f"{sim_data.day - 29 * 24 * HOUR:%Y-%m-%d %H:%M} UTC"
+    ]
 
 
 def test_the_report_follows_the_thresholds_it_is_given(sim_data):
@@ -106,7 +117,7 @@ def test_a_report_window_is_whole_utc_hours_and_needs_a_warehouse(sim_data, tmp_
         run_report(sim_data.data_dir, h14, h14, None)
     with pytest.raises(ReportError, match="no warehouse"):
         run_report(tmp_path / "nothing", h14, h14 + HOUR, None)
-    with Warehouse(tmp_path / "bare").writer() as con:
+    with Storage(tmp_path / "bare").warehouse.writer() as con:
         con.execute("CREATE TABLE x (a INTEGER)")
     with pytest.raises(ReportError, match="materialise the analytics"):
         run_report(tmp_path / "bare", h14, h14 + HOUR, None)
@@ -141,13 +152,18 @@ def test_every_cookbook_query_runs_on_query_duckdb(sim_data):
     expected = expected_tables(sim_data.rows, sim_data.all_hours, sim_data.thresholds)
     for heading, got in results.items():
         assert all(rows for rows in got), f"cookbook query under {heading!r} returned nothing"
-    overall = {k[2].removeprefix("bucket "): v for k, v in expected["alert_evaluations"].items()
-               if k[1] == "overall_error_rate_5m" and k[0] in sim_data.hours}
+    overall = {
+        k[2].removeprefix("bucket "): v
+        for k, v in expected["alert_evaluations"].items()
+        if k[1] == "overall_error_rate_5m" and k[0] in sim_data.hours
+    }
     five = results["2. Overall error rate per 5 minutes, and the buckets over the 5% alert"][0]
     assert len(five) == 36 == len(overall)
     assert [r[4] for r in five] == [not overall[f"{r[0]:%Y-%m-%dT%H:%M}Z"]["passed"] for r in five]
-    p95 = results["3. P95 latency of the window (the \"P95 Latency\" stat)"][0][0]
-    durations = [r["duration_ms"] for r in sim_data.rows if r["hour"] in sim_data.hours and r["duration_ms"] is not None]
+    p95 = results['3. P95 latency of the window (the "P95 Latency" stat)'][0][0]
+    durations = [
+        r["duration_ms"] for r in sim_data.rows if r["hour"] in sim_data.hours and r["duration_ms"] is not None
+    ]
     assert p95[0] == sum(1 for r in sim_data.rows if r["hour"] in sim_data.hours)
     assert abs(p95[1] - float(np.quantile(durations, 0.95))) < 1e-6
     volume = results["6. Request volume per hour, its baseline and anomalies"][0]

@@ -1,4 +1,5 @@
 """The StackOne Request Logs simulator, exercised over real HTTP on loopback."""
+
 from __future__ import annotations
 
 import base64
@@ -12,11 +13,17 @@ import orjson
 import pytest
 
 from stackone_pipeline.simulator import (
-    DEFAULT_API_KEY, PII_MARKER, SECRET_MARKER, Faults, Simulator, SimulatorConfig, start_simulator,
+    DEFAULT_API_KEY,
+    PII_MARKER,
+    SECRET_MARKER,
+    Faults,
+    Simulator,
+    SimulatorConfig,
+    start_simulator,
 )
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-H = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)   # a past hour well inside retention
+H = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)  # a past hour well inside retention
 HOUR = timedelta(hours=1)
 
 
@@ -81,8 +88,8 @@ def test_walk_to_end_with_clamped_short_pages_matches_expected(launch):
     got, sizes = walk(client, _window(H, H + HOUR, page_size=80, order_direction="asc"))
     expected = sim.simulator.expected_records(H, H + HOUR)
     assert got == expected and len(got) > 400
-    assert max(sizes) == 50 and len(sizes) > 2   # asked 80, got 50, yet next was not null
-    desc, _ = walk(client, _window(H, H + HOUR, page_size=200))   # default direction: desc
+    assert max(sizes) == 50 and len(sizes) > 2  # asked 80, got 50, yet next was not null
+    desc, _ = walk(client, _window(H, H + HOUR, page_size=200))  # default direction: desc
     assert desc == expected[::-1]
 
 
@@ -113,8 +120,8 @@ def test_inclusive_end_date_with_boundary_records(launch):
     got, _ = walk(client, _window(H, H + HOUR, page_size=1000, order_direction="asc"))
     expected = sim.simulator.expected_records(H, H + HOUR)
     assert _ts(expected[0]["event_datetime"]) == H
-    assert got[:-1] == expected                      # the whole hour ...
-    assert got[-1]["event_datetime"] == "2026-11-20T10:00:00.000Z"   # ... plus the next hour's first record
+    assert got[:-1] == expected  # the whole hour ...
+    assert got[-1]["event_datetime"] == "2026-11-20T10:00:00.000Z"  # ... plus the next hour's first record
     assert got[-1] == sim.simulator.expected_records(H + HOUR, H + 2 * HOUR)[0]
 
 
@@ -131,27 +138,29 @@ def test_retention_hides_old_windows(launch):
     assert future["data"] == []
 
 
-@pytest.mark.parametrize("param,field,pick", [
-    ("providers", "provider", lambda v: f"{v[0]},{v[3]}"),
-    ("services", "service", lambda v: "ats"),
-    ("account_ids", "account_id", lambda v: f"{v[1]},{v[2]}"),
-    ("actions", "action", lambda v: v[0]),
-    ("resources", "resource", lambda v: "employees,contacts"),
-    ("child_resources", "child_resource", lambda v: "documents"),
-    ("http_methods", "http_method", lambda v: "post,PATCH"),
-    ("status_codes", "status", lambda v: "404,500,502"),
-    ("source_types", "source_type", lambda v: "DASHBOARD"),
-    ("source_values", "source_value", lambda v: v[0]),
-    ("success", "success", lambda v: "false"),
-])
+@pytest.mark.parametrize(
+    "param,field,pick",
+    [
+        ("providers", "provider", lambda v: f"{v[0]},{v[3]}"),
+        ("services", "service", lambda v: "ats"),
+        ("account_ids", "account_id", lambda v: f"{v[1]},{v[2]}"),
+        ("actions", "action", lambda v: v[0]),
+        ("resources", "resource", lambda v: "employees,contacts"),
+        ("child_resources", "child_resource", lambda v: "documents"),
+        ("http_methods", "http_method", lambda v: "post,PATCH"),
+        ("status_codes", "status", lambda v: "404,500,502"),
+        ("source_types", "source_type", lambda v: "DASHBOARD"),
+        ("source_values", "source_value", lambda v: v[0]),
+        ("success", "success", lambda v: "false"),
+    ],
+)
 def test_filters_narrow(launch, param, field, pick):
     sim, client = launch(rows_per_hour=1500)
     expected = sim.simulator.expected_records(H, H + HOUR)
     values = sorted({str(r.get(field)) for r in expected if r.get(field) is not None})
     wanted = pick(values)
     allowed = {w.strip().upper() if field == "http_method" else w.strip() for w in wanted.split(",")}
-    got, _ = walk(client, _window(H, H + HOUR, page_size=1000, order_direction="asc",
-                                  **{f"filter[{param}]": wanted}))
+    got, _ = walk(client, _window(H, H + HOUR, page_size=1000, order_direction="asc", **{f"filter[{param}]": wanted}))
     want = [r for r in expected if str(r.get(field)).lower() in {a.lower() for a in allowed}]
     assert got == want and 0 < len(got) < len(expected)
 
@@ -178,11 +187,16 @@ def test_camel_case_switch_same_data(launch):
     assert len(got) == len(expected)
     for c, s in zip(got, expected):
         assert "request_id" not in c
-        assert (c["requestId"], c["eventDatetime"], c["httpMethod"], c["accountId"], c["status"]) == \
-            (s["request_id"], s["event_datetime"], s["http_method"], s["account_id"], s["status"])
+        assert (c["requestId"], c["eventDatetime"], c["httpMethod"], c["accountId"], c["status"]) == (
+            s["request_id"],
+            s["event_datetime"],
+            s["http_method"],
+            s["account_id"],
+            s["status"],
+        )
         assert c["response"]["statusCode"] == s["response"]["status_code"]
         assert c["request"]["url"]["queryParams"] == s["request"]["url"]["query_params"]
-        assert c["request"]["headers"] == s["request"]["headers"]   # header names are data: untouched
+        assert c["request"]["headers"] == s["request"]["headers"]  # header names are data: untouched
         assert len(c["response"]["providerErrors"]) == len(s["response"]["provider_errors"])
         assert "customMappingErrors" in c["response"]
 
@@ -221,7 +235,7 @@ def test_repeat_across_pages_duplicates(launch):
     while True:
         body = client.get("/requests/logs", params={**params, **({"next": token} if token else {})}).json()
         if records:
-            assert body["data"][0] == records[-1]        # page starts with the previous page's last record
+            assert body["data"][0] == records[-1]  # page starts with the previous page's last record
         records += body["data"]
         token = body["next"]
         if not token:
@@ -275,14 +289,16 @@ def test_determinism_by_seed():
     def recs(seed: int) -> list[dict]:
         sim = Simulator(SimulatorConfig(seed=seed, rows_per_hour=200, clock=lambda: NOW.timestamp()))
         return sim.expected_records(H, H + HOUR)
+
     a, b, c = recs(1), recs(1), recs(2)
     assert a == b and a != c
     assert len({r["request_id"] for r in a}) == len(a)
 
 
 def test_traffic_shape_burst_slow_provider_timeouts_missing_fields():
-    sim = Simulator(SimulatorConfig(rows_per_hour=4000, clock=lambda: NOW.timestamp(),
-                                    spike_hours=("2026-11-19T16:00:00Z",)))
+    sim = Simulator(
+        SimulatorConfig(rows_per_hour=4000, clock=lambda: NOW.timestamp(), spike_hours=("2026-11-19T16:00:00Z",))
+    )
     day = datetime(2026, 11, 19, tzinfo=timezone.utc)
     recs = sim.expected_records(day + timedelta(hours=13), day + timedelta(hours=16))
     workday = [r for r in recs if r["provider"] == "workday"]

@@ -38,10 +38,14 @@ def test_batches_keep_keys_apart_in_time_order_within_both_bounds():
 
 
 def test_an_entry_larger_than_the_byte_bound_travels_alone():
-    table = pa.table({"key": ["k"] * 3, "ns": [1, 2, 3], "entry": [b"a,", b"b" * 100 + b",", b"c,"],
-                      "size": [2, 101, 2]})  # fmt: skip
+    table = pa.table(
+        {"key": ["k"] * 3, "ns": [1, 2, 3], "entry": [b"a,", b"b" * 100 + b",", b"c,"], "size": [2, 101, 2]}
+    )
     assert [rows.column("entry").to_pylist() for _, rows in batches(table, 10, 50)] == [
-        [b"a,"], [b"b" * 100 + b","], [b"c,"]]  # fmt: skip
+        [b"a,"],
+        [b"b" * 100 + b","],
+        [b"c,"],
+    ]
 
 
 def test_joined_reads_a_sliced_batch_without_its_last_separator():

@@ -23,11 +23,22 @@ import pytest
 
 from stackone_pipeline.assets.webhook_events import webhook_events, webhook_events_sensor
 from stackone_pipeline.resources import StorageResource
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 from stackone_pipeline.webhooks import (
-    MAX_BODY_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_PATH, WebhookConfigError,
-    StagingBusyError, closed_segments, load_staged_events, serve, sign, signed_headers, staged_records,
-    start_receiver, verify,
+    MAX_BODY_BYTES,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WEBHOOK_PATH,
+    StagingBusyError,
+    WebhookConfigError,
+    closed_segments,
+    load_staged_events,
+    serve,
+    sign,
+    signed_headers,
+    staged_records,
+    start_receiver,
+    verify,
 )
 from stackone_pipeline.webhooks.staging import append_loaded, loaded_ids, record_line, seen_ids
 
@@ -40,8 +51,14 @@ def now_iso(delta_s: float = 0) -> str:
 
 
 def event(event_id: str, type_: str = "request.failed", created_at: str | None = None, **data) -> dict:
-    data = {"account_id": "acct_42", "provider": "workday", "request_id": f"req_{event_id}",
-            "event_datetime": "2026-11-20T14:21:07Z", "error": {"status": 502, "message": "upstream timeout"}, **data}
+    data = {
+        "account_id": "acct_42",
+        "provider": "workday",
+        "request_id": f"req_{event_id}",
+        "event_datetime": "2026-11-20T14:21:07Z",
+        "error": {"status": 502, "message": "upstream timeout"},
+        **data,
+    }
     return {"id": event_id, "type": type_, "created_at": created_at or now_iso(), "data": data}
 
 
@@ -75,11 +92,14 @@ def receiver(data_dir):
 
 # --- signatures ---------------------------------------------------------------------------------
 
+
 def test_signature_helpers():
     body = b'{"id":"evt_1"}'
     sig = sign(SECRET, body)
     assert sig.startswith("sha256=") and verify(SECRET, body, sig)
-    assert verify(SECRET, body, sig.removeprefix("sha256=")) and verify(SECRET, body, sig.upper().replace("SHA256=", "sha256="))
+    assert verify(SECRET, body, sig.removeprefix("sha256=")) and verify(
+        SECRET, body, sig.upper().replace("SHA256=", "sha256=")
+    )
     assert not verify(SECRET, body + b" ", sig) and not verify("other", body, sig)
     assert not verify(SECRET, body, None) and not verify(SECRET, body, "") and not verify(SECRET, body, "sha256=é")
     # a timestamped signature covers "<ts>.<body>" and never verifies as a plain one, or vice versa
@@ -89,6 +109,7 @@ def test_signature_helpers():
 
 
 # --- the receiver over HTTP -------------------------------------------------------------------
+
 
 def test_valid_events_are_stored_durably_and_acknowledged(receiver, data_dir):
     r = post(receiver.endpoint, event("evt_valid_1", "account.error"))
@@ -103,7 +124,9 @@ def test_valid_events_are_stored_durably_and_acknowledged(receiver, data_dir):
     # ids that are not file-name-safe are stored too
     r = post(receiver.endpoint, event("evt/../../etc passwd ☃"))
     assert r.status_code == 200
-    assert sorted(staged_ids(data_dir)) == sorted(["evt_valid_1", "evt_valid_2", "evt_valid_3", "evt/../../etc passwd ☃"])
+    assert sorted(staged_ids(data_dir)) == sorted(
+        ["evt_valid_1", "evt_valid_2", "evt_valid_3", "evt/../../etc passwd ☃"]
+    )
     staged = staged_records(data_dir)[0]
     assert staged["event"] == event("evt_valid_1", "account.error", staged["event"]["created_at"])
     assert datetime.fromisoformat(staged["received_at"]) <= datetime.now(timezone.utc)
@@ -132,7 +155,10 @@ def test_forged_or_missing_signatures_are_rejected(receiver, data_dir):
 def test_signature_header_name_is_configurable(data_dir):
     with start_receiver(data_dir, SECRET, signature_header="X-Hook-Sig") as running:
         body = orjson.dumps(event("evt_custom_header"))
-        assert httpx.post(running.endpoint, content=body, headers={SIGNATURE_HEADER: sign(SECRET, body)}).status_code == 401
+        assert (
+            httpx.post(running.endpoint, content=body, headers={SIGNATURE_HEADER: sign(SECRET, body)}).status_code
+            == 401
+        )
         assert httpx.post(running.endpoint, content=body, headers={"X-Hook-Sig": sign(SECRET, body)}).status_code == 200
 
 
@@ -179,13 +205,17 @@ def test_oversize_bodies_get_413_without_being_read(receiver, data_dir):
     assert len(body) == MAX_BODY_BYTES and post(receiver.endpoint, None, body=body).status_code == 200
     # a declared Content-Length over 1 MiB is refused before the body is sent at all
     with socket.create_connection((receiver.host, receiver.port), timeout=10) as s:
-        s.sendall(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"{SIGNATURE_HEADER}: {sign(SECRET, b'')}\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode())
+        s.sendall(
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{SIGNATURE_HEADER}: {sign(SECRET, b'')}\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
         assert s.recv(4096).startswith(b"HTTP/1.1 413 ")
     # a chunked body (no Content-Length) is refused once it crosses the limit, before it ends
     with socket.create_connection((receiver.host, receiver.port), timeout=10) as s:
-        s.sendall(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                  f"{SIGNATURE_HEADER}: {sign(SECRET, b'')}\r\n\r\n".encode())
+        s.sendall(
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"{SIGNATURE_HEADER}: {sign(SECRET, b'')}\r\n\r\n".encode()
+        )
         chunk = b"x" * 65536
         for _ in range(MAX_BODY_BYTES // len(chunk) + 1):  # 1 MiB + 64 KiB, and no final chunk
             s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -194,9 +224,17 @@ def test_oversize_bodies_get_413_without_being_read(receiver, data_dir):
 
 
 def test_malformed_bodies_get_400(receiver, data_dir):
-    for body in (b"{not json", b"", b"[1, 2]", b'"text"', b'{"type": "account.error"}',
-                 b'{"id": 7, "type": "account.error"}', b'{"id": "evt_x"}', b'{"id": "", "type": "x"}',
-                 orjson.dumps({"id": "e" * 300, "type": "x", "created_at": now_iso()})):
+    for body in (
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"text"',
+        b'{"type": "account.error"}',
+        b'{"id": 7, "type": "account.error"}',
+        b'{"id": "evt_x"}',
+        b'{"id": "", "type": "x"}',
+        orjson.dumps({"id": "e" * 300, "type": "x", "created_at": now_iso()}),
+    ):
         r = post(receiver.endpoint, None, body=body)
         assert r.status_code == 400, body
         assert "error" in r.json()
@@ -206,7 +244,10 @@ def test_malformed_bodies_get_400(receiver, data_dir):
 def test_wrong_method_or_path(receiver):
     body = orjson.dumps(event("evt_route"))
     for method in ("GET", "PUT", "DELETE", "PATCH"):
-        assert httpx.request(method, receiver.endpoint, content=body, headers=signed_headers(SECRET, body)).status_code == 405
+        assert (
+            httpx.request(method, receiver.endpoint, content=body, headers=signed_headers(SECRET, body)).status_code
+            == 405
+        )
     assert httpx.post(receiver.url + "/webhooks", content=body, headers=signed_headers(SECRET, body)).status_code == 404
     assert httpx.post(receiver.url + "/", content=body, headers=signed_headers(SECRET, body)).status_code == 404
     assert httpx.get(receiver.url + "/healthz").json() == {"status": "ok"}
@@ -230,10 +271,12 @@ def test_no_secret_in_responses_or_logs(data_dir, caplog):
             for endpoint in (url + WEBHOOK_PATH, running.endpoint):
                 forged = orjson.dumps(event("evt_forged_leak"))
                 responses = [
-                    post(endpoint, event("evt_leak")), post(endpoint, event("evt_leak")),
+                    post(endpoint, event("evt_leak")),
+                    post(endpoint, event("evt_leak")),
                     httpx.post(endpoint, content=forged, headers={SIGNATURE_HEADER: "sha256=" + "a" * 64}),
                     post(endpoint, event("evt_stale_leak", created_at="2020-01-01T00:00:00Z")),
-                    post(endpoint, None, body=b"{oops"), httpx.get(endpoint),
+                    post(endpoint, None, body=b"{oops"),
+                    httpx.get(endpoint),
                     httpx.post(endpoint, content=b"x" * (MAX_BODY_BYTES + 10)),
                 ]
                 texts += [r.text + str(r.headers) for r in responses]
@@ -250,6 +293,7 @@ def test_no_secret_in_responses_or_logs(data_dir, caplog):
 
 # --- durability ---------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -259,10 +303,14 @@ def _free_port() -> int:
 def _spawn(data_dir: Path, port: int | None = None, **kw) -> tuple[subprocess.Popen, str]:
     """`serve` in a subprocess, the secret in its environment (never on the command line)."""
     port = port or _free_port()
-    code = ("import os; from stackone_pipeline.webhooks import serve; "
-            f"serve('127.0.0.1', {port}, {str(data_dir)!r}, os.environ['STACKONE_WEBHOOK_SECRET'], **{kw!r})")
+    code = (
+        "import os; from stackone_pipeline.webhooks import serve; "
+        f"serve('127.0.0.1', {port}, {str(data_dir)!r}, os.environ['STACKONE_WEBHOOK_SECRET'], **{kw!r})"
+    )
     env = dict(os.environ, STACKONE_WEBHOOK_SECRET=SECRET, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -272,7 +320,7 @@ def _spawn(data_dir: Path, port: int | None = None, **kw) -> tuple[subprocess.Po
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"receiver did not start: {proc.communicate()[1][-2000:]}")
+                raise RuntimeError(f"receiver did not start: {proc.communicate()[1][-2000:]}") from None
             time.sleep(0.05)
 
 
@@ -349,7 +397,7 @@ def test_seen_ids_survive_restart_via_staged_segments_and_loaded_index(data_dir)
     with start_receiver(data_dir, SECRET) as running:
         for i in range(3):
             assert post(running.endpoint, event(f"evt_seen_{i}")).json()["status"] == "stored"
-    load_staged_events(Warehouse(data_dir, lock_timeout_s=30))  # 0..2 now only in the table + index
+    load_staged_events(Storage(data_dir, lock_timeout_s=30))  # 0..2 now only in the table + index
     assert staged_ids(data_dir) == [] and loaded_ids(data_dir) == {"evt_seen_0", "evt_seen_1", "evt_seen_2"}
     with start_receiver(data_dir, SECRET) as running:
         assert post(running.endpoint, event("evt_seen_3")).json()["status"] == "stored"
@@ -366,10 +414,13 @@ def test_seen_ids_survive_restart_via_staged_segments_and_loaded_index(data_dir)
 
 # --- loading: the Dagster asset and sensor ----------------------------------------------------
 
+
 def _table(data_dir: Path) -> list[tuple]:
-    with Warehouse(data_dir).reader() as con:
-        return con.execute("SELECT event_id, event_type, account_id, provider, request_id, event_hour, "
-                           "error->>'$.status', payload->>'$.id' FROM webhook_events ORDER BY event_id").fetchall()
+    with Storage(data_dir).warehouse.reader() as con:
+        return con.execute(
+            "SELECT event_id, event_type, account_id, provider, request_id, event_hour, "
+            "error->>'$.status', payload->>'$.id' FROM webhook_events ORDER BY event_id"
+        ).fetchall()
 
 
 def test_asset_loads_staged_events_exactly_once(data_dir):
@@ -388,7 +439,9 @@ def test_asset_loads_staged_events_exactly_once(data_dir):
         ("evt_b", "request.failed", "acct_42", "workday", "req_evt_b"),
         ("evt_c", "account.expired", "acct_7", "bamboohr", "req_evt_c"),
     ]
-    assert rows[1][5] == datetime(2026, 11, 20, 14, tzinfo=timezone.utc) and rows[1][6] == "502" and rows[1][7] == "evt_b"
+    assert (
+        rows[1][5] == datetime(2026, 11, 20, 14, tzinfo=timezone.utc) and rows[1][6] == "502" and rows[1][7] == "evt_b"
+    )
 
     # a second run with nothing new loads nothing; one more event and a staged file that is already
     # in the table (a load killed after its commit, before deleting) load exactly once
@@ -414,16 +467,18 @@ def test_load_staged_events_returns_new_events(data_dir):
         post(running.endpoint, event("evt_new_2", "account.error", request_id=None, event_datetime=None))
     broken = write_segment(data_dir, "20260101T000000000000-broken.jsonl", event("evt_new_3"), received_at=now_iso(-60))
     broken.write_bytes(b'{"received_at": "x", "event": {"type": "x"}}\nnot json\n' + broken.read_bytes() + b'{"recei')
-    warehouse = Warehouse(data_dir, lock_timeout_s=30)
-    new = load_staged_events(warehouse)
+    storage = Storage(data_dir, lock_timeout_s=30)
+    new = load_staged_events(storage)
     assert [e["event_id"] for e in new] == ["evt_new_3", "evt_new_1", "evt_new_2"]  # by received_at
     first, second = new[1:]
     assert first["event_type"] == "request.failed" and first["error"] == {"status": 502, "message": "upstream timeout"}
     assert first["payload"]["data"]["request_id"] == "req_evt_new_1" and first["request_id"] == "req_evt_new_1"
     assert first["event_hour"] == datetime(2026, 11, 20, 14, tzinfo=timezone.utc)
-    assert second["request_id"] is None and second["event_hour"] == second["occurred_at"].replace(minute=0, second=0, microsecond=0)
+    assert second["request_id"] is None and second["event_hour"] == second["occurred_at"].replace(
+        minute=0, second=0, microsecond=0
+    )
     assert {"received_at", "occurred_at", "account_id", "provider", "loaded_at"} <= set(first)
-    assert load_staged_events(warehouse) == [] and closed_segments(data_dir) == []
+    assert load_staged_events(storage) == [] and closed_segments(data_dir) == []
 
 
 def test_sensor_requests_a_run_only_when_events_are_staged(data_dir):
@@ -443,7 +498,7 @@ def test_sensor_requests_a_run_only_when_events_are_staged(data_dir):
         assert tick().run_key == first.run_key  # same staged segments: no second run
         post(running.endpoint, event("evt_s2"))
     assert tick().run_key != first.run_key  # stopping closed the second segment
-    load_staged_events(Warehouse(data_dir, lock_timeout_s=30))
+    load_staged_events(Storage(data_dir, lock_timeout_s=30))
     assert isinstance(tick(), dg.SkipReason)
     # segments left behind (e.g. the run failed) are asked for again after a while
     left = write_segment(data_dir, "20260101T000000000000-left.jsonl", event("evt_left"))

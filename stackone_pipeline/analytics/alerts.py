@@ -7,9 +7,9 @@ hour and subject, which the Dagster layer reports as an asset check result.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
 
 from .derive import Evaluation, HourSummary
 
@@ -23,16 +23,32 @@ class Check:
 
 
 CHECKS = (
-    Check("overall_error_rate_5m", "error_rate_5m", "rate",
-          "Overall error rate (all providers) of every 5-minute bucket <= STACKONE_ALERT_ERROR_RATE_5M (5%)."),
-    Check("p95_latency", "latency_hourly", "ms",
-          "p95 latency of each hour, overall and per provider, <= STACKONE_ALERT_P95_MS (2000 ms)."),
-    Check("provider_error_rate", "provider_health_hourly", "rate",
-          "Every provider's error rate over each hour <= STACKONE_ALERT_PROVIDER_ERROR_RATE (10%)."),
-    Check("request_volume_anomaly", "request_volume_hourly", "score",
-          "Each hour's request volume within STACKONE_ALERT_VOLUME_SCORE (3.5) robust z-scores of the "
-          "median of the same hour on the previous 28 days (needs 7 days of history)."),
-)  # fmt: skip
+    Check(
+        "overall_error_rate_5m",
+        "error_rate_5m",
+        "rate",
+        "Overall error rate (all providers) of every 5-minute bucket <= STACKONE_ALERT_ERROR_RATE_5M (5%).",
+    ),
+    Check(
+        "p95_latency",
+        "latency_hourly",
+        "ms",
+        "p95 latency of each hour, overall and per provider, <= STACKONE_ALERT_P95_MS (2000 ms).",
+    ),
+    Check(
+        "provider_error_rate",
+        "provider_health_hourly",
+        "rate",
+        "Every provider's error rate over each hour <= STACKONE_ALERT_PROVIDER_ERROR_RATE (10%).",
+    ),
+    Check(
+        "request_volume_anomaly",
+        "request_volume_hourly",
+        "score",
+        "Each hour's request volume within STACKONE_ALERT_VOLUME_SCORE (3.5) robust z-scores of the "
+        "median of the same hour on the previous 28 days (needs 7 days of history).",
+    ),
+)
 CHECKS_BY_NAME = {c.name: c for c in CHECKS}
 
 

@@ -1,12 +1,12 @@
 """request_logs -> the derived tables and alert evaluations, one UTC hour at a time.
 
-`derive_hours(warehouse, hours, thresholds)` is the whole stage, callable without Dagster. For
+`derive_hours(storage, hours, thresholds)` is the whole stage, callable without Dagster. For
 each hour, in time order (so a range run's later days see its earlier days as volume history):
 
-1. one `Warehouse.writer()` session: read the hour of `request_logs` once into a temp table,
+1. one warehouse writer session: read the hour of `request_logs` once into a temp table,
    then for every table delete the hour and insert it again, all in ONE transaction;
 2. still holding the writer lock, export each table's hour to
-   `lake/<table>/date=YYYY-MM-DD/hour=HH/part-0.parquet` (temp name + rename), so the views in
+   `lake/<table>/date=YYYY-MM-DD/hour=HH/part-0.parquet` (published atomically), so the views in
    `query.duckdb` see the hour whole without ever touching `warehouse.duckdb`.
 
 Then the views of query.duckdb are created if missing. The work of an hour reads only that hour of
@@ -16,25 +16,22 @@ Then the views of query.duckdb are created if missing. The work of an hour reads
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import duckdb
-import pyarrow.parquet as pq
 
-from ..ingest import CREATE_REQUEST_LOGS
-from ..lake.parquet import TMP_PREFIX, hour_file
-from ..warehouse.duckdb_store import Warehouse
+from ..settings import Thresholds
+from ..storage import Storage
+from ..warehouse import in_transaction
+from ..warehouse.schema import CREATE_REQUEST_LOGS
 from . import tables
-from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
-TMP_SUFFIX = ".tmp"
 
 
 class Evaluation(NamedTuple):
@@ -84,7 +81,7 @@ class HourSummary:
 
 
 def derive_hours(
-    warehouse: Warehouse,
+    storage: Storage,
     hours: list[datetime],
     thresholds: Thresholds = Thresholds(),
     on_hour: Callable[[HourSummary], None] | None = None,
@@ -93,41 +90,25 @@ def derive_hours(
     """Derive every table for each hour (oldest first); returns one summary per hour."""
     out = []
     for hour in sorted(hours):
-        summary = derive_hour(warehouse, hour, thresholds)
+        summary = derive_hour(storage, hour, thresholds)
         out.append(summary)
         if on_hour:
             on_hour(summary)
     if publish:
-        publish_views_if_missing(warehouse)
+        publish_views_if_missing(storage)
     return out
 
 
-def publish_views_if_missing(warehouse: Warehouse) -> bool:
-    """Create the views of query.duckdb unless they all exist already.
-
-    A view over a glob expands it at query time, so a new or replaced hour file needs no refresh;
-    re-creating the views, on the other hand, reads every file's footer (union_by_name), a cost
-    that grows with history. So publish only when one of the analytics views is missing.
-    """
-    wanted = set(tables.TABLES) | set(tables.views())
-    existing: set[str] = set()
-    if warehouse.query_path.exists():
-        try:
-            con = duckdb.connect(str(warehouse.query_path), read_only=True)
-        except duckdb.Error:
-            pass  # open elsewhere: publish_views will say so
-        else:
-            try:
-                existing = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-            finally:
-                con.close()
-    if wanted <= existing:
+def publish_views_if_missing(storage: Storage) -> bool:
+    """Create the views of query.duckdb unless they all exist already (re-creating them costs a
+    read of every file's footer, see Storage.publish_views)."""
+    if set(tables.TABLES) | set(tables.views()) <= storage.views():
         return False
-    warehouse.publish_views(extra_views=tables.views())
+    storage.publish_views(extra_views=tables.views())
     return True
 
 
-def derive_hour(warehouse: Warehouse, hour: datetime, thresholds: Thresholds = Thresholds()) -> HourSummary:
+def derive_hour(storage: Storage, hour: datetime, thresholds: Thresholds = Thresholds()) -> HourSummary:
     started = time.perf_counter()
     params = {
         "hour": hour,
@@ -137,10 +118,9 @@ def derive_hour(warehouse: Warehouse, hour: datetime, thresholds: Thresholds = T
         "min_history_days": tables.MIN_HISTORY_DAYS,
         "limit": 5,
     }
-    with warehouse.writer() as con:
+    with storage.warehouse.writer() as con:
         ensure_schema(con)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with in_transaction(con):
             _run(con, tables.sql("hour_requests"), params)
             rows = {}
             for table in tables.TABLES:
@@ -149,13 +129,9 @@ def derive_hour(warehouse: Warehouse, hour: datetime, thresholds: Thresholds = T
                 (rows[table],) = _run(con, f"INSERT INTO {table} BY NAME ({select})", params, select).fetchone()
             summary = _summarise(con, hour, params)
             con.execute("DROP TABLE hour_requests")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         summary.rows = rows
         for table in tables.TABLES:  # under the writer lock: exports of one hour never interleave
-            export_hour(con, warehouse.data_dir, table, hour)
+            export_hour(con, storage, table, hour)
     summary.seconds = time.perf_counter() - started
     log.debug("derived %s in %.3fs: %s", hour, summary.seconds, rows)
     return summary
@@ -169,24 +145,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
 
-def export_hour(con: duckdb.DuckDBPyConnection, data_dir: Path, table: str, hour: datetime) -> Path:
-    """Write `table`'s rows of `hour` to the lake (even none: an empty file replaces stale rows)."""
+def export_hour(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, hour: datetime) -> Path:
+    """Publish `table`'s rows of `hour` to the lake (even none: an empty file replaces stale rows)."""
     data = con.sql(f"SELECT * FROM {table} WHERE hour = $hour ORDER BY ALL", params={"hour": hour}).to_arrow_table()
-    path = hour_file(data_dir, table, hour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):  # left by a killed run (we hold the lock)
-        stale.unlink(missing_ok=True)
-    # The temporary name must not end in .parquet: DuckDB's `*.parquet` glob matches dot-files too,
-    # so a half-written `.tmp-…parquet` would break every query.duckdb query meanwhile.
-    tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}{TMP_SUFFIX}"
-    try:
-        pq.write_table(data, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return storage.lake.publish_table(table, hour, data)
 
 
 def _run(con, text: str, params: dict, params_text: str | None = None):

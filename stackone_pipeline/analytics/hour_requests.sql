@@ -1,5 +1,5 @@
 -- One hour of request_logs, read once (the zone maps on `hour` skip every other hour, so the cost
--- does not grow with history), with the error definition applied in one place.
+-- does not grow with history), with the error definition (stackone/records.py: IS_ERROR_SQL) applied once.
 CREATE OR REPLACE TEMP TABLE hour_requests AS
 SELECT
     hour,
@@ -11,7 +11,7 @@ SELECT
     coalesce(action, 'unknown') AS action,
     status,
     duration_ms,
-    coalesce(status >= 400 OR (status IS NULL AND success = false), false) AS is_error,
-    coalesce(status IS NULL AND success = false, false) AS is_timeout
+    {{is_error}} AS is_error,
+    {{is_timeout}} AS is_timeout
 FROM request_logs
 WHERE hour = $hour

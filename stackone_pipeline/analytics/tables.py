@@ -12,6 +12,8 @@ import re
 from functools import cache
 from importlib import resources
 
+from ..stackone.records import IS_ERROR_SQL, IS_TIMEOUT_SQL
+
 # Derivation order: later SELECTs read earlier tables of the same hour.
 DERIVED_TABLES = (
     "error_rate_5m",
@@ -34,8 +36,10 @@ _COLUMN = re.compile(r"^\s*(\w+) (\w+)[^-]*?(?:--\s*(.*))?$")
 
 @cache
 def sql(name: str) -> str:
-    """The text of `<name>.sql` next to this module."""
-    return resources.files(__package__).joinpath(f"{name}.sql").read_text()
+    """The text of `<name>.sql` next to this module, with the shared definitions filled in
+    (`{{is_error}}`, `{{is_timeout}}`: see stackone/records.py)."""
+    text = resources.files(__package__).joinpath(f"{name}.sql").read_text()
+    return text.replace("{{is_error}}", IS_ERROR_SQL).replace("{{is_timeout}}", IS_TIMEOUT_SQL)
 
 
 def params_for(text: str, values: dict) -> dict:

@@ -7,8 +7,8 @@ while each table is still its own asset key, so the graph shows request_logs -> 
 
 Checks are *not* partitioned (no `partitions_def` on the AssetCheckSpecs), on purpose: in a
 range (single_run) run Dagster evaluates a check once, and a partitioned check then records one
-evaluation with no partition and leaves every hour's planned evaluation unresolved (docs/dagster.md
-section 4). An asset-level check records exactly one result per run, whose metadata names every
+evaluation with no partition and leaves every hour's planned evaluation unresolved (Dagster
+1.13, verified by running it). An asset-level check records exactly one result per run, whose metadata names every
 failing hour and subject; the per-hour truth is the `alert_evaluations` table.
 """
 
@@ -17,32 +17,10 @@ import dagster as dg
 from ..analytics import tables
 from ..analytics.alerts import CHECKS, CheckOutcome, fmt_value, outcomes
 from ..analytics.derive import HourSummary, derive_hours
-from ..analytics.thresholds import Thresholds
-from ..partitions import hourly_partitions
-from ..resources import StorageResource
-from .hours import hours_of_run
+from ..partitions import hourly_partitions, hours_of_run
+from ..resources import AlertThresholdsResource, StorageResource
+from ..settings import Thresholds
 from .request_logs import request_logs
-
-
-class AlertThresholdsResource(dg.ConfigurableResource):
-    """The alert thresholds (see analytics/thresholds.py); build it with `from_thresholds`."""
-
-    error_rate_5m: float = Thresholds.error_rate_5m
-    p95_ms: float = Thresholds.p95_ms
-    provider_error_rate: float = Thresholds.provider_error_rate
-    volume_score: float = Thresholds.volume_score
-    severity: str = Thresholds.severity
-
-    @classmethod
-    def from_thresholds(cls, t: Thresholds) -> "AlertThresholdsResource":
-        return cls(error_rate_5m=t.error_rate_5m, p95_ms=t.p95_ms, provider_error_rate=t.provider_error_rate,
-                   volume_score=t.volume_score, severity=t.severity)
-
-    def thresholds(self) -> Thresholds:
-        return Thresholds(error_rate_5m=self.error_rate_5m, p95_ms=self.p95_ms,
-                          provider_error_rate=self.provider_error_rate, volume_score=self.volume_score,
-                          severity=self.severity.upper())
-
 
 DESCRIPTIONS = {
     "error_rate_5m": "Requests, errors and error rate per 5-minute UTC bucket and provider. "
@@ -93,10 +71,13 @@ def analytics_tables(context: dg.AssetExecutionContext, storage: StorageResource
         )
         if ranged:  # a range run copies returned metadata onto every hour: observe each one
             for table in tables.TABLES:
-                context.log_event(dg.AssetObservation(
-                    asset_key=table, partition=keys[summary.hour], metadata=hour_metadata(summary, table)))
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=table, partition=keys[summary.hour], metadata=hour_metadata(summary, table)
+                    )
+                )
 
-    summaries = derive_hours(storage.warehouse(), list(keys), thresholds, on_hour=observe)
+    summaries = derive_hours(storage.storage(), list(keys), thresholds, on_hour=observe)
     results = outcomes(summaries)
     checks_by_table = {c.table: c for c in CHECKS}
     for table in tables.TABLES:
@@ -131,8 +112,10 @@ def run_metadata(summaries: list[HourSummary], table: str) -> dict:
     if p95s:
         m["run_worst_hour_p95_ms"] = max(p95s)
     if table == "provider_health_hourly":
-        worst = sorted(({**p, "hour": s.hour} for s in summaries for p in s.worst_providers),
-                       key=lambda p: (-p["error_rate"], p["hour"], p["provider"]))
+        worst = sorted(
+            ({**p, "hour": s.hour} for s in summaries for p in s.worst_providers),
+            key=lambda p: (-p["error_rate"], p["hour"], p["provider"]),
+        )
         m["worst_providers"] = dg.MetadataValue.md(providers_markdown(worst[:10]))
     return m
 
@@ -144,8 +127,10 @@ def providers_markdown(rows: list[dict]) -> str:
     for r in rows:
         hour = f"| {r['hour']:%Y-%m-%d %H:%M} " if with_hour else ""
         p95 = "n/a" if r["p95_ms"] is None else f"{r['p95_ms']:,.0f}"
-        out.append(f"{hour}| {r['provider']} | {r['requests']:,} | {r['errors']:,} | {r['error_rate']:.2%} "
-                   f"| {p95} | {'yes' if r['healthy'] else '**no**'} |")
+        out.append(
+            f"{hour}| {r['provider']} | {r['requests']:,} | {r['errors']:,} | {r['error_rate']:.2%} "
+            f"| {p95} | {'yes' if r['healthy'] else '**no**'} |"
+        )
     return "\n".join(out) if rows else "no requests"
 
 
@@ -177,5 +162,9 @@ def check_result(o: CheckOutcome, thresholds: Thresholds) -> dg.AssetCheckResult
 
 
 def _threshold(o: CheckOutcome, t: Thresholds) -> float:
-    return {"overall_error_rate_5m": t.error_rate_5m, "p95_latency": t.p95_ms,
-            "provider_error_rate": t.provider_error_rate, "request_volume_anomaly": t.volume_score}[o.check.name]
+    return {
+        "overall_error_rate_5m": t.error_rate_5m,
+        "p95_latency": t.p95_ms,
+        "provider_error_rate": t.provider_error_rate,
+        "request_volume_anomaly": t.volume_score,
+    }[o.check.name]

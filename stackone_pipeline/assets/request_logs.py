@@ -1,18 +1,14 @@
 """`request_logs`: one UTC hour of StackOne request logs -> Parquet lake -> DuckDB."""
 
-
 import dagster as dg
 
 from ..ingest import HourFailures, Progress, ingest_hours
-from ..partitions import expired_hours, hourly_partitions
+from ..partitions import expired_hours, hourly_partitions, hours_of_run
 from ..resources import StackOneResource, StorageResource
 from ..stackone.client import StackOneAuthError
 from ..stackone.records import COLUMNS
-from .hours import hours_of_run
 
-COLUMN_SCHEMA = dg.TableSchema(
-    columns=[dg.TableColumn(name, str(typ), description=doc) for name, typ, doc in COLUMNS]
-)
+COLUMN_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(name, str(typ), description=doc) for name, typ, doc in COLUMNS])
 
 
 @dg.asset(
@@ -41,22 +37,29 @@ def request_logs(
     def record(res):
         progress(res)
         if len(hours) > 1:  # a range run copies returned metadata onto every hour: observe each
-            context.log_event(dg.AssetObservation(
-                asset_key=context.asset_key, partition=keys[res.hour], metadata=res.metadata()))
+            context.log_event(
+                dg.AssetObservation(asset_key=context.asset_key, partition=keys[res.hour], metadata=res.metadata())
+            )
 
     with stackone.client() as client:
         try:
             results = ingest_hours(
-                client, storage.warehouse(), hours, concurrency=stackone.concurrency,
-                redaction=stackone.redaction(), on_hour=record,
+                client,
+                storage.storage(),
+                hours,
+                concurrency=stackone.concurrency,
+                redaction=stackone.redaction(),
+                on_hour=record,
             )
         except (HourFailures, StackOneAuthError) as exc:
             raise dg.Failure(str(exc)) from None
     if len(hours) == 1:
         return dg.MaterializeResult(metadata=results[0].metadata())
-    return dg.MaterializeResult(metadata={
-        "run_hours": len(results),
-        "run_rows": sum(r.rows for r in results),
-        "run_requests": sum(r.requests for r in results),
-        "run_throttled": sum(r.throttled for r in results),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "run_hours": len(results),
+            "run_rows": sum(r.rows for r in results),
+            "run_requests": sum(r.requests for r in results),
+            "run_throttled": sum(r.throttled for r in results),
+        }
+    )

@@ -1,69 +1,58 @@
-"""One hourly delivery asset per sink, downstream of `request_logs`.
+"""One hourly delivery asset per registered sink (sinks/registry.py), downstream of `request_logs`.
 
-A sink whose environment variables are not set where the code location loads is a stand-in
-(`unless_configured`): a non-executable asset whose description says what to set. The UI shows
-it in the lineage, and "Materialize all", backfills and `hourly_job` leave it out, so they end
-successful instead of failed. Should the variables vanish between loading and running, the
-step itself skips: it succeeds without materialising, and an observation says why.
+A sink that is not configured where the code location loads is a stand-in (`stand_in`): a
+non-executable asset whose description says what to set. The UI shows it in the lineage, and
+"Materialize all", backfills and `hourly_job` leave it out, so they end successful instead of
+failed. Run with an 'off' sink resource, the step itself skips: it succeeds without
+materialising, and an observation says why.
 """
-
-import os
-from types import ModuleType
 
 import dagster as dg
 
-from ..partitions import hourly_partitions
-from ..resources import StorageResource
-from ..sinks.delivery import DeliveryError, deliver_hour
-from ..sinks.transport import Transport
-from .hours import hours_of_run
-from .request_logs import request_logs
+from ..http import Transport
+from ..partitions import hourly_partitions, hours_of_run
+from ..sinks.delivery import DeliveryError
+from ..sinks.registry import SinkSpec
 
 
 class DeliveryConfig(dg.Config):
     force: bool = False  # resend every row of the hour, even those the ledger says were delivered
 
 
-def delivery_asset(
-    name: str,
-    sink_module: ModuleType,
-    deps=(request_logs,),
-    *,
-    deliver=deliver_hour,
-    totals=("sent", "accepted", "rejected", "skipped"),
-    description: str | None = None,
-) -> dg.AssetsDefinition:
-    """`<name>_delivery`. `deliver(sink, warehouse, hour, transport, force=)` does one hour and
-    returns a report with `.metadata()`; `totals` are the figures summed over a range run."""
+def delivery_asset(spec: SinkSpec) -> dg.AssetsDefinition:
+    """`<name>_delivery`: each hour of the run through `spec.deliver` (and `spec.after_hour`)."""
+
     @dg.asset(
-        name=f"{name}_delivery",
+        name=spec.asset_name,
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=list(deps),
+        deps=["request_logs"],
         group_name="sinks",
-        kinds={name},
+        kinds={spec.name},
         output_required=False,
-        description=description or (sink_module.__doc__.strip().splitlines()[0] if sink_module.__doc__ else None),
+        required_resource_keys={"storage", spec.name},
+        description=spec.description,
+        tags={"stackone/sink_family": spec.family},
     )
-    def _deliver(context: dg.AssetExecutionContext, config: DeliveryConfig, storage: StorageResource):
+    def _deliver(context: dg.AssetExecutionContext, config: DeliveryConfig):
         keys = hours_of_run(context)
-        sink = sink_module.from_env(os.environ)
-        if sink is None:
-            reason = f"skipped: {sink_module.NOT_CONFIGURED}"
+        resource = getattr(context.resources, spec.name)
+        if not resource.configured:
+            reason = f"skipped: {spec.not_configured}"
             context.log.info(reason)
             yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
             return
-        warehouse = storage.warehouse()
+        sink, storage = resource.sink(), context.resources.storage.storage()
         transport = Transport()
-        summed = dict.fromkeys(totals, 0)
+        summed = dict.fromkeys(spec.totals, 0)
         try:
             for hour, key in keys.items():
-                meta = deliver(sink, warehouse, hour, transport, force=config.force).metadata()
-                if hasattr(sink_module, "after_hour"):  # e.g. Datadog: old hours as metrics, not logs
-                    meta.update(sink_module.after_hour(sink, warehouse, hour, transport) or {})
-                for k in totals:
+                meta = spec.deliver(sink, storage, hour, transport, force=config.force).metadata()
+                if spec.after_hour:  # e.g. Datadog: old hours as metrics, not logs
+                    meta.update(spec.after_hour(sink, storage, hour, transport) or {})
+                for k in spec.totals:
                     summed[k] += meta[k]
-                if len(keys) > 1:
+                if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
                     context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=meta))
                 else:
                     summed = meta
@@ -76,14 +65,16 @@ def delivery_asset(
     return _deliver
 
 
-def unless_configured(asset: dg.AssetsDefinition, sink_module: ModuleType, env=None) -> dg.AssetsDefinition | dg.AssetSpec:
-    """`asset`, or a non-executable stand-in with the same key, lineage and group when the sink's
-    variables are not set in `env` (default: this process's environment)."""
-    if sink_module.from_env(os.environ if env is None else env) is not None:
-        return asset
-    spec = asset.specs_by_key[asset.key]
+def stand_in(spec: SinkSpec) -> dg.AssetSpec:
+    """A non-executable asset with the delivery's key, lineage and group, for a sink that is off."""
+    asset = delivery_asset(spec)
+    s = asset.specs_by_key[asset.key]
     return dg.AssetSpec(
-        asset.key, deps=spec.deps, group_name=spec.group_name, kinds=spec.kinds, partitions_def=spec.partitions_def,
-        description=f"Not configured: {sink_module.NOT_CONFIGURED}. Set it where Dagster runs and reload the "
-        f"code location to deliver here.",
+        asset.key,
+        deps=s.deps,
+        group_name=s.group_name,
+        kinds=s.kinds,
+        partitions_def=s.partitions_def,
+        description=f"Not configured: {spec.not_configured}. Set it where Dagster runs and reload the "
+        "code location to deliver here.",
     )

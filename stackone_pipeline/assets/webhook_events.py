@@ -27,14 +27,16 @@ RETRY_AFTER_S = 300  # segments this old survived a run (e.g. it failed): ask ag
     "<data_dir>/webhooks/staging/ into table webhook_events in warehouse.duckdb.",
 )
 def webhook_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    loaded = load_staged_events(storage.warehouse())
+    loaded = load_staged_events(storage.storage())
     by_type = Counter(e["event_type"] for e in loaded)
     context.log.info(f"loaded {len(loaded)} new webhook event(s)")
-    return dg.MaterializeResult(metadata={
-        "loaded": len(loaded),
-        "by_type": dg.MetadataValue.json(dict(by_type)),
-        "latest_received_at": max((e["received_at"].isoformat() for e in loaded), default=""),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "loaded": len(loaded),
+            "by_type": dg.MetadataValue.json(dict(by_type)),
+            "latest_received_at": max((e["received_at"].isoformat() for e in loaded), default=""),
+        }
+    )
 
 
 def _mtime(path) -> float:

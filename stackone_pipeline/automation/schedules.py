@@ -10,27 +10,13 @@
 Both start RUNNING when STACKONE_AUTOMATION=on, STOPPED otherwise (Dagster's default).
 """
 
-
-from datetime import datetime, timedelta, timezone
-
 import dagster as dg
 
-from ..partitions import hourly_partitions
-from .config import AutomationSettings
+from ..partitions import HOUR, last_closed_hour, partition_key, range_tags
+from ..settings import AutomationSettings
 from .jobs import hourly_job
 
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 TRIGGER = "stackone/trigger"
-HOUR = timedelta(hours=1)
-
-
-def partition_key(hour: datetime) -> str:
-    return hour.astimezone(timezone.utc).strftime(hourly_partitions.fmt)
-
-
-def last_closed_hour(at: datetime | None) -> datetime:
-    at = (at or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return at.replace(minute=0, second=0, microsecond=0) - HOUR
 
 
 def status(settings: AutomationSettings):
@@ -42,7 +28,10 @@ def build_schedules(settings: AutomationSettings) -> list[dg.ScheduleDefinition]
     n = settings.lookback_hours
 
     @dg.schedule(
-        name="hourly_schedule", job=hourly_job, cron_schedule=cron, execution_timezone="UTC",
+        name="hourly_schedule",
+        job=hourly_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
         default_status=status(settings),
         description=f"At HH:{settings.lag_minutes:02d} UTC: ingest, derive and deliver the hour that just closed.",
     )
@@ -51,7 +40,10 @@ def build_schedules(settings: AutomationSettings) -> list[dg.ScheduleDefinition]
         return dg.RunRequest(run_key=key, partition_key=key, tags={TRIGGER: "hourly_schedule"})
 
     @dg.schedule(
-        name="lookback_schedule", job=hourly_job, cron_schedule=cron, execution_timezone="UTC",
+        name="lookback_schedule",
+        job=hourly_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
         default_status=status(settings),
         description=f"At HH:{settings.lag_minutes:02d} UTC: re-ingest the {n} hours before the one that just "
         "closed, as one run, to pick up logs StackOne recorded late (counted in late_arrivals).",
@@ -60,10 +52,10 @@ def build_schedules(settings: AutomationSettings) -> list[dg.ScheduleDefinition]
         if n == 0:
             return dg.SkipReason("STACKONE_LOOKBACK_HOURS=0: the lookback is off")
         last = last_closed_hour(context.scheduled_execution_time) - HOUR
-        first, end = partition_key(last - (n - 1) * HOUR), partition_key(last)
+        first = last - (n - 1) * HOUR
         return dg.RunRequest(
-            run_key=f"lookback {first}...{end}",
-            tags={RANGE_START: first, RANGE_END: end, TRIGGER: "lookback_schedule"},
+            run_key=f"lookback {partition_key(first)}...{partition_key(last)}",
+            tags={**range_tags(first, last), TRIGGER: "lookback_schedule"},
         )
 
     return [hourly_schedule, lookback_schedule]

@@ -13,29 +13,27 @@ They never run inside a job, and each channel has a short deadline: notification
 up ingestion, and what failed is retried on the next tick.
 """
 
-
 import re
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from ..notify.conditions import alert_conditions, event_condition, run_failure_condition
-from ..partitions import expired_hours, hourly_partitions
-from ..resources import StorageResource
-from ..warehouse.duckdb_store import Warehouse
-from .config import AutomationSettings
-from .events import event_hour, read_new_events
+from ..partitions import HOUR, RANGE_END, RANGE_START, expired_hours, hourly_partitions, partition_key
+from ..resources import NotifyResource, StorageResource
+from ..settings import AutomationSettings
+from ..storage import Storage
+from ..webhooks.new_events import event_hour, read_new_events
 from .jobs import hourly_job
-from .resources import NotifyResource
-from .schedules import HOUR, RANGE_END, RANGE_START, TRIGGER, partition_key
+from .schedules import TRIGGER
 
 LOCK_TIMEOUT_S = 20  # a sensor tick must finish well inside Dagster's 60 s evaluation timeout
 START = hourly_partitions.start
 ERROR_PREFIX = re.compile(r"^(?:\w+\.)+(?:Failure: )?")  # dagster._core...Failure: <message>
 
 
-def _warehouse(storage: StorageResource) -> Warehouse:
-    return Warehouse(storage.data_dir, lock_timeout_s=LOCK_TIMEOUT_S)
+def _storage(storage: StorageResource) -> Storage:
+    return Storage(storage.data_dir, lock_timeout_s=LOCK_TIMEOUT_S)
 
 
 def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
@@ -47,8 +45,11 @@ def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
             continue
         by_hour.setdefault(hour, []).append(e["event_id"])
     return [
-        dg.RunRequest(run_key=ids[0], partition_key=partition_key(hour), tags={
-            TRIGGER: "webhook request.failed", "stackone/webhook_events": ",".join(ids)[:1000]})
+        dg.RunRequest(
+            run_key=ids[0],
+            partition_key=partition_key(hour),
+            tags={TRIGGER: "webhook request.failed", "stackone/webhook_events": ",".join(ids)[:1000]},
+        )
         for hour, ids in sorted(by_hour.items())
     ]
 
@@ -56,40 +57,58 @@ def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
 def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
     status = dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
 
-    @dg.sensor(name="alert_notifications", minimum_interval_seconds=60, default_status=status,
-               description="Failing alert thresholds -> the notification channels, once per condition, "
-               "resolved when it clears; retries what a down channel missed.")
+    @dg.sensor(
+        name="alert_notifications",
+        minimum_interval_seconds=60,
+        default_status=status,
+        description="Failing alert thresholds -> the notification channels, once per condition, "
+        "resolved when it clears; retries what a down channel missed.",
+    )
     def alert_notifications(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
-        warehouse = _warehouse(storage)
-        report = notify.notifier(warehouse).sync(open_alerts=alert_conditions(warehouse, notify.dagster_url))
+        store = _storage(storage)
+        report = notify.notifier(store).sync(open_alerts=alert_conditions(store, notify.dagster_url))
         channels = ", ".join(notify.channel_names()) or "no channel configured (STACKONE_NOTIFY_*)"
         return dg.SkipReason(f"{report.summary()} [{channels}]")
 
-    @dg.sensor(name="webhook_actions_sensor", job=hourly_job, minimum_interval_seconds=30, default_status=status,
-               description="New webhook events: request.failed re-ingests its hour; account.error / "
-               "account.expired are notified.")
+    @dg.sensor(
+        name="webhook_actions_sensor",
+        job=hourly_job,
+        minimum_interval_seconds=30,
+        default_status=status,
+        description="New webhook events: request.failed re-ingests its hour; account.error / "
+        "account.expired are notified.",
+    )
     def webhook_actions_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
-        warehouse = _warehouse(storage)
-        batch = read_new_events(warehouse, context.cursor)
+        store = _storage(storage)
+        batch = read_new_events(store, context.cursor)
         conditions = [c for c in (event_condition(e, notify.dagster_url) for e in batch.events) if c]
-        report = notify.notifier(warehouse).sync(events=conditions) if conditions else None
+        report = notify.notifier(store).sync(events=conditions) if conditions else None
         runs = reingest_requests(batch.events, datetime.now(timezone.utc))
         why = f"{len(batch.events)} new event(s), {len(runs)} re-ingest(s)"
         why += f"; {report.summary()}" if report else ""
         return dg.SensorResult(run_requests=runs, cursor=batch.cursor, skip_reason=None if runs else why)
 
-    @dg.run_failure_sensor(name="run_failure_notifications", default_status=status,
-                           description="A failed run -> the notification channels (once per run).")
-    def run_failure_notifications(context: dg.RunFailureSensorContext, storage: StorageResource,
-                                  notify: NotifyResource):
+    @dg.run_failure_sensor(
+        name="run_failure_notifications",
+        default_status=status,
+        description="A failed run -> the notification channels (once per run).",
+    )
+    def run_failure_notifications(
+        context: dg.RunFailureSensorContext, storage: StorageResource, notify: NotifyResource
+    ):
         run = context.dagster_run
         tags = run.tags or {}
         partition = tags.get("dagster/partition") or (
-            f"{tags[RANGE_START]}...{tags[RANGE_END]}" if RANGE_START in tags else None)
-        steps = [f"{e.step_key}: {ERROR_PREFIX.sub('', e.event_specific_data.error.message.strip())}"
-                 for e in context.get_step_failure_events() if e.event_specific_data.error]
-        condition = run_failure_condition(run.run_id, run.job_name, partition, context.failure_event.message or "",
-                                          steps, notify.dagster_url)
-        notify.notifier(_warehouse(storage)).sync(events=[condition])
+            f"{tags[RANGE_START]}...{tags[RANGE_END]}" if RANGE_START in tags else None
+        )
+        steps = [
+            f"{e.step_key}: {ERROR_PREFIX.sub('', e.event_specific_data.error.message.strip())}"
+            for e in context.get_step_failure_events()
+            if e.event_specific_data.error
+        ]
+        condition = run_failure_condition(
+            run.run_id, run.job_name, partition, context.failure_event.message or "", steps, notify.dagster_url
+        )
+        notify.notifier(_storage(storage)).sync(events=[condition])
 
     return [alert_notifications, webhook_actions_sensor, run_failure_notifications]

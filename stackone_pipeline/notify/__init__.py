@@ -15,6 +15,14 @@ from .model import FIRING, RESOLVED, Condition, Notification
 from .notifier import Notifier, SyncReport
 
 __all__ = [
-    "FIRING", "RESOLVED", "AlertmanagerChannel", "Condition", "Notification", "Notifier", "SlackChannel",
-    "SyncReport", "WebhookChannel", "channels",
+    "FIRING",
+    "RESOLVED",
+    "AlertmanagerChannel",
+    "Condition",
+    "Notification",
+    "Notifier",
+    "SlackChannel",
+    "SyncReport",
+    "WebhookChannel",
+    "channels",
 ]

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import orjson
 
-from ..sinks.transport import Classifier, retryable_statuses
+from ..http import Classifier, retryable_statuses
 from .model import RESOLVED, Notification
 
 RETRY = (408, 425, 429, 500, 502, 503, 504)
@@ -40,10 +40,19 @@ class WebhookChannel:
     def request(self, n: Notification) -> tuple[str, bytes, dict]:
         c = n.condition
         doc = {
-            "version": 1, "status": n.phase, "key": c.key, "source": c.source, "severity": c.severity,
-            "title": c.title, "text": c.text, "labels": c.labels, "annotations": c.annotations,
-            "opened_at": iso(n.opened_at), "resolved_at": iso(n.resolved_at), "url": c.url,
-        }  # fmt: skip
+            "version": 1,
+            "status": n.phase,
+            "key": c.key,
+            "source": c.source,
+            "severity": c.severity,
+            "title": c.title,
+            "text": c.text,
+            "labels": c.labels,
+            "annotations": c.annotations,
+            "opened_at": iso(n.opened_at),
+            "resolved_at": iso(n.resolved_at),
+            "url": c.url,
+        }
         return self.url, orjson.dumps(doc), JSON
 
 
@@ -56,11 +65,17 @@ class SlackChannel:
 
     def request(self, n: Notification) -> tuple[str, bytes, dict]:
         c = n.condition
-        icon = ":white_check_mark:" if n.phase == RESOLVED else (
-            ":rotating_light:" if c.severity == "critical" else ":warning:")
+        icon = (
+            ":white_check_mark:"
+            if n.phase == RESOLVED
+            else (":rotating_light:" if c.severity == "critical" else ":warning:")
+        )
         headline = f"[{n.status_word}] {c.title}"
-        fields = [{"type": "mrkdwn", "text": f"*{k.replace('_', ' ')}*\n{v}"[:2000]}
-                  for k, v in c.labels.items() if k != "alertname"][:10]
+        fields = [
+            {"type": "mrkdwn", "text": f"*{k.replace('_', ' ')}*\n{v}"[:2000]}
+            for k, v in c.labels.items()
+            if k != "alertname"
+        ][:10]
         blocks = [
             {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
             {"type": "section", "text": {"type": "mrkdwn", "text": (c.text or c.title)[:3000]}},
@@ -105,8 +120,9 @@ class AlertmanagerChannel:
 Channel = WebhookChannel | SlackChannel | AlertmanagerChannel
 
 
-def channels(webhook_url: str = "", slack_url: str = "", alertmanager_url: str = "",
-             alertmanager_refresh_s: float = 900.0) -> list[Channel]:
+def channels(
+    webhook_url: str = "", slack_url: str = "", alertmanager_url: str = "", alertmanager_refresh_s: float = 900.0
+) -> list[Channel]:
     """The configured channels (empty URL = channel off)."""
     out: list[Channel] = []
     if webhook_url:
@@ -116,4 +132,3 @@ def channels(webhook_url: str = "", slack_url: str = "", alertmanager_url: str =
     if alertmanager_url:
         out.append(AlertmanagerChannel(alertmanager_url, refresh_s=alertmanager_refresh_s))
     return out
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..analytics.alerts import CHECKS_BY_NAME, fmt_value
-from ..warehouse.duckdb_store import Warehouse
+from ..storage import Storage
 from .model import Condition
 
 SEVERITY = {"WARN": "warning", "ERROR": "critical"}
@@ -34,17 +34,18 @@ def camel(name: str) -> str:
     return "StackOne" + "".join(p[:1].upper() + p[1:] for p in name.replace(".", "_").split("_"))
 
 
-def alert_conditions(warehouse: Warehouse, dagster_url: str = "") -> list[Condition] | None:
+def alert_conditions(storage: Storage, dagster_url: str = "") -> list[Condition] | None:
     """The open alert conditions, or None before anything was ever evaluated."""
-    if not warehouse.path.exists():
+    if not storage.warehouse.path.exists():
         return None
-    with warehouse.reader() as con:
+    with storage.warehouse.reader() as con:
         if not con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'alert_evaluations'").fetchall():
             return None
         (latest,) = con.execute("SELECT max(hour) FROM alert_evaluations").fetchone()
         rows = con.execute(
             "SELECT check_name, subject, value, threshold, severity, detail FROM alert_evaluations "
-            "WHERE hour = ? AND NOT passed ORDER BY check_name, value DESC NULLS LAST, subject", [latest]
+            "WHERE hour = ? AND NOT passed ORDER BY check_name, value DESC NULLS LAST, subject",
+            [latest],
         ).fetchall()
     groups: dict[tuple[str, str], list[tuple]] = {}
     for check, subject, *rest in rows:
@@ -67,12 +68,20 @@ def _alert(hour: datetime, check: str, subject: str, failing: list[tuple], dagst
         labels["provider"] = subject.removeprefix("provider ")
     table = CHECKS_BY_NAME[check].table if check in CHECKS_BY_NAME else "alert_evaluations"
     return Condition(
-        key=f"alert/{check}/{subject}", source="alert", title=title, text="\n".join(lines),
-        severity=SEVERITY.get(severity, "warning"), labels=labels,
-        annotations={"hour": f"{hour:%Y-%m-%dT%H:00Z}", "value": "" if value is None else f"{value:g}",
-                     "threshold": f"{threshold:g}", "failing": str(len(failing))},
+        key=f"alert/{check}/{subject}",
+        source="alert",
+        title=title,
+        text="\n".join(lines),
+        severity=SEVERITY.get(severity, "warning"),
+        labels=labels,
+        annotations={
+            "hour": f"{hour:%Y-%m-%dT%H:00Z}",
+            "value": "" if value is None else f"{value:g}",
+            "threshold": f"{threshold:g}",
+            "failing": str(len(failing)),
+        },
         url=f"{dagster_url.rstrip('/')}/assets/{table}" if dagster_url else None,
-    )  # fmt: skip
+    )
 
 
 def event_condition(event: dict, dagster_url: str = "") -> Condition | None:
@@ -88,21 +97,31 @@ def event_condition(event: dict, dagster_url: str = "") -> Condition | None:
     if event.get("error"):
         text += f"\nError: {str(event['error'])[:500]}"
     return Condition(
-        key=f"webhook/{event['event_id']}", source="webhook", severity=severity, one_shot=True,
-        title=f"StackOne account {account} ({provider}) {happened}", text=text,
+        key=f"webhook/{event['event_id']}",
+        source="webhook",
+        severity=severity,
+        one_shot=True,
+        title=f"StackOne account {account} ({provider}) {happened}",
+        text=text,
         labels={"alertname": alertname, "account_id": account, "provider": provider},
         annotations={"event_id": str(event["event_id"]), "event_type": event["event_type"]},
         url=f"{dagster_url.rstrip('/')}/assets/webhook_events" if dagster_url else None,
-    )  # fmt: skip
+    )
 
 
-def run_failure_condition(run_id: str, job: str, partition: str | None, message: str,
-                          step_errors: list[str], dagster_url: str = "") -> Condition:
+def run_failure_condition(
+    run_id: str, job: str, partition: str | None, message: str, step_errors: list[str], dagster_url: str = ""
+) -> Condition:
     title = f"Dagster run of {job} failed" + (f" for {partition}" if partition else "")
     text = "\n".join([message, *(e[:500] for e in step_errors[:3])])
     return Condition(
-        key=f"run/{run_id}", source="run", severity="critical", one_shot=True, title=title, text=text,
+        key=f"run/{run_id}",
+        source="run",
+        severity="critical",
+        one_shot=True,
+        title=title,
+        text=text,
         labels={"alertname": "StackOnePipelineRunFailed", "job": job},
         annotations={"run_id": run_id, "partition": partition or ""},
         url=f"{dagster_url.rstrip('/')}/runs/{run_id}" if dagster_url else None,
-    )  # fmt: skip
+    )

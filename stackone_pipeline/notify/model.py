@@ -27,7 +27,7 @@ class Condition:
         return orjson.dumps(asdict(self)).decode()
 
     @classmethod
-    def from_json(cls, text: str) -> "Condition":
+    def from_json(cls, text: str) -> Condition:
         return cls(**orjson.loads(text))
 
 

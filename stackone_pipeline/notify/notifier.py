@@ -1,7 +1,7 @@
 """Bring the notification state up to date and send what is due, once.
 
 `Notifier.sync(open_alerts=..., events=...)`:
-1. under the warehouse writer lock (milliseconds): open new conditions, resolve alert conditions
+1. in one state-store transaction (milliseconds): open new conditions, resolve alert conditions
    that are no longer failing, list the messages due (state.py);
 2. without that lock, send them, each channel through the shared `Transport` with a short
    deadline; a channel that fails is not tried again in this sync (its other messages wait),
@@ -17,12 +17,12 @@ import fcntl
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
-from ..sinks.transport import Action, Transport, Verdict
-from ..warehouse.duckdb_store import Warehouse
+from ..http import Action, Transport, Verdict
+from ..storage import Storage
 from . import state
 from .channels import Channel
 from .model import Condition, Notification
@@ -41,8 +41,11 @@ class SyncReport:
     waiting: int = 0  # messages left pending for the next sync
 
     def summary(self) -> str:
-        parts = [f"{len(self.opened)} opened", f"{len(self.resolved)} resolved",
-                 "sent " + (", ".join(f"{k} {v}" for k, v in sorted(self.sent.items())) or "nothing")]
+        parts = [
+            f"{len(self.opened)} opened",
+            f"{len(self.resolved)} resolved",
+            "sent " + (", ".join(f"{k} {v}" for k, v in sorted(self.sent.items())) or "nothing"),
+        ]
         if self.rejected:
             parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())))
         if self.failed:
@@ -52,9 +55,15 @@ class SyncReport:
 
 
 class Notifier:
-    def __init__(self, warehouse: Warehouse, channels: list[Channel], *,
-                 transport: Callable[[], Transport] | None = None, clock: Callable[[], datetime] | None = None):
-        self.warehouse, self.channels = warehouse, channels
+    def __init__(
+        self,
+        storage: Storage,
+        channels: list[Channel],
+        *,
+        transport: Callable[[], Transport] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self.storage, self.channels = storage, channels
         self.transport = transport or (lambda: Transport(timeout_s=5.0, max_attempts=3, deadline_s=10.0))
         self.clock = clock or (lambda: datetime.now(timezone.utc))
 
@@ -62,15 +71,15 @@ class Notifier:
         """`open_alerts`: every alert condition open now (None: leave alerts as they are);
         `events`: one-shot conditions (already known ones are ignored)."""
         report = SyncReport()
-        self.warehouse.data_dir.mkdir(parents=True, exist_ok=True)
-        with _thread_lock, open(self.warehouse.data_dir / ".notify.lock", "a") as lock:
+        self.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        with _thread_lock, open(self.storage.data_dir / ".notify.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             now = self.clock()
-            with self.warehouse.writer() as con, state.transaction(con):
+            with self.storage.state.transaction() as con:
                 work, report.opened, report.resolved = state.plan(con, now, self.channels, open_alerts, list(events))
             outcomes = self._send(work, now, report) if work else []
             if outcomes:
-                with self.warehouse.writer() as con, state.transaction(con):
+                with self.storage.state.transaction() as con:
                     state.record(con, self.clock(), outcomes)
         if report.failed:
             log.warning("notifications: %s", report.summary())

@@ -1,4 +1,4 @@
-"""The notification state in warehouse.duckdb: open conditions and per-channel deliveries.
+"""The notification state in the state store (storage.state): open conditions and per-channel deliveries.
 
 `notify_conditions` holds one row per condition episode (opened, maybe resolved);
 `notify_deliveries` one row per (condition, channel, phase) with its status:
@@ -8,7 +8,6 @@ the firing message got through: neither is sent) | expired (still failing after 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,17 +41,6 @@ GIVE_UP = timedelta(days=1)  # a message still undelivered after a day is expire
 KEEP = timedelta(days=30)  # closed conditions and old events are forgotten after this
 
 
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection):
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield con
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-
-
 @dataclass(frozen=True)
 class Work:
     """One message to send."""
@@ -64,8 +52,13 @@ class Work:
     resolved_at: datetime | None
 
 
-def plan(con: duckdb.DuckDBPyConnection, now: datetime, channels: list, open_alerts: list[Condition] | None,
-         events: list[Condition]) -> tuple[list[Work], list[str], list[str]]:
+def plan(
+    con: duckdb.DuckDBPyConnection,
+    now: datetime,
+    channels: list,
+    open_alerts: list[Condition] | None,
+    events: list[Condition],
+) -> tuple[list[Work], list[str], list[str]]:
     """Apply what is true now to the state; return (messages due, opened keys, resolved keys)."""
     con.execute(CREATE)
     rows = con.execute("SELECT key, one_shot, resolved_at FROM notify_conditions").fetchall()
@@ -75,8 +68,10 @@ def plan(con: duckdb.DuckDBPyConnection, now: datetime, channels: list, open_ale
     def open_condition(c: Condition) -> None:
         con.execute("DELETE FROM notify_conditions WHERE key = ?", [c.key])  # a closed episode, if any
         con.execute("DELETE FROM notify_deliveries WHERE key = ?", [c.key])
-        con.execute("INSERT INTO notify_conditions VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                    [c.key, c.source, c.one_shot, c.to_json(), now, now])
+        con.execute(
+            "INSERT INTO notify_conditions VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            [c.key, c.source, c.one_shot, c.to_json(), now, now],
+        )
         known[c.key] = (c.one_shot, None)
         opened.append(c.key)
 
@@ -87,8 +82,9 @@ def plan(con: duckdb.DuckDBPyConnection, now: datetime, channels: list, open_ale
         current = {c.key: c for c in open_alerts}
         for c in current.values():
             if c.key in known and known[c.key][1] is None:
-                con.execute("UPDATE notify_conditions SET body = ?, last_seen = ? WHERE key = ?",
-                            [c.to_json(), now, c.key])
+                con.execute(
+                    "UPDATE notify_conditions SET body = ?, last_seen = ? WHERE key = ?", [c.to_json(), now, c.key]
+                )
             else:
                 open_condition(c)
         for key, (one_shot, resolved_at) in known.items():
@@ -97,11 +93,14 @@ def plan(con: duckdb.DuckDBPyConnection, now: datetime, channels: list, open_ale
                 # Resolved goes where firing went; a firing message not yet through is dropped.
                 con.execute(
                     "UPDATE notify_deliveries SET status = CASE WHEN delivered_at IS NULL THEN 'cancelled' "
-                    "ELSE 'delivered' END WHERE key = ? AND phase = ? AND status = 'pending'", [key, FIRING])
+                    "ELSE 'delivered' END WHERE key = ? AND phase = ? AND status = 'pending'",
+                    [key, FIRING],
+                )
                 con.execute(
                     "INSERT INTO notify_deliveries SELECT key, channel, ?, 'pending', 0, ?, NULL, NULL, NULL "
                     "FROM notify_deliveries WHERE key = ? AND phase = ? AND delivered_at IS NOT NULL",
-                    [RESOLVED, now, key, FIRING])
+                    [RESOLVED, now, key, FIRING],
+                )
                 resolved.append(key)
     # Every open condition (and every new event) has a firing row per channel, including a channel
     # configured after the condition opened.
@@ -111,13 +110,23 @@ def plan(con: duckdb.DuckDBPyConnection, now: datetime, channels: list, open_ale
             "FROM notify_conditions c "
             "WHERE (c.resolved_at IS NULL AND NOT c.one_shot OR c.one_shot AND c.opened_at = ?) "
             "AND NOT EXISTS (SELECT 1 FROM notify_deliveries d WHERE d.key = c.key AND d.channel = ? AND d.phase = ?)",
-            [ch.name, FIRING, now, now, ch.name, FIRING])
-    con.execute("UPDATE notify_deliveries SET status = 'expired' WHERE status = 'pending' AND delivered_at IS NULL "
-                "AND created_at < ?", [now - GIVE_UP])
-    con.execute("DELETE FROM notify_deliveries WHERE key IN (SELECT key FROM notify_conditions "
-                "WHERE (one_shot OR resolved_at IS NOT NULL) AND coalesce(resolved_at, opened_at) < ?)", [now - KEEP])
-    con.execute("DELETE FROM notify_conditions WHERE (one_shot OR resolved_at IS NOT NULL) "
-                "AND coalesce(resolved_at, opened_at) < ?", [now - KEEP])
+            [ch.name, FIRING, now, now, ch.name, FIRING],
+        )
+    con.execute(
+        "UPDATE notify_deliveries SET status = 'expired' WHERE status = 'pending' AND delivered_at IS NULL "
+        "AND created_at < ?",
+        [now - GIVE_UP],
+    )
+    con.execute(
+        "DELETE FROM notify_deliveries WHERE key IN (SELECT key FROM notify_conditions "
+        "WHERE (one_shot OR resolved_at IS NOT NULL) AND coalesce(resolved_at, opened_at) < ?)",
+        [now - KEEP],
+    )
+    con.execute(
+        "DELETE FROM notify_conditions WHERE (one_shot OR resolved_at IS NOT NULL) "
+        "AND coalesce(resolved_at, opened_at) < ?",
+        [now - KEEP],
+    )
     return due(con, now, channels), opened, resolved
 
 
@@ -128,7 +137,9 @@ def due(con: duckdb.DuckDBPyConnection, now: datetime, channels: list) -> list[W
         "SELECT c.body, d.channel, d.phase, c.opened_at, c.resolved_at, d.status, d.delivered_at "
         "FROM notify_deliveries d JOIN notify_conditions c USING (key) "
         "WHERE d.status = 'pending' OR d.status = 'delivered' AND d.phase = ? AND c.resolved_at IS NULL "
-        "AND NOT c.one_shot ORDER BY c.opened_at, c.key, d.phase", [FIRING]).fetchall()
+        "AND NOT c.one_shot ORDER BY c.opened_at, c.key, d.phase",
+        [FIRING],
+    ).fetchall()
     names = {ch.name for ch in channels}
     out = []
     for body, channel, phase, opened_at, resolved_at, status, delivered_at in rows:
@@ -149,4 +160,5 @@ def record(con: duckdb.DuckDBPyConnection, now: datetime, outcomes: list[tuple[W
             "UPDATE notify_deliveries SET status = ?, attempts = attempts + 1, last_attempt_at = ?, "
             "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, last_error = ? "
             "WHERE key = ? AND channel = ? AND phase = ? AND status IN ('pending', 'delivered')",
-            [status, now, status, now, error, work.condition.key, work.channel, work.phase])
+            [status, now, status, now, error, work.condition.key, work.channel, work.phase],
+        )

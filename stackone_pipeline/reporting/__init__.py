@@ -1,16 +1,16 @@
 """The `report` command: the guide's key metrics for a time window, as text and as HTML.
 
-Reads the analytics tables through `Warehouse.reader()` (read-only; it waits only while a write
+Reads the analytics tables through the warehouse reader (read-only; it waits only while a write
 is in progress). Both functions take a UTC window [start, end), widened to whole hours.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
-from ..analytics.thresholds import Thresholds
+from ..lake import write_atomically
+from ..settings import Thresholds
 from .html import render
 from .metrics import ReportData, ReportError, key_metrics, load
 from .text import summary, table
@@ -28,14 +28,12 @@ def run_report(
     """Write the HTML report to `html_path` (skipped when None); return the key-metrics table as text."""
     metrics = key_metrics(load(data_dir, start, end, thresholds))
     if html_path is not None:
-        path = Path(html_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(metrics), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(Path(html_path), render(metrics).encode())
     return table(metrics)
 
 
-def summary_lines(data_dir: Path | str, start: datetime, end: datetime, thresholds: Thresholds | None = None) -> list[str]:
+def summary_lines(
+    data_dir: Path | str, start: datetime, end: datetime, thresholds: Thresholds | None = None
+) -> list[str]:
     """A few headline figures of the window (for the end of `stackone-pipeline demo`)."""
     return summary(key_metrics(load(data_dir, start, end, thresholds)))

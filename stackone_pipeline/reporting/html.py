@@ -40,61 +40,157 @@ def render(m: KeyMetrics) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>StackOne request logs: {d.start:%Y-%m-%d %H:%M} to {d.end:%Y-%m-%d %H:%M} UTC</h1>",
         "<h2>Key metrics</h2>",
-        _table(("Metric", "Query pattern", "Alert threshold", "This window", "Status"),
-               [(a, b, c, dd, f'<span class="{e}">{escape(e)}</span>') for a, b, c, dd, e in rows(m)], raw_last=True),
+        _table(
+            ("Metric", "Query pattern", "Alert threshold", "This window", "Status"),
+            [(a, b, c, dd, f'<span class="{e}">{escape(e)}</span>') for a, b, c, dd, e in rows(m)],
+            raw_last=True,
+        ),
     ]
     # 1. error rate per provider (hourly) + overall, and overall per 5-minute bucket
     by_provider = {n: [(p["hour"] + HALF, p["error_rate"]) for p in d.providers if p["provider"] == n] for n in names}
     overall_hourly = [(h["hour"] + HALF, h["error_rate"]) for h in d.hours]
-    chart = Chart("Error rate per provider (hourly)", d.start, d.end, _pct, threshold=t.provider_error_rate,
-                  threshold_label=f"alert: provider > {t.provider_error_rate:.0%}")
+    chart = Chart(
+        "Error rate per provider (hourly)",
+        d.start,
+        d.end,
+        _pct,
+        threshold=t.provider_error_rate,
+        threshold_label=f"alert: provider > {t.provider_error_rate:.0%}",
+    )
     chart.series = [Series(n, pts, colour[n]) for n, pts in by_provider.items()]
     chart.series.append(Series("all providers", overall_hourly, "#000", width=2.5))
-    parts += ["<h2>Error rate per provider</h2>", chart.render(),
-              legend([(n, colour[n]) for n in names] + [("all providers", "#000")])]
-    five = Chart("Error rate, all providers, per 5-minute bucket", d.start, d.end, _pct,
-                 threshold=t.error_rate_5m, threshold_label=f"alert: > {t.error_rate_5m:.0%} over 5 min")
-    five.series = [Series("all providers", [(b["bucket_start"], b["error_rate"]) for b in d.buckets], "#000",
-                          max_gap=FIVE_MIN)]
-    five.markers = [Marker(b["bucket_start"], b["error_rate"], f"{b['bucket_start']:%Y-%m-%d %H:%M} "
-                           f"{b['error_rate']:.2%} ({b['errors']}/{b['requests']})") for b in m.buckets_above]
+    parts += [
+        "<h2>Error rate per provider</h2>",
+        chart.render(),
+        legend([(n, colour[n]) for n in names] + [("all providers", "#000")]),
+    ]
+    five = Chart(
+        "Error rate, all providers, per 5-minute bucket",
+        d.start,
+        d.end,
+        _pct,
+        threshold=t.error_rate_5m,
+        threshold_label=f"alert: > {t.error_rate_5m:.0%} over 5 min",
+    )
+    five.series = [
+        Series("all providers", [(b["bucket_start"], b["error_rate"]) for b in d.buckets], "#000", max_gap=FIVE_MIN)
+    ]
+    five.markers = [
+        Marker(
+            b["bucket_start"],
+            b["error_rate"],
+            f"{b['bucket_start']:%Y-%m-%d %H:%M} {b['error_rate']:.2%} ({b['errors']}/{b['requests']})",
+        )
+        for b in m.buckets_above
+    ]
     parts.append(five.render())
     # 2. p95 latency
-    p95 = Chart("p95 latency per provider (hourly)", d.start, d.end, lambda v: f"{v:,.0f} ms",
-                threshold=t.p95_ms, threshold_label=f"alert: > {t.p95_ms:,.0f} ms")
-    p95.series = [Series(n, [(p["hour"] + HALF, p["p95_ms"]) for p in d.providers if p["provider"] == n], colour[n])
-                  for n in names]
+    p95 = Chart(
+        "p95 latency per provider (hourly)",
+        d.start,
+        d.end,
+        lambda v: f"{v:,.0f} ms",
+        threshold=t.p95_ms,
+        threshold_label=f"alert: > {t.p95_ms:,.0f} ms",
+    )
+    p95.series = [
+        Series(n, [(p["hour"] + HALF, p["p95_ms"]) for p in d.providers if p["provider"] == n], colour[n])
+        for n in names
+    ]
     p95.series.append(Series("all providers", [(h["hour"] + HALF, h["p95_ms"]) for h in d.hours], "#000", width=2.5))
-    parts += ["<h2>p95 latency</h2>", p95.render(),
-              legend([(n, colour[n]) for n in names] + [("all providers", "#000")])]
+    parts += [
+        "<h2>p95 latency</h2>",
+        p95.render(),
+        legend([(n, colour[n]) for n in names] + [("all providers", "#000")]),
+    ]
     # 3. request volume, baseline, anomalies
     vol = Chart("Requests per hour", d.start, d.end, lambda v: f"{v:,.0f}")
-    vol.bars = [Bar(h["hour"], h["hour"] + HOUR, h["requests"], "#9ecae1" if h["score"] is not None else "#d9d9d9",
-                    f"{h['hour']:%Y-%m-%d %H:%M}: {h['requests']:,} requests" + (
-                        f", baseline {h['baseline']:,.0f}, score {h['score']:+.1f}" if h["score"] is not None
-                        else " (not scored)")) for h in d.hours]
-    vol.series = [Series("baseline (median of same hour, prior days)",
-                         [(h["hour"] + HALF, h["baseline"]) for h in d.hours], "#08519c", dash="5 3")]
-    vol.markers = [Marker(h["hour"] + HALF, h["requests"], f"anomaly {h['hour']:%Y-%m-%d %H:%M}: "
-                          f"{h['requests']:,} vs {h['baseline']:,.0f} (score {h['score']:+.1f})") for h in m.anomalies]
-    parts += ["<h2>Request volume</h2>", vol.render(),
-              legend([("requests (scored)", "#9ecae1"), ("requests (not enough history)", "#d9d9d9"),
-                      ("baseline", "#08519c"), ("anomaly", "#d62728")])]
+    vol.bars = [
+        Bar(
+            h["hour"],
+            h["hour"] + HOUR,
+            h["requests"],
+            "#9ecae1" if h["score"] is not None else "#d9d9d9",
+            f"{h['hour']:%Y-%m-%d %H:%M}: {h['requests']:,} requests"
+            + (
+                f", baseline {h['baseline']:,.0f}, score {h['score']:+.1f}"
+                if h["score"] is not None
+                else " (not scored)"
+            ),
+        )
+        for h in d.hours
+    ]
+    vol.series = [
+        Series(
+            "baseline (median of same hour, prior days)",
+            [(h["hour"] + HALF, h["baseline"]) for h in d.hours],
+            "#08519c",
+            dash="5 3",
+        )
+    ]
+    vol.markers = [
+        Marker(
+            h["hour"] + HALF,
+            h["requests"],
+            f"anomaly {h['hour']:%Y-%m-%d %H:%M}: {h['requests']:,} vs {h['baseline']:,.0f} (score {h['score']:+.1f})",
+        )
+        for h in m.anomalies
+    ]
+    parts += [
+        "<h2>Request volume</h2>",
+        vol.render(),
+        legend(
+            [
+                ("requests (scored)", "#9ecae1"),
+                ("requests (not enough history)", "#d9d9d9"),
+                ("baseline", "#08519c"),
+                ("anomaly", "#d62728"),
+            ]
+        ),
+    ]
     # failing details
     parts.append("<h2>Unhealthy provider-hours</h2>")
     bad = [p for p in d.providers if p["error_rate"] > t.provider_error_rate]
-    parts.append(_table(("hour (UTC)", "provider", "requests", "errors", "error rate", "p95 ms"),
-                        [(f"{p['hour']:%Y-%m-%d %H:%M}", p["provider"], f"{p['requests']:,}", f"{p['errors']:,}",
-                          f"{p['error_rate']:.2%}", "n/a" if p["p95_ms"] is None else f"{p['p95_ms']:,.0f}")
-                         for p in bad]) if bad else '<p class="note">none</p>')
+    parts.append(
+        _table(
+            ("hour (UTC)", "provider", "requests", "errors", "error rate", "p95 ms"),
+            [
+                (
+                    f"{p['hour']:%Y-%m-%d %H:%M}",
+                    p["provider"],
+                    f"{p['requests']:,}",
+                    f"{p['errors']:,}",
+                    f"{p['error_rate']:.2%}",
+                    "n/a" if p["p95_ms"] is None else f"{p['p95_ms']:,.0f}",
+                )
+                for p in bad
+            ],
+        )
+        if bad
+        else '<p class="note">none</p>'
+    )
     parts.append("<h2>5-minute buckets above the error-rate threshold</h2>")
-    parts.append(_table(("bucket (UTC)", "requests", "errors", "error rate"),
-                        [(f"{b['bucket_start']:%Y-%m-%d %H:%M}", f"{b['requests']:,}", f"{b['errors']:,}",
-                          f"{b['error_rate']:.2%}") for b in m.buckets_above])
-                 if m.buckets_above else '<p class="note">none</p>')
-    parts.append('<p class="note">Errors are status &gt;= 400 or timeouts (no status, success false). '
-                 "Percentiles are continuous. Volume is scored against the median and MAD of the same hour "
-                 "on up to 28 prior days and needs 7 of them. Source: warehouse.duckdb analytics tables.</p>")
+    parts.append(
+        _table(
+            ("bucket (UTC)", "requests", "errors", "error rate"),
+            [
+                (
+                    f"{b['bucket_start']:%Y-%m-%d %H:%M}",
+                    f"{b['requests']:,}",
+                    f"{b['errors']:,}",
+                    f"{b['error_rate']:.2%}",
+                )
+                for b in m.buckets_above
+            ],
+        )
+        if m.buckets_above
+        else '<p class="note">none</p>'
+    )
+    parts.append(
+        '<p class="note">Errors are status &gt;= 400 or timeouts (no status, success false). '
+        "Percentiles are continuous. Volume is scored against the median and MAD of the same hour "
+        "on up to 28 prior days and needs 7 of them. Source: warehouse.duckdb analytics tables.</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 

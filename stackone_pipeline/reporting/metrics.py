@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -12,10 +12,9 @@ from pathlib import Path
 import duckdb
 
 from ..analytics.tables import MIN_HISTORY_DAYS
-from ..analytics.thresholds import Thresholds
-from ..warehouse.duckdb_store import Warehouse
-
-HOUR = timedelta(hours=1)
+from ..partitions import HOUR, ceil_hour, floor_hour
+from ..settings import Thresholds
+from ..storage import Storage
 
 
 class ReportError(RuntimeError):
@@ -32,10 +31,7 @@ def window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     (an `end` on an hour boundary stays exclusive)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware")
-    s = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    e = end.astimezone(timezone.utc)
-    e_floor = e.replace(minute=0, second=0, microsecond=0)
-    e = e_floor if e == e_floor else e_floor + HOUR
+    s, e = floor_hour(start), ceil_hour(end)
     if e <= s:
         raise ValueError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
     return s, e
@@ -56,9 +52,9 @@ class ReportData:
 
 
 def load(data_dir: Path | str, start: datetime, end: datetime, thresholds: Thresholds | None = None) -> ReportData:
-    """The window's rows of the analytics tables, read through `Warehouse.reader()`."""
+    """The window's rows of the analytics tables, read through the warehouse reader."""
     s, e = window(start, end)
-    warehouse = Warehouse(data_dir)
+    warehouse = Storage(data_dir).warehouse
     if not warehouse.path.exists():
         raise ReportError(f"no warehouse at {warehouse.path}: ingest some hours first")
     data = ReportData(s, e, thresholds or Thresholds())

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html import escape
-from typing import Callable
 
 PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#7b4173", "#3182bd", "#e6550d",
-)  # fmt: skip
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#ad494a",
+    "#637939",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+)
 _TICK_STEPS = [timedelta(minutes=m) for m in (15, 30)] + [timedelta(hours=h) for h in (1, 2, 3, 6, 12, 24, 48, 168)]
 
 
@@ -83,8 +97,12 @@ class Chart:
         ]
         for i in range(6):  # horizontal grid and y labels
             v = y_max * i / 5
-            out.append(f'<line x1="{self.left}" x2="{self.left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>')
-            out.append(f'<text x="{self.left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{escape(self.y_format(v))}</text>')
+            out.append(
+                f'<line x1="{self.left}" x2="{self.left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>'
+            )
+            out.append(
+                f'<text x="{self.left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{escape(self.y_format(v))}</text>'
+            )
         step = next((s for s in _TICK_STEPS if span / s.total_seconds() <= 12), _TICK_STEPS[-1])
         fmt = "%H:%M" if span <= 2 * 86400 else "%m-%d %H:%M"
         t = _ceil_time(self.start, step)
@@ -95,27 +113,39 @@ class Chart:
         out.append(f'<text x="{self.left + pw}" y="{self.height - 6}" text-anchor="end" fill="#666">UTC</text>')
         for b in self.bars:
             x0, x1 = x(b.start), x(b.end)
-            out.append(f'<rect x="{x0 + 0.5:.1f}" y="{y(b.value):.1f}" width="{max(x1 - x0 - 1, 0.5):.1f}" '
-                       f'height="{y(0) - y(b.value):.1f}" fill="{b.color}"><title>{escape(b.title)}</title></rect>')
+            out.append(
+                f'<rect x="{x0 + 0.5:.1f}" y="{y(b.value):.1f}" width="{max(x1 - x0 - 1, 0.5):.1f}" '
+                f'height="{y(0) - y(b.value):.1f}" fill="{b.color}"><title>{escape(b.title)}</title></rect>'
+            )
         for s in self.series:
             for run in _runs(s.points, s.max_gap):
                 pts = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in run)
                 dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
                 if len(run) == 1:
-                    out.append(f'<circle cx="{x(run[0][0]):.1f}" cy="{y(run[0][1]):.1f}" r="2" fill="{s.color}">'
-                               f"<title>{escape(s.name)}</title></circle>")
+                    out.append(
+                        f'<circle cx="{x(run[0][0]):.1f}" cy="{y(run[0][1]):.1f}" r="2" fill="{s.color}">'
+                        f"<title>{escape(s.name)}</title></circle>"
+                    )
                 else:
-                    out.append(f'<polyline points="{pts}" fill="none" stroke="{s.color}" stroke-width="{s.width}"{dash}>'
-                               f"<title>{escape(s.name)}</title></polyline>")
+                    out.append(
+                        f'<polyline points="{pts}" fill="none" stroke="{s.color}" stroke-width="{s.width}"{dash}>'
+                        f"<title>{escape(s.name)}</title></polyline>"
+                    )
         if self.threshold is not None:
             ty = y(self.threshold)
-            out.append(f'<line x1="{self.left}" x2="{self.left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" '
-                       'stroke="#d62728" stroke-dasharray="6 4"/>')
-            out.append(f'<text x="{self.left + pw - 4}" y="{ty - 4:.1f}" text-anchor="end" fill="#d62728">'
-                       f"{escape(self.threshold_label)}</text>")
+            out.append(
+                f'<line x1="{self.left}" x2="{self.left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                'stroke="#d62728" stroke-dasharray="6 4"/>'
+            )
+            out.append(
+                f'<text x="{self.left + pw - 4}" y="{ty - 4:.1f}" text-anchor="end" fill="#d62728">'
+                f"{escape(self.threshold_label)}</text>"
+            )
         for m in self.markers:
-            out.append(f'<circle cx="{x(m.at):.1f}" cy="{y(m.value):.1f}" r="5" fill="none" stroke="{m.color}" '
-                       f'stroke-width="2"><title>{escape(m.title)}</title></circle>')
+            out.append(
+                f'<circle cx="{x(m.at):.1f}" cy="{y(m.value):.1f}" r="5" fill="none" stroke="{m.color}" '
+                f'stroke-width="2"><title>{escape(m.title)}</title></circle>'
+            )
         out.append(f'<rect x="{self.left}" y="{self.top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
         out.append("</svg>")
         return "\n".join(out)
@@ -123,8 +153,11 @@ class Chart:
 
 def legend(items: list[tuple[str, str]]) -> str:
     """HTML legend: colour swatch + name."""
-    return '<div class="legend">' + "".join(
-        f'<span><i style="background:{c}"></i>{escape(n)}</span>' for n, c in items) + "</div>"
+    return (
+        '<div class="legend">'
+        + "".join(f'<span><i style="background:{c}"></i>{escape(n)}</span>' for n, c in items)
+        + "</div>"
+    )
 
 
 def _runs(points, max_gap: timedelta):

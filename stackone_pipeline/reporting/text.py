@@ -28,39 +28,72 @@ def rows(m: KeyMetrics) -> list[tuple[str, str, str, str, str]]:
     if m.worst_bucket is None:
         err = "no requests"
     else:
-        err = (f"overall {_pct(m.error_rate)}; worst 5-min bucket {_pct(m.worst_bucket['error_rate'])} "
-               f"at {_t(m.worst_bucket['bucket_start'])}; {len(m.buckets_above)} of {m.buckets} buckets above")
+        err = (
+            f"overall {_pct(m.error_rate)}; worst 5-min bucket {_pct(m.worst_bucket['error_rate'])} "
+            f"at {_t(m.worst_bucket['bucket_start'])}; {len(m.buckets_above)} of {m.buckets} buckets above"
+        )
     if m.worst_p95_hour is None:
         p95 = "no requests"
     else:
-        p95 = (f"worst hour {m.worst_p95_hour['p95_ms']:,.0f} ms at {_t(m.worst_p95_hour['hour'])} "
-               f"({len(m.hours_p95_above)} hour(s) above)")
+        p95 = (
+            f"worst hour {m.worst_p95_hour['p95_ms']:,.0f} ms at {_t(m.worst_p95_hour['hour'])} "
+            f"({len(m.hours_p95_above)} hour(s) above)"
+        )
         if m.slow_providers:
             p95 += "; providers above: " + _listing(
-                m.slow_providers, lambda k, w: f"{k} {w.count} h, worst {w.value:,.0f} ms")
-    health = "all providers healthy" if not m.unhealthy_providers else "unhealthy: " + _listing(
-        m.unhealthy_providers, lambda k, w: f"{k} {w.count} h, worst {_pct(w.value)} at {_t(w.at)}")
+                m.slow_providers, lambda k, w: f"{k} {w.count} h, worst {w.value:,.0f} ms"
+            )
+    health = (
+        "all providers healthy"
+        if not m.unhealthy_providers
+        else "unhealthy: "
+        + _listing(m.unhealthy_providers, lambda k, w: f"{k} {w.count} h, worst {_pct(w.value)} at {_t(w.at)}")
+    )
     if m.anomalies:
         vol = "anomalies: " + "; ".join(
-            f"{_t(h['hour'])} {h['requests']:,} vs {h['baseline']:,.0f} (score {h['score']:+.1f})" for h in m.anomalies[:4])
+            f"{_t(h['hour'])} {h['requests']:,} vs {h['baseline']:,.0f} (score {h['score']:+.1f})"
+            for h in m.anomalies[:4]
+        )
         vol += f" and {len(m.anomalies) - 4} more" if len(m.anomalies) > 4 else ""
     else:
         vol = "no anomalies"
     note = volume_note(m)
-    vol = f"{m.requests:,} requests in {m.hours_with_data} of {m.data.window_hours} hours; {vol}" + (f"; {note}" if note else "")
+    vol = f"{m.requests:,} requests in {m.hours_with_data} of {m.data.window_hours} hours; {vol}" + (
+        f"; {note}" if note else ""
+    )
 
     def status(bad: bool) -> str:
         return t.severity if bad else "OK"
 
     return [
-        ("Error Rate", "status >= 400 or timeout, per 5 min", f"> {t.error_rate_5m:.0%} over 5 min", err,
-         status(bool(m.buckets_above))),
-        ("P95 Latency", "percentile_cont(duration, 0.95), per hour", f"> {t.p95_ms:,.0f} ms", p95,
-         status(bool(m.hours_p95_above or m.slow_providers))),
-        ("Provider Health", "group by provider, status", f"any provider > {t.provider_error_rate:.0%} errors", health,
-         status(bool(m.unhealthy_providers))),
-        ("Request Volume", "count by hour vs same hour, prior days", f"abs(robust z) > {t.volume_score:g}", vol,
-         status(bool(m.anomalies))),
+        (
+            "Error Rate",
+            "status >= 400 or timeout, per 5 min",
+            f"> {t.error_rate_5m:.0%} over 5 min",
+            err,
+            status(bool(m.buckets_above)),
+        ),
+        (
+            "P95 Latency",
+            "percentile_cont(duration, 0.95), per hour",
+            f"> {t.p95_ms:,.0f} ms",
+            p95,
+            status(bool(m.hours_p95_above or m.slow_providers)),
+        ),
+        (
+            "Provider Health",
+            "group by provider, status",
+            f"any provider > {t.provider_error_rate:.0%} errors",
+            health,
+            status(bool(m.unhealthy_providers)),
+        ),
+        (
+            "Request Volume",
+            "count by hour vs same hour, prior days",
+            f"abs(robust z) > {t.volume_score:g}",
+            vol,
+            status(bool(m.anomalies)),
+        ),
     ]
 
 
@@ -91,15 +124,20 @@ def summary(m: KeyMetrics) -> list[str]:
     t = m.data.thresholds
     if not m.requests:
         return [f"no requests between {_t(m.data.start)} and {_t(m.data.end)} UTC"]
-    lines = [f"requests: {m.requests:,} in {m.hours_with_data} hour(s), {_t(m.data.start)} .. {_t(m.data.end)} UTC; "
-             f"error rate {_pct(m.error_rate)}"]
+    lines = [
+        f"requests: {m.requests:,} in {m.hours_with_data} hour(s), {_t(m.data.start)} .. {_t(m.data.end)} UTC; "
+        f"error rate {_pct(m.error_rate)}"
+    ]
     wb = m.worst_bucket
-    lines.append(f"worst 5-minute error rate: {_pct(wb['error_rate'])} at {_t(wb['bucket_start'])} "
-                 f"({len(m.buckets_above)} bucket(s) above {t.error_rate_5m:.0%})")
+    lines.append(
+        f"worst 5-minute error rate: {_pct(wb['error_rate'])} at {_t(wb['bucket_start'])} "
+        f"({len(m.buckets_above)} bucket(s) above {t.error_rate_5m:.0%})"
+    )
     if m.worst_p95_hour is not None:
         slow = ", ".join(m.slow_providers) or "none"
-        lines.append(f"p95 latency: worst hour {m.worst_p95_hour['p95_ms']:,.0f} ms; "
-                     f"providers above {t.p95_ms:,.0f} ms: {slow}")
+        lines.append(
+            f"p95 latency: worst hour {m.worst_p95_hour['p95_ms']:,.0f} ms; providers above {t.p95_ms:,.0f} ms: {slow}"
+        )
     unhealthy = ", ".join(f"{k} ({w.count} h)" for k, w in m.unhealthy_providers.items()) or "none"
     lines.append(f"providers above {t.provider_error_rate:.0%} errors in an hour: {unhealthy}")
     note = volume_note(m)

@@ -14,6 +14,7 @@ Prefetch: after sending a page the server renders the page behind the cursor it 
 issued on a worker thread, so an out-of-process client's parse overlaps our render.
 Pages are pure functions of (cursor, query, fault view), so this is invisible.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,10 +22,11 @@ import binascii
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -41,6 +43,7 @@ _JSON = "application/json"
 
 class _View(NamedTuple):
     """The fault switches that shape rendering, frozen per request (part of prefetch keys)."""
+
     secrets: bool
     offsets: bool
     camel: bool
@@ -53,7 +56,7 @@ class Response:
     status: int
     body: bytes
     headers: dict[str, str]
-    after: Callable[[], None] | None = None   # run by the HTTP layer after sending
+    after: Callable[[], None] | None = None  # run by the HTTP layer after sending
 
 
 def json_response(status: int, obj: Any, **headers: str) -> Response:
@@ -66,8 +69,14 @@ class Simulator:
     def __init__(self, config: SimulatorConfig):
         self.config = config
         self.faults = config.faults
-        self.traffic = Traffic(config.seed, config.rows_per_hour, config.diurnal,
-                               config.burst_hour_utc, config.slow_provider, config.spike_hours)
+        self.traffic = Traffic(
+            config.seed,
+            config.rows_per_hour,
+            config.diurnal,
+            config.burst_hour_utc,
+            config.slow_provider,
+            config.spike_hours,
+        )
         self.builder = RecordBuilder(self.traffic)
         self.codec = CursorCodec()
         self.stats = Stats()
@@ -78,7 +87,7 @@ class Simulator:
         self._walk_frac: dict[int, float] = {}
         self._first_walk: dict[int, int] = {}
         self._sorted: OrderedDict[tuple, list[Core]] = OrderedDict()
-        self._generation = 0   # bumped by reset(): prefetched pages from before are void
+        self._generation = 0  # bumped by reset(): prefetched pages from before are void
         self._ahead: dict[tuple, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-prefetch")
 
@@ -123,7 +132,7 @@ class Simulator:
             if path.rstrip("/") == "/requests/logs":
                 resp = self.list_logs(params)
             else:
-                resp = self.get_log(path[len("/requests/logs/"):], params)
+                resp = self.get_log(path[len("/requests/logs/") :], params)
         except ApiError as exc:
             return json_response(exc.status, {"message": exc.message})
         if resp.status == 200:
@@ -154,7 +163,7 @@ class Simulator:
             resp.after = lambda: self._prefetch(nxt, q, view)
         return resp
 
-    def _page(self, q: Query, st: list, view: "_View") -> tuple[bytes, str | None]:
+    def _page(self, q: Query, st: list, view: _View) -> tuple[bytes, str | None]:
         """Body and next cursor of the page at cursor state ``st`` (a bare head = first page)."""
         walk, s, e = st[2], st[3], st[4]
         first = len(st) == 5
@@ -163,7 +172,7 @@ class Simulator:
         if q.order_by != "eventDatetime" or q.request_ids is not None:
             items = self._sorted_items(q, walk, s, e, boundary, hidden)
             off = 0 if first else st[6]
-            page = items[off: off + q.page_size]
+            page = items[off : off + q.page_size]
             end = off + len(page)
             nxt = self.codec.encode(head + [1, end, end - 1]) if end < len(items) else None
             prev = None if first or not 0 <= st[7] < len(items) else items[st[7]]
@@ -177,10 +186,10 @@ class Simulator:
         if prev is not None and view.repeat:
             page = [prev, *page]
         data = ",".join([self._render(c, q.steps, view) for c in page])
-        tail = f'"{nxt}"' if nxt else "null"   # cursors are base64url: no escaping needed
+        tail = f'"{nxt}"' if nxt else "null"  # cursors are base64url: no escaping needed
         return f'{{"data":[{data}],"next":{tail}}}'.encode(), nxt
 
-    def _prefetch(self, token: str, q: Query, view: "_View") -> None:
+    def _prefetch(self, token: str, q: Query, view: _View) -> None:
         """Render the page behind a cursor just handed out while the client digests this one."""
         key = (token, q.key, q.page_size, q.steps, view, self._generation)
         st = self.codec.decode(token)
@@ -189,7 +198,7 @@ class Simulator:
                 self._ahead.pop(next(iter(self._ahead))).cancel()
             try:
                 self._ahead[key] = self._pool.submit(self._page, q, st, view)
-            except RuntimeError:   # closed: simply no prefetch
+            except RuntimeError:  # closed: simply no prefetch
                 pass
 
     def _prefetched(self, key: tuple) -> tuple[bytes, str | None] | None:
@@ -199,27 +208,25 @@ class Simulator:
             return None
         try:
             return fut.result()
-        except Exception:   # cancelled or failed: the caller renders it itself
+        except Exception:  # cancelled or failed: the caller renders it itself
             return None
 
     def _decode(self, token: str, q: Query) -> list:
         try:
             st = self.codec.decode(token)
-            ok = (len(st) in (8, 10) and st[0] == 1 and st[1] == q.key
-                  and all(isinstance(v, int) for v in st))
+            ok = len(st) in (8, 10) and st[0] == 1 and st[1] == q.key and all(isinstance(v, int) for v in st)
         except InvalidCursor:
             ok = False
         if not ok:
             raise ApiError(400, "invalid cursor")
         return st
 
-    def _render(self, c: Core, steps: bool, view: "_View") -> str:
+    def _render(self, c: Core, steps: bool, view: _View) -> str:
         text = self.builder.render(c, view.secrets, steps, view.offsets)
         return orjson.dumps(camelize(orjson.loads(text))).decode() if view.camel else text
 
-    def _sorted_items(self, q: Query, walk: int, s: int, e: int, boundary: bool,
-                      hidden: Hidden) -> list[Core]:
-        key = (q.key, walk, s, e, boundary)   # later pages of a walk reuse the sorted window
+    def _sorted_items(self, q: Query, walk: int, s: int, e: int, boundary: bool, hidden: Hidden) -> list[Core]:
+        key = (q.key, walk, s, e, boundary)  # later pages of a walk reuse the sorted window
         with self._lock:
             items = self._sorted.get(key)
             if items is not None:
@@ -242,7 +249,7 @@ class Simulator:
             walk = self._walk_seq
             self._walk_frac[walk] = frac
             for h in range(s // H_MS, e // H_MS + 1):
-                if s < (h + 1) * H_MS and e > h * H_MS:   # a walk touching only HH:00:00.000 does not count
+                if s < (h + 1) * H_MS and e > h * H_MS:  # a walk touching only HH:00:00.000 does not count
                     self._first_walk.setdefault(h, walk)
         return walk
 

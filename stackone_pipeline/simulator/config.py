@@ -1,12 +1,14 @@
 """Simulator configuration, runtime faults, request statistics and the rate limiter."""
+
 from __future__ import annotations
 
 import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_API_KEY = "v1.sim.stackone-simulator-key"
 
@@ -14,17 +16,18 @@ DEFAULT_API_KEY = "v1.sim.stackone-simulator-key"
 @dataclass
 class Faults:
     """Misbehaviours to inject; all off by default and safe to flip between requests."""
-    status_429_every: int = 0        # every Nth API request -> 429 with Retry-After
-    retry_after_s: int = 1           # Retry-After of those fault 429s
-    status_503_every: int = 0        # every Nth API request -> 503 JSON error
-    truncate_every: int = 0          # every Nth -> 200 with the body cut in half
-    malformed_every: int = 0         # every Nth -> 200 {"data": "oops", "next": 12}
+
+    status_429_every: int = 0  # every Nth API request -> 429 with Retry-After
+    retry_after_s: int = 1  # Retry-After of those fault 429s
+    status_503_every: int = 0  # every Nth API request -> 503 JSON error
+    truncate_every: int = 0  # every Nth -> 200 with the body cut in half
+    malformed_every: int = 0  # every Nth -> 200 {"data": "oops", "next": 12}
     repeat_across_pages: bool = False  # later pages start with the previous page's last record
-    boundary_records: bool = False   # record 0 of every hour sits exactly on HH:00:00.000Z
-    late_fraction: float = 0.0       # share of an hour hidden from the first walk covering it
-    non_utc_offsets: bool = False    # same instants rendered at non-UTC offsets
-    camel_case: bool = False         # SDK-style camelCase keys instead of snake_case
-    secrets: bool = True             # credentials in logged headers / URLs (as in real life)
+    boundary_records: bool = False  # record 0 of every hour sits exactly on HH:00:00.000Z
+    late_fraction: float = 0.0  # share of an hour hidden from the first walk covering it
+    non_utc_offsets: bool = False  # same instants rendered at non-UTC offsets
+    camel_case: bool = False  # SDK-style camelCase keys instead of snake_case
+    secrets: bool = True  # credentials in logged headers / URLs (as in real life)
 
     def update(self, values: dict[str, Any]) -> None:
         """Set fields from a JSON-ish mapping, coercing to each field's type; unknown keys raise."""
@@ -45,20 +48,20 @@ class Faults:
 @dataclass
 class SimulatorConfig:
     seed: int = 42
-    rows_per_hour: int = 1200          # mean volume per hour
-    diurnal: bool = True               # smooth daily curve (+-5% noise); False = flat volume
+    rows_per_hour: int = 1200  # mean volume per hour
+    diurnal: bool = True  # smooth daily curve (+-5% noise); False = flat volume
     api_key: str = DEFAULT_API_KEY
-    forbidden_api_keys: tuple[str, ...] = ()   # valid-looking keys without access -> 403
+    forbidden_api_keys: tuple[str, ...] = ()  # valid-looking keys without access -> 403
     rate_limit_per_minute: int = 1000
     rate_limit_window_s: float = 60.0  # sliding window length (tests shrink it)
-    default_page_size: int = 25        # as the real API
-    max_page_size: int = 1000          # larger page_size is silently clamped
+    default_page_size: int = 25  # as the real API
+    max_page_size: int = 1000  # larger page_size is silently clamped
     retention_days: int = 90
-    burst_hour_utc: int = 14           # workday error burst HH:20-HH:35 of this UTC hour
+    burst_hour_utc: int = 14  # workday error burst HH:20-HH:35 of this UTC hour
     slow_provider: str = "successfactors"
     spike_hours: tuple[str, ...] = ()  # ISO hour starts with x5 volume
-    clock: Callable[[], float] = time.time   # "now" for retention and hiding the future
-    prefetch: bool = True              # render the page behind each issued cursor in the background
+    clock: Callable[[], float] = time.time  # "now" for retention and hiding the future
+    prefetch: bool = True  # render the page behind each issued cursor in the background
     faults: Faults = field(default_factory=Faults)
 
 
@@ -85,8 +88,10 @@ class Stats:
 
     def snapshot(self, events: bool = False) -> dict[str, Any]:
         with self._lock:
-            out: dict[str, Any] = {"total": self.total,
-                                   "by_status": {str(k): v for k, v in sorted(self.by_status.items())}}
+            out: dict[str, Any] = {
+                "total": self.total,
+                "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            }
             if events:
                 out["events"] = [list(e) for e in self.events]
             return out

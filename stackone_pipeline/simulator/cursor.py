@@ -5,6 +5,7 @@ secret, so clients cannot forge or edit one, and a cursor from an earlier simula
 process is rejected like any other garbage. The state carries a hash of the query it
 belongs to; the API layer rejects a cursor replayed with a different query.
 """
+
 from __future__ import annotations
 
 import base64

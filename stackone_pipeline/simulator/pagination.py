@@ -5,19 +5,21 @@ time window is an index range, so a page costs O(page_size) (plus a bounded scan
 when filters or hidden late records skip rows). Any other order materialises the
 window once and the caller pages it by offset.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .query import Query
 from .traffic import H_MS, Core, Traffic
 
-SCAN_BUDGET = 50_000   # raw records examined per page before answering a (legal) short page
+SCAN_BUDGET = 50_000  # raw records examined per page before answering a (legal) short page
 Hidden = Callable[[Core], bool] | None
 
 
-def time_page(t: Traffic, q: Query, s: int, e: int, pos: tuple[int, int] | None, boundary: bool,
-              hidden: Hidden) -> tuple[list[Core], tuple[int, int] | None]:
+def time_page(
+    t: Traffic, q: Query, s: int, e: int, pos: tuple[int, int] | None, boundary: bool, hidden: Hidden
+) -> tuple[list[Core], tuple[int, int] | None]:
     """Up to page_size cores of [s, e] in event order from ``pos``; returns (page, next position or None)."""
     asc, pred, size = q.asc, q.predicate, q.page_size
     hs, he = s // H_MS, e // H_MS
@@ -41,14 +43,14 @@ def time_page(t: Traffic, q: Query, s: int, e: int, pos: tuple[int, int] | None,
                 out.append(c)
         if lo <= i < hi:
             return out, (h, i)
-        h, i = h + step, -1   # hour exhausted: go on, so trailing empty hours do not cost a page
+        h, i = h + step, -1  # hour exhausted: go on, so trailing empty hours do not cost a page
     return out, None
 
 
 def sorted_cores(t: Traffic, q: Query, s: int, e: int, boundary: bool, hidden: Hidden) -> list[Core]:
     """Every matching core of [s, e] in the query's order (ties broken by event time, then index)."""
     found: list[Core] = []
-    if q.request_ids is not None:      # ids encode (hour, index): no scan needed
+    if q.request_ids is not None:  # ids encode (hour, index): no scan needed
         for h, i in q.request_ids:
             n = t.count(h)
             lo, hi = t.index_range(h, n, s, e, boundary)

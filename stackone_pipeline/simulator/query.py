@@ -1,17 +1,30 @@
 """Parse and validate list-logs query parameters (wire names) into a ``Query``."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
 
 from .traffic import PROVIDERS, SOURCE_TYPES, Core, Traffic
 
 ORDER_FIELDS = ("provider", "service", "status", "eventDatetime", "duration")
-LIST_FILTERS = ("account_ids", "providers", "services", "actions", "resources", "child_resources",
-                "sub_resources", "http_methods", "status_codes", "request_ids", "source_types",
-                "source_ids", "source_values")
+LIST_FILTERS = (
+    "account_ids",
+    "providers",
+    "services",
+    "actions",
+    "resources",
+    "child_resources",
+    "sub_resources",
+    "http_methods",
+    "status_codes",
+    "request_ids",
+    "source_types",
+    "source_ids",
+    "source_values",
+)
 
 
 class ApiError(Exception):
@@ -28,7 +41,7 @@ class Query:
     steps: bool
     start_ms: int | None
     end_ms: int | None
-    key: int                                  # identifies the query for cursor checks
+    key: int  # identifies the query for cursor checks
     predicate: Callable[[Core], bool] | None  # None = dates only (the O(page) path)
     request_ids: list[tuple[int, int]] | None
 
@@ -45,7 +58,7 @@ class Query:
 
 
 def _to_us(dt: datetime) -> int:
-    if dt.tzinfo is None:   # naive = UTC
+    if dt.tzinfo is None:  # naive = UTC
         dt = dt.replace(tzinfo=timezone.utc)
     delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -62,7 +75,7 @@ def _parse_dt(name: str, value: str, is_end: bool) -> int:
     except ValueError:
         raise ApiError(400, f"{name} must be an ISO-8601 date-time") from None
     us = _to_us(dt)
-    return us // 1000 if is_end else -(-us // 1000)   # end inclusive: floor; start: ceil
+    return us // 1000 if is_end else -(-us // 1000)  # end inclusive: floor; start: ceil
 
 
 def _csv(value: str) -> list[str]:
@@ -108,12 +121,22 @@ def parse_query(params: dict[str, str], config, traffic: Traffic) -> Query:
     canon = repr((start, end, order_by, direction, success, sorted((k, sorted(v)) for k, v in lists.items())))
     key = int.from_bytes(hashlib.sha256(canon.encode()).digest()[:6], "big")
     predicate, rids = _predicate(lists, statuses, success, traffic)
-    return Query(size, order_by, direction == "asc", "step_logs" in _csv(params.get("include", "")),
-                 start, end, key, predicate, rids)
+    return Query(
+        size,
+        order_by,
+        direction == "asc",
+        "step_logs" in _csv(params.get("include", "")),
+        start,
+        end,
+        key,
+        predicate,
+        rids,
+    )
 
 
-def _predicate(lists: dict[str, list[str]], statuses: frozenset[int] | None, success: bool | None,
-               t: Traffic) -> tuple[Callable[[Core], bool] | None, list[tuple[int, int]] | None]:
+def _predicate(
+    lists: dict[str, list[str]], statuses: frozenset[int] | None, success: bool | None, t: Traffic
+) -> tuple[Callable[[Core], bool] | None, list[tuple[int, int]] | None]:
     checks: list[Callable[[Core], bool]] = []
     if "account_ids" in lists:
         ids = set(lists["account_ids"])
@@ -121,16 +144,21 @@ def _predicate(lists: dict[str, list[str]], statuses: frozenset[int] | None, suc
         checks.append(lambda c: c.account in accs)
     # provider/service/action/... all follow from the action (an account has one provider)
     action_fields = {
-        "providers": lambda a: PROVIDERS[a.provider][0], "services": lambda a: PROVIDERS[a.provider][1],
-        "actions": lambda a: a.name, "resources": lambda a: a.resource,
-        "child_resources": lambda a: a.child_resource, "sub_resources": lambda a: a.sub_resource,
-        "http_methods": lambda a: a.method}
+        "providers": lambda a: PROVIDERS[a.provider][0],
+        "services": lambda a: PROVIDERS[a.provider][1],
+        "actions": lambda a: a.name,
+        "resources": lambda a: a.resource,
+        "child_resources": lambda a: a.child_resource,
+        "sub_resources": lambda a: a.sub_resource,
+        "http_methods": lambda a: a.method,
+    }
     wanted = {k: set(lists[k]) for k in action_fields if k in lists}
     if "http_methods" in wanted:
         wanted["http_methods"] = {m.upper() for m in wanted["http_methods"]}
     if wanted:
-        acts = frozenset(x for x, a in enumerate(t.actions)
-                         if all(action_fields[k](a) in vals for k, vals in wanted.items()))
+        acts = frozenset(
+            x for x, a in enumerate(t.actions) if all(action_fields[k](a) in vals for k, vals in wanted.items())
+        )
         checks.append(lambda c: c.action in acts)
     if statuses is not None:
         checks.append(lambda c: c.status in statuses)
@@ -142,8 +170,9 @@ def _predicate(lists: dict[str, list[str]], statuses: frozenset[int] | None, suc
     for name, pos in (("source_ids", 0), ("source_values", 1)):
         if name in lists:
             vals = set(lists[name])
-            pairs = frozenset((a, s) for a, row in enumerate(t.sources) for s, src in enumerate(row)
-                              if src[pos] in vals)
+            pairs = frozenset(
+                (a, s) for a, row in enumerate(t.sources) for s, src in enumerate(row) if src[pos] in vals
+            )
             checks.append(lambda c, pairs=pairs: (c.account, c.source_type) in pairs)
     rids = None
     if "request_ids" in lists:

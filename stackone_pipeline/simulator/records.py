@@ -6,6 +6,7 @@ ids, times, status and a few choices drawn from its hash. Records are rendered
 straight to JSON text from pre-encoded fragments (the hot path of every page);
 ``build`` parses that text when a dict is wanted, so both views always agree.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,16 +19,54 @@ SECRET_MARKER = "SIMSECRET"
 PII_MARKER = "SIMPII"
 
 # non-UTC renderings used by the ``non_utc_offsets`` fault: (minutes, suffix)
-OFFSETS = ((120, "+02:00"), (-330, "-05:30"), (540, "+09:00"), (-180, "-03:00"),
-           (345, "+05:45"), (-600, "-10:00"))
-_FIRST = ("Jane", "John", "Amara", "Luca", "Mei", "Omar", "Sofia", "Kenji", "Priya", "Lars",
-          "Chloe", "Diego", "Fatima", "Noah", "Ingrid", "Tariq")
-_LAST = ("Doe", "Smith", "Okafor", "Rossi", "Chen", "Haddad", "Garcia", "Tanaka",
-         "Patel", "Berg", "Martin", "Lopez", "Khan", "Wilson", "Larsen", "Aziz")
-_ERROR_TEXT = {400: "Bad request", 401: "Provider credentials rejected", 404: "Record not found",
-               408: "Request timed out", 422: "Unprocessable entity", 429: "Provider rate limit exceeded",
-               500: "Provider internal error", 502: "Bad gateway from provider",
-               503: "Provider unavailable"}
+OFFSETS = ((120, "+02:00"), (-330, "-05:30"), (540, "+09:00"), (-180, "-03:00"), (345, "+05:45"), (-600, "-10:00"))
+_FIRST = (
+    "Jane",
+    "John",
+    "Amara",
+    "Luca",
+    "Mei",
+    "Omar",
+    "Sofia",
+    "Kenji",
+    "Priya",
+    "Lars",
+    "Chloe",
+    "Diego",
+    "Fatima",
+    "Noah",
+    "Ingrid",
+    "Tariq",
+)
+_LAST = (
+    "Doe",
+    "Smith",
+    "Okafor",
+    "Rossi",
+    "Chen",
+    "Haddad",
+    "Garcia",
+    "Tanaka",
+    "Patel",
+    "Berg",
+    "Martin",
+    "Lopez",
+    "Khan",
+    "Wilson",
+    "Larsen",
+    "Aziz",
+)
+_ERROR_TEXT = {
+    400: "Bad request",
+    401: "Provider credentials rejected",
+    404: "Record not found",
+    408: "Request timed out",
+    422: "Unprocessable entity",
+    429: "Provider rate limit exceeded",
+    500: "Provider internal error",
+    502: "Bad gateway from provider",
+    503: "Provider unavailable",
+}
 _UA = ("stackone-node/4.28.0", "python-httpx/0.28.1", "Mozilla/5.0 (StackOne Dashboard)")
 
 # keys whose values are free-form maps: their own keys are data, never renamed
@@ -60,17 +99,24 @@ class RecordBuilder:
         for j in range(32):
             r = mix64(k ^ (0x7000 + j))
             fn, ln = _FIRST[r % 16], _LAST[(r >> 8) % 16]
-            self.people.append({
-                "id": f"emp_{(r >> 16) & 0xFFFFFF:06x}",
-                "first_name": f"{fn}_{PII_MARKER}", "last_name": f"{ln}_{PII_MARKER}",
-                "email": f"{fn.lower()}.{ln.lower()}.{PII_MARKER}@example.com",
-                "phone": f"+44 7700 9{(r >> 40) % 100000:05d} {PII_MARKER}",
-            })
+            self.people.append(
+                {
+                    "id": f"emp_{(r >> 16) & 0xFFFFFF:06x}",
+                    "first_name": f"{fn}_{PII_MARKER}",
+                    "last_name": f"{ln}_{PII_MARKER}",
+                    "email": f"{fn.lower()}.{ln.lower()}.{PII_MARKER}@example.com",
+                    "phone": f"+44 7700 9{(r >> 40) % 100000:05d} {PII_MARKER}",
+                }
+            )
         self.people_json = [_js(p) for p in self.people]
         # ',"is_worker":..,"source_type":..,"source_value":..,"source_id":..,' per (account, source type)
         self.source_frag = [
-            [f",{_frag({'is_worker': s == 3, 'source_type': SOURCE_TYPES[s], 'source_value': v, 'source_id': i})},"
-             for s, (i, v) in enumerate(row)] for row in traffic.sources]
+            [
+                f",{_frag({'is_worker': s == 3, 'source_type': SOURCE_TYPES[s], 'source_value': v, 'source_id': i})},"
+                for s, (i, v) in enumerate(row)
+            ]
+            for row in traffic.sources
+        ]
         self._tpl: dict[tuple[int, int, bool], dict[str, Any]] = {}
 
     def _secret(self, *parts: int) -> str:
@@ -117,24 +163,44 @@ class RecordBuilder:
             perr_h["authorization"] = f"Bearer {self._secret(a, 10)}"
         qs = "&".join(f"{k}={v}" for k, v in query.items())
         url = f"https://api.stackone.com{path}"
-        fixed = {"account_id": acc.id, "project_id": self.projects[acc.project], "provider": name,
-                 "service": service, "resource": act.resource, "child_resource": act.child_resource,
-                 "sub_resource": act.sub_resource, "action": act.name, "http_method": act.method,
-                 "path": path, "url": url}
+        fixed = {
+            "account_id": acc.id,
+            "project_id": self.projects[acc.project],
+            "provider": name,
+            "service": service,
+            "resource": act.resource,
+            "child_resource": act.child_resource,
+            "sub_resource": act.sub_resource,
+            "action": act.name,
+            "http_method": act.method,
+            "path": path,
+            "url": url,
+        }
         heads = {}
-        for no_proj in (False, True):      # variants: project_id / sub_resource absent
+        for no_proj in (False, True):  # variants: project_id / sub_resource absent
             for no_sub in (False, True):
-                d = {k: v for k, v in fixed.items() if not (no_proj and k == "project_id")
-                     and not (no_sub and k == "sub_resource" and v is None)}
+                d = {
+                    k: v
+                    for k, v in fixed.items()
+                    if not (no_proj and k == "project_id") and not (no_sub and k == "sub_resource" and v is None)
+                }
                 heads[no_proj, int(no_sub)] = "," + _frag(d)
-        req_url = {"url": f"{url}?{qs}" if qs else url, "hostname": "api.stackone.com",
-                   "path": path, "query_params": query}
+        req_url = {
+            "url": f"{url}?{qs}" if qs else url,
+            "hostname": "api.stackone.com",
+            "path": path,
+            "query_params": query,
+        }
         tpl = self._tpl[key] = {
-            "head": heads, "list": act.verb.startswith("list_"), "write": act.method != "GET",
+            "head": heads,
+            "list": act.verb.startswith("list_"),
+            "write": act.method != "GET",
             "req_a": f'","method":"{act.method}","headers":{{{_frag(hdrs)},"x-request-id":"',
             "req_b": f'"}},"url":{_js(req_url)},"body":',
             "resp_a": f'"headers":{{{_frag(resp_h)},"x-request-id":"',
-            "provider": name, "provider_url": purl, "provider_headers": perr_h,
+            "provider": name,
+            "provider_url": purl,
+            "provider_headers": perr_h,
             "provider_method": "POST" if act.method == "POST" else "GET",
         }
         return tpl
@@ -142,7 +208,7 @@ class RecordBuilder:
     def render(self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False) -> str:
         """One record as JSON text, spliced from pre-encoded fragments (the per-page hot path)."""
         tpl = self.template(c.account, c.action, secrets)
-        rid = f"{c.h:07x}{c.i:07x}{(c.r1 ^ c.r2) & 0xFFFFFFFF:08x}"   # = request_id minus "req_"
+        rid = f"{c.h:07x}{c.i:07x}{(c.r1 ^ c.r2) & 0xFFFFFFFF:08x}"  # = request_id minus "req_"
         r3 = mix64(c.r2 ^ 0x632BE59BD9B4E019)
         if offsets:
             minutes, suffix = OFFSETS[c.i % len(OFFSETS)]
@@ -154,40 +220,62 @@ class RecordBuilder:
         pj = self.people_json
         person = (r3 >> 10) & 31
         if status is None:
-            sj, body, cme, pe = "null,\"success\":false", "null", "[]", "[]"
+            sj, body, cme, pe = 'null,"success":false', "null", "[]", "[]"
         elif status >= 400:
-            sj, body = f"{status},\"success\":false", _ERROR_BODY[status]
+            sj, body = f'{status},"success":false', _ERROR_BODY[status]
             pe, cme = self._error_parts(status, person, tpl)
         else:
-            sj, cme, pe = f"{status},\"success\":true", "[]", "[]"
+            sj, cme, pe = f'{status},"success":true', "[]", "[]"
             body = f'{{"data":[{pj[person]}],"next":null}}' if tpl["list"] else f'{{"data":{pj[person]}}}'
         step = self._steps(c, tpl, rid, r3, suffix, shift) if steps else ""
-        return (f'{{"request_id":"req_{rid}","event_datetime":"{ev}",'
-                f'"start_time":"{fmt_ms(t_ms - dur, suffix, shift)}","end_time":"{ev}"'
-                f'{tpl["head"][(r3 & 0x3FF) < 10, (r3 >> 48) & 1]},"status":{sj},"duration":{dur}'
-                f'{self.source_frag[c.account][c.source_type]}"source_ip":"10.{_N[(r3 >> 16) & 255]}.'
-                f'{_N[(r3 >> 24) & 255]}.{_N[(r3 >> 32) & 255]}","request":{{"id":"in_{rid}{tpl["req_a"]}'
-                f'req_{rid}{tpl["req_b"]}{pj[person] if tpl["write"] else "null"}}},"response":'
-                f'{{"status_code":{status if status else "null"},{tpl["resp_a"]}req_{rid}"}},"body":{body},'
-                f'"custom_mapping_errors":{cme},"provider_errors":{pe}}}{step}}}')
+        return (
+            f'{{"request_id":"req_{rid}","event_datetime":"{ev}",'
+            f'"start_time":"{fmt_ms(t_ms - dur, suffix, shift)}","end_time":"{ev}"'
+            f'{tpl["head"][(r3 & 0x3FF) < 10, (r3 >> 48) & 1]},"status":{sj},"duration":{dur}'
+            f'{self.source_frag[c.account][c.source_type]}"source_ip":"10.{_N[(r3 >> 16) & 255]}.'
+            f'{_N[(r3 >> 24) & 255]}.{_N[(r3 >> 32) & 255]}","request":{{"id":"in_{rid}{tpl["req_a"]}'
+            f'req_{rid}{tpl["req_b"]}{pj[person] if tpl["write"] else "null"}}},"response":'
+            f'{{"status_code":{status if status else "null"},{tpl["resp_a"]}req_{rid}"}},"body":{body},'
+            f'"custom_mapping_errors":{cme},"provider_errors":{pe}}}{step}}}'
+        )
 
     def _error_parts(self, status: int, person: int, tpl: dict) -> tuple[str, str]:
         p = self.people[person]
-        pe = _js([{"status": status, "url": tpl["provider_url"],
-                   "raw": {"error": _ERROR_TEXT[status], "detail": f"while processing {p['email']}"},
-                   "headers": tpl["provider_headers"]}])
-        cme = _js([{"message": f"cannot map field for {p['id']}", "target_field": "work_email"}]) \
-            if status == 422 else "[]"
+        pe = _js(
+            [
+                {
+                    "status": status,
+                    "url": tpl["provider_url"],
+                    "raw": {"error": _ERROR_TEXT[status], "detail": f"while processing {p['email']}"},
+                    "headers": tpl["provider_headers"],
+                }
+            ]
+        )
+        cme = (
+            _js([{"message": f"cannot map field for {p['id']}", "target_field": "work_email"}])
+            if status == 422
+            else "[]"
+        )
         return pe, cme
 
     def _steps(self, c: Core, tpl: dict, rid: str, r3: int, suffix: str, shift: int) -> str:
         n = 1 + (r3 >> 40) % 3
         part = max(1, c.duration // n)
-        return ',"step_requests":' + _js([{
-            "id": f"step_{rid}_{k}", "provider": tpl["provider"], "method": tpl["provider_method"],
-            "url": tpl["provider_url"], "headers": tpl["provider_headers"],
-            "status_code": c.status if k == n - 1 else 200, "duration": part,
-            "start_time": fmt_ms(c.t_ms - c.duration + k * part, suffix, shift)} for k in range(n)])
+        return ',"step_requests":' + _js(
+            [
+                {
+                    "id": f"step_{rid}_{k}",
+                    "provider": tpl["provider"],
+                    "method": tpl["provider_method"],
+                    "url": tpl["provider_url"],
+                    "headers": tpl["provider_headers"],
+                    "status_code": c.status if k == n - 1 else 200,
+                    "duration": part,
+                    "start_time": fmt_ms(c.t_ms - c.duration + k * part, suffix, shift),
+                }
+                for k in range(n)
+            ]
+        )
 
     def build(self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False) -> dict:
         """The record as a fresh dict (same bytes as served, parsed)."""

@@ -4,6 +4,7 @@ Routing only; the API behaviour lives in ``api.Simulator``. Admin endpoints unde
 ``/_simulator/`` (no auth, loopback clients only) let out-of-process tests read
 stats, flip faults and reset state.
 """
+
 from __future__ import annotations
 
 import socket
@@ -44,8 +45,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True     # one write per response; no Nagle/delayed-ACK stalls
-    timeout = 120                      # idle keep-alive connections are dropped eventually
+    disable_nagle_algorithm = True  # one write per response; no Nagle/delayed-ACK stalls
+    timeout = 120  # idle keep-alive connections are dropped eventually
     server_version = "StackOneSimulator/1.0"
     server: _Server
 
@@ -101,8 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(resp.status).phrase
         except ValueError:
             phrase = ""
-        lines = [f"HTTP/1.1 {resp.status} {phrase}", f"Server: {self.server_version}",
-                 f"Content-Length: {len(resp.body)}"]
+        lines = [
+            f"HTTP/1.1 {resp.status} {phrase}",
+            f"Server: {self.server_version}",
+            f"Content-Length: {len(resp.body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in resp.headers.items()]
         if self.close_connection:
             lines.append("Connection: close")
@@ -156,20 +160,20 @@ class RunningSimulator:
         self._thread.join(timeout=5)
         self.simulator.close()
 
-    def __enter__(self) -> "RunningSimulator":
+    def __enter__(self) -> RunningSimulator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def start_simulator(config: SimulatorConfig | None = None, host: str = "127.0.0.1",
-                    port: int = 0) -> RunningSimulator:
+def start_simulator(config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningSimulator:
     """Serve a new simulator on ``host:port`` (0 = any free port) in a daemon thread."""
     sim = Simulator(config or SimulatorConfig())
     server = _Server((host, port), sim)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="stackone-simulator", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="stackone-simulator", daemon=True
+    )
     thread.start()
     return RunningSimulator(sim, server, thread)
 

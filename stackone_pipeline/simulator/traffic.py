@@ -8,6 +8,7 @@ found by binary search: a page costs O(page_size) whatever the hour's volume.
 This module produces only the cheap "core" of a record (the fields filters and
 sorting need); ``records.py`` dresses a core up as a full wire record.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,11 +114,12 @@ class Account(NamedTuple):
     id: str
     provider: int
     project: int
-    action_table: tuple[int, ...]   # 1024 slots -> global action index
+    action_table: tuple[int, ...]  # 1024 slots -> global action index
 
 
 class Core(NamedTuple):
     """The cheap fields of one record; r1/r2 seed the rest of the record."""
+
     h: int
     i: int
     t_ms: int
@@ -131,12 +133,12 @@ class Core(NamedTuple):
 
 
 _PREFIX: dict[int, str] = {}
-_MMSS = tuple(f"{m:02d}:{s:02d}" for m in range(60) for s in range(60))   # second of hour -> "mm:ss"
+_MMSS = tuple(f"{m:02d}:{s:02d}" for m in range(60) for s in range(60))  # second of hour -> "mm:ss"
 _MILLI = tuple(f".{k:03d}" for k in range(1000))
 
 
 def hour_prefix(h: int) -> str:
-    """"YYYY-MM-DDTHH:" of hour h, memoised: the formatter runs twice per record."""
+    """ "YYYY-MM-DDTHH:" of hour h, memoised: the formatter runs twice per record."""
     p = _PREFIX.get(h)
     if p is None:
         p = datetime.fromtimestamp(h * 3600, tz=timezone.utc).strftime("%Y-%m-%dT%H:")
@@ -154,8 +156,15 @@ def fmt_ms(ms: int, suffix: str = "Z", shift_ms: int = 0) -> str:
 
 
 class Traffic:
-    def __init__(self, seed: int, rows_per_hour: int, diurnal: bool, burst_hour_utc: int,
-                 slow_provider: str, spike_hours: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        seed: int,
+        rows_per_hour: int,
+        diurnal: bool,
+        burst_hour_utc: int,
+        slow_provider: str,
+        spike_hours: tuple[str, ...] = (),
+    ):
         self.seed = seed
         self.seedk = mix64((seed * GOLDEN + 0x5EED) & M64)
         self.rows_per_hour = rows_per_hour
@@ -182,9 +191,13 @@ class Traffic:
             table = tuple(acts[j][0] for j in _table(weights, 1024))
             self.accounts.append(Account(f"acct_{r & 0xFFFFFFFFFFFF:012x}", p, k % N_PROJECTS, table))
         # (source_id, source_value) per account and source type
-        self.sources = [[(f"src_{mix64(self.seedk ^ (a * 8 + s + 0x5000)) & 0xFFFFFFFFFF:010x}",
-                          f"{_SOURCE_VALUES[s]}-{a % 5}") for s in range(len(SOURCE_TYPES))]
-                        for a in range(N_ACCOUNTS)]
+        self.sources = [
+            [
+                (f"src_{mix64(self.seedk ^ (a * 8 + s + 0x5000)) & 0xFFFFFFFFFF:010x}", f"{_SOURCE_VALUES[s]}-{a % 5}")
+                for s in range(len(SOURCE_TYPES))
+            ]
+            for a in range(N_ACCOUNTS)
+        ]
         aw = [1 + (mix64(self.seedk ^ 0xACC0 ^ k) % 9) for k in range(N_ACCOUNTS)]
         self.account_table = _table(aw, 4096)
         self.source_table = _table(_SOURCE_WEIGHTS, 1024)
@@ -196,8 +209,7 @@ class Traffic:
             med = SLOW_MEDIAN_MS if name == slow_provider else med
             self.durations.append(tuple(max(1, int(med * math.exp(SIGMA * zz))) for zz in z))
         self.ok_status = tuple(201 if act.method == "POST" else 200 for act in self.actions)
-        self._account_rows = [(acc.action_table, acc.provider, self.durations[acc.provider])
-                              for acc in self.accounts]
+        self._account_rows = [(acc.action_table, acc.provider, self.durations[acc.provider]) for acc in self.accounts]
         self._counts: dict[int, int] = {}
         self._hour_keys: dict[int, int] = {}
 
@@ -234,7 +246,7 @@ class Traffic:
         if i == 0 and boundary:
             return 0
         off = (i * H_MS + (((self.r1(h, i) & 0xFFFFF) * H_MS) >> 20)) // n
-        return off or 1   # keep :00:00.000 free unless boundary_records asks for it
+        return off or 1  # keep :00:00.000 free unless boundary_records asks for it
 
     def index_range(self, h: int, n: int, start_ms: int, end_ms: int, boundary: bool) -> tuple[int, int]:
         """Indices [lo, hi) of hour h whose event time lies in [start_ms, end_ms] (inclusive)."""
@@ -281,8 +293,12 @@ class Traffic:
             status, dur = None, 30_000 + ((r2 >> 26) & 0x1FF)
         else:
             dur = durations[(r1 >> 20) & 0xFFF]
-            if err < _BURST_16 and p == self.burst_provider and h % 24 == self.burst_hour \
-                    and 1_200_000 <= off < 2_100_000:
+            if (
+                err < _BURST_16
+                and p == self.burst_provider
+                and h % 24 == self.burst_hour
+                and 1_200_000 <= off < 2_100_000
+            ):
                 status = (500, 502, 503)[((r2 >> 36) & 0xFFF) % 3]
             elif err < _BASE_16:
                 status = self.error_table[((r2 >> 36) & 0xFFF) % 100]

@@ -1,11 +1,12 @@
-"""Observability sinks: Loki, Datadog, OTLP, Prometheus.
+"""Observability sinks: Loki, Datadog, OTLP (the logs family) and Prometheus (the metrics family).
 
-Shared machinery, one implementation for every HTTP sink:
+  registry.py   every sink declared once (SinkSpec): what the definitions and the CLI iterate
   payload.py    what a sink may see of a stored row, as SQL (header allowlist, no bodies)
-  delivery.py   one hour: DuckDB reads the lake, leaves out what was delivered or is too old,
-                builds each entry -> batch -> send (two in flight) -> ledger
+  delivery.py   one hour of a logs sink: DuckDB reads the lake, leaves out what was delivered or
+                is too old, builds each entry -> batch -> send (two in flight) -> ledger
   batching.py   cuts a chunk into batches per destination key, by entries and bytes
-  transport.py  POST with retry (backoff + jitter, Retry-After, deadline); each sink classifies
-  ledger.py     which request_ids each sink accepted, per hour (DuckDB)
-Each sink module holds only its entry (SQL), its request encoding and its status classification.
+  ledger.py     which request_ids each sink accepted, per hour (the state store)
+  loki.py datadog.py otlp.py   a logs sink: its entry (SQL), request encoding, answer classification
+  prometheus*.py remote_write.py   the metrics sink: per-hour series, revisions, remote write
+Sending (retries, backoff, Retry-After, deadline) is `stackone_pipeline.http`'s.
 """

@@ -10,7 +10,7 @@ memory stays bounded by a chunk.
 
 from __future__ import annotations
 
-from typing import Hashable, Iterator
+from collections.abc import Hashable, Iterator
 
 import numpy as np
 import pyarrow as pa

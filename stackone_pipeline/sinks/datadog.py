@@ -20,22 +20,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import duckdb
 import httpx
 import orjson
-import pyarrow.parquet as pq
 
-from ..lake.parquet import hour_file
-from ..settings import env_bool
+from ..http import Action, Transport, Verdict, gzip_bytes, retryable_statuses
+from ..partitions import HOUR
+from ..settings import DatadogSettings
 from .batching import joined
-from .delivery import DeliveryError, Window
+from .delivery import DeliveryError, Window, lake_file
 from .payload import EVENT_TIME, IS_ERROR, json_object, record_json, sql_str
-from .transport import Action, Transport, Verdict, gzip_bytes, retryable_statuses
 
-NOT_CONFIGURED = "DATADOG_API_KEY is not set"
 LOGS_PATH = "/api/v2/logs"
 SERIES_PATH = "/api/v2/series"
 COUNT = 1  # MetricIntakeType.COUNT
@@ -73,31 +71,59 @@ class DatadogSink:
     key_sql = "NULL::VARCHAR"  # one intake: every log can share a batch
     time_ordered = False
 
+    @classmethod
+    def from_settings(cls, s: DatadogSettings) -> DatadogSink:
+        url = (s.logs_url or f"https://http-intake.logs.{s.site}").rstrip("/")
+        metrics = None
+        if s.send_old_as_metrics:
+            metrics = (s.metrics_url or f"https://api.{s.site}").rstrip("/")
+            metrics = metrics if metrics.endswith(SERIES_PATH) else metrics + SERIES_PATH
+        url = url if url.endswith(LOGS_PATH) else url + LOGS_PATH
+        return cls(url=url, api_key=s.api_key, env=s.env, metrics_url=metrics)
+
     @property
     def entry_sql(self) -> str:
         provider, service = "coalesce(provider, 'unknown')", "coalesce(service, 'unknown')"
-        tags = (f"concat_ws(',', {sql_str(tag('env', self.env))}, {tag_sql('provider', provider)}, "
-                f"{tag_sql('stackone_service', service)})")  # fmt: skip
-        message = ("coalesce(http_method, '-') || ' ' || coalesce(path, '-') || ' ' || coalesce(status::VARCHAR, "
-                   "'timeout') || coalesce(printf(' in %.0f ms', duration_ms), '')")  # fmt: skip
-        return "encode(" + json_object({  # each entry ends with its separator: see batching.joined
-            "ddsource": f"to_json({sql_str(SOURCE)})",
-            "service": f"to_json({sql_str(SERVICE)})",
-            "ddtags": f"to_json({tags})",
-            "status": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",  # the level, never the code
-            "timestamp": f"to_json({EVENT_TIME})",
-            "message": f"to_json({message})",
-            "duration": "CAST(round(duration_ms * 1000000) AS BIGINT)::VARCHAR",  # nanoseconds
-            "http": json_object({
-                "method": "to_json(http_method)", "url": "to_json(url)",
-                "url_details": json_object({"path": "to_json(path)"}), "status_code": "status::VARCHAR",
-            }),
-            "stackone": record_json(exclude=_MAPPED),
-        }) + " || ',')"  # fmt: skip
+        tags = (
+            f"concat_ws(',', {sql_str(tag('env', self.env))}, {tag_sql('provider', provider)}, "
+            f"{tag_sql('stackone_service', service)})"
+        )
+        message = (
+            "coalesce(http_method, '-') || ' ' || coalesce(path, '-') || ' ' || coalesce(status::VARCHAR, "
+            "'timeout') || coalesce(printf(' in %.0f ms', duration_ms), '')"
+        )
+        return (
+            "encode("
+            + json_object(
+                {  # each entry ends with its separator: see batching.joined
+                    "ddsource": f"to_json({sql_str(SOURCE)})",
+                    "service": f"to_json({sql_str(SERVICE)})",
+                    "ddtags": f"to_json({tags})",
+                    "status": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",  # the level, never the code
+                    "timestamp": f"to_json({EVENT_TIME})",
+                    "message": f"to_json({message})",
+                    "duration": "CAST(round(duration_ms * 1000000) AS BIGINT)::VARCHAR",  # nanoseconds
+                    "http": json_object(
+                        {
+                            "method": "to_json(http_method)",
+                            "url": "to_json(url)",
+                            "url_details": json_object({"path": "to_json(path)"}),
+                            "status_code": "status::VARCHAR",
+                        }
+                    ),
+                    "stackone": record_json(exclude=_MAPPED),
+                }
+            )
+            + " || ',')"
+        )
 
     def window(self, now: datetime) -> Window:
-        return Window(oldest=now - INTAKE_WINDOW, too_old=TOO_OLD, newest=now + FUTURE_WINDOW,
-                      too_new="more than 2 hours in the future (Datadog drops it)")  # fmt: skip
+        return Window(
+            oldest=now - INTAKE_WINDOW,
+            too_old=TOO_OLD,
+            newest=now + FUTURE_WINDOW,
+            too_new="more than 2 hours in the future (Datadog drops it)",
+        )
 
     def request(self, key, rows) -> tuple[str, bytes, dict]:
         headers = {"DD-API-KEY": self.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"}
@@ -114,34 +140,47 @@ class DatadogSink:
 
 
 def hour_series(path, hour: datetime, env: str) -> list[dict]:
-    """The hour's request count and summed latency per provider, API category and status code."""
-    table = pq.read_table(path, columns=["provider", "service", "status", "duration_ms"])
-    groups = table.group_by(["provider", "service", "status"], use_threads=False)
+    """The hour's request count and summed latency per provider, API category, status code and
+    error (the pipeline's one definition: a null status is an error only when it is a timeout)."""
+    con = duckdb.connect()
+    try:
+        groups = con.execute(
+            f"SELECT provider, service, status, {IS_ERROR} AS error, count(*), coalesce(sum(duration_ms), 0) "
+            "FROM read_parquet(?) GROUP BY ALL ORDER BY ALL",
+            [str(path)],
+        ).fetchall()
+    finally:
+        con.close()
     ts = int(hour.timestamp())
     series = []
-    for g in groups.aggregate([([], "count_all"), ("duration_ms", "sum")]).to_pylist():
-        status = g["status"]
-        tags = [tag("env", env), tag("provider", g["provider"] or "unknown"),
-                tag("stackone_service", g["service"] or "unknown"),
-                tag("status_code", status if status is not None else "none"),
-                tag("error", str(status is None or status >= 400).lower())]  # fmt: skip
-        for metric, value in (("stackone.requests", g["count_all"]),
-                              ("stackone.request.duration_ms.sum", g["duration_ms_sum"] or 0.0)):  # fmt: skip
-            series.append({"metric": metric, "type": COUNT, "interval": 3600, "tags": tags,
-                           "points": [{"timestamp": ts, "value": value}]})  # fmt: skip
+    for provider, service, status, error, requests, duration in groups:
+        tags = [
+            tag("env", env),
+            tag("provider", provider or "unknown"),
+            tag("stackone_service", service or "unknown"),
+            tag("status_code", status if status is not None else "none"),
+            tag("error", str(error).lower()),
+        ]
+        for metric, value in (("stackone.requests", requests), ("stackone.request.duration_ms.sum", float(duration))):
+            series.append(
+                {
+                    "metric": metric,
+                    "type": COUNT,
+                    "interval": 3600,
+                    "tags": tags,
+                    "points": [{"timestamp": ts, "value": value}],
+                }
+            )
     return series
 
 
-def after_hour(sink: DatadogSink, warehouse, hour: datetime, transport: Transport, now: datetime | None = None):
+def after_hour(sink: DatadogSink, storage, hour: datetime, transport: Transport, now: datetime | None = None):
     """With DATADOG_SEND_OLD_AS_METRICS: an hour wholly past the log window goes as hourly counts.
     Returns what was sent, or None when there is nothing to do (not enabled, or a recent hour)."""
     now = now or datetime.now(timezone.utc)
-    if sink.metrics_url is None or hour + timedelta(hours=1) > now - INTAKE_WINDOW:
+    if sink.metrics_url is None or hour + HOUR > now - INTAKE_WINDOW:
         return None
-    path = hour_file(warehouse.data_dir, "request_logs", hour)
-    if not path.exists():
-        raise DeliveryError(f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise request_logs first")
-    series = hour_series(path, hour, sink.env)
+    series = hour_series(lake_file(storage, hour), hour, sink.env)
     headers = {"DD-API-KEY": sink.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"}
     for i in range(0, len(series), 500):  # far under the 500 KB compressed / 5 MB payload limits
         body = gzip_bytes(orjson.dumps({"series": series[i : i + 500]}))
@@ -150,17 +189,3 @@ def after_hour(sink: DatadogSink, warehouse, hour: datetime, transport: Transpor
             raise DeliveryError(f"datadog metrics for {hour:%Y-%m-%d %H}:00 UTC: {verdict.reason}")
     requests = sum(s["points"][0]["value"] for s in series if s["metric"] == "stackone.requests")
     return {"metric_series": len(series), "metric_requests": requests}
-
-
-def from_env(env: Mapping[str, str]) -> DatadogSink | None:
-    key = env.get("DATADOG_API_KEY")
-    if not key:
-        return None
-    site = env.get("DATADOG_SITE") or "datadoghq.com"
-    url = (env.get("DATADOG_LOGS_URL") or f"https://http-intake.logs.{site}").rstrip("/")
-    metrics = None
-    if env_bool(env, "DATADOG_SEND_OLD_AS_METRICS", False):
-        metrics = (env.get("DATADOG_METRICS_URL") or f"https://api.{site}").rstrip("/")
-        metrics = metrics if metrics.endswith(SERIES_PATH) else metrics + SERIES_PATH
-    return DatadogSink(url=url if url.endswith(LOGS_PATH) else url + LOGS_PATH, api_key=key,
-                       env=env.get("STACKONE_ENV") or "prod", metrics_url=metrics)  # fmt: skip

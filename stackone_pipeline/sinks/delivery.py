@@ -12,24 +12,26 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from queue import Full, Queue
-from typing import Hashable, Iterator, Protocol
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..lake.parquet import hour_file
-from ..warehouse.duckdb_store import Warehouse
+from ..http import Action, Transport, Verdict
+from ..lake import HourNotIngested
+from ..storage import Storage
+from ..warehouse.schema import REQUEST_LOGS
 from .batching import batches
 from .ledger import NO_IDS, Ledger
 from .payload import PARSED, RECORD
-from .transport import Action, Transport, Verdict
 
 
 @dataclass(frozen=True)
@@ -82,26 +84,33 @@ class DeliveryReport:
 
     def metadata(self) -> dict:
         return {
-            "sent": self.sent, "accepted": self.accepted, "rejected": self.rejected,
-            "skipped": sum(self.skipped.values()), "already_delivered": self.already_delivered,
-            "batches": self.batches, "retries": self.retries, "bytes": self.bytes,
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "skipped": sum(self.skipped.values()),
+            "already_delivered": self.already_delivered,
+            "batches": self.batches,
+            "retries": self.retries,
+            "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
-            "skipped_reasons": dict(self.skipped), "rejected_reasons": self.rejected_reasons[:20],
-        }  # fmt: skip
+            "skipped_reasons": dict(self.skipped),
+            "rejected_reasons": self.rejected_reasons[:20],
+        }
 
 
-def lake_file(warehouse: Warehouse, hour: datetime) -> Path:
-    path = hour_file(warehouse.data_dir, "request_logs", hour)
-    if not path.exists():
-        raise DeliveryError(f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise request_logs first")
-    return path
+def lake_file(storage: Storage, hour: datetime) -> Path:
+    """The hour's request_logs file; a DeliveryError if it was never ingested."""
+    try:
+        return storage.lake.require_hour(REQUEST_LOGS, hour)
+    except HourNotIngested as exc:
+        raise DeliveryError(str(exc)) from None
 
 
 def stored_rows(
-    warehouse: Warehouse, hour: datetime, columns: list[str] | None = None, chunk_rows: int = 5_000
+    storage: Storage, hour: datetime, columns: list[str] | None = None, chunk_rows: int = 5_000
 ) -> Iterator[dict]:
     """The hour's stored rows as dicts, `chunk_rows` at a time (memory bounded by a chunk)."""
-    file = pq.ParquetFile(lake_file(warehouse, hour))
+    file = pq.ParquetFile(lake_file(storage, hour))
     for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
         yield from batch.to_pylist()
 
@@ -191,9 +200,9 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
         thread.join()
 
 
-def sendable_records(warehouse: Warehouse, hour: datetime) -> Iterator[str]:
+def sendable_records(storage: Storage, hour: datetime) -> Iterator[str]:
     """Every stored row of the hour as the JSON record a sink may see (payload.RECORD)."""
-    query = HourQuery(lake_file(warehouse, hour))
+    query = HourQuery(lake_file(storage, hour))
     try:
         for batch in query.rows({"record": RECORD}, Window()):
             yield from batch.column("record").to_pylist()
@@ -203,7 +212,7 @@ def sendable_records(warehouse: Warehouse, hour: datetime) -> Iterator[str]:
 
 def deliver_hour(
     sink: Sink,
-    warehouse: Warehouse,
+    storage: Storage,
     hour: datetime,
     transport: Transport,
     *,
@@ -215,8 +224,8 @@ def deliver_hour(
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     report = DeliveryReport(sink.name, hour)
-    path = lake_file(warehouse, hour)
-    ledger = Ledger(warehouse)
+    path = lake_file(storage, hour)
+    ledger = Ledger(storage)
     if force:
         ledger.forget(sink.name, hour)
     query = HourQuery(path, ledger.delivered_ids(sink.name, hour))
@@ -224,8 +233,12 @@ def deliver_hour(
     report.already_delivered, report.skipped = query.skipped(window)
     lock = threading.Lock()  # sender threads share the report and the ledger journal
 
-    columns = {"request_id": "request_id", "ns": "epoch_ns(event_datetime)", "key": sink.key_sql,
-               "entry": sink.entry_sql}  # fmt: skip
+    columns = {
+        "request_id": "request_id",
+        "ns": "epoch_ns(event_datetime)",
+        "key": sink.key_sql,
+        "entry": sink.entry_sql,
+    }
 
     stopped = threading.Event()  # set by the first failure: nothing more is sent after it
 

@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
 import orjson
 
-from ..settings import env_int
+from ..http import Action, Verdict, gzip_bytes
+from ..settings import LokiSettings
 from .batching import joined
 from .delivery import Window
 from .payload import IS_ERROR, RECORD, json_object
-from .transport import Action, Verdict, gzip_bytes
 
-NOT_CONFIGURED = "LOKI_URL is not set"
 PUSH_PATH = "/loki/api/v1/push"
 SERVICE_NAME = "stackone-requests"
 GRACE = timedelta(minutes=10)  # Loki's creation_grace_period: later entries are "too far in future"
@@ -73,15 +71,30 @@ class LokiSink:
     time_ordered = True  # Loki's per-stream window moves forward
     # Loki's push entry: [ns as a string, the record as one sorted-key JSON line, structured metadata]
     entry_sql = (
-        """encode('["' || epoch_ns(event_datetime) || '",' || to_json(""" + RECORD + ") || ',' || "
-        + json_object({
-            "request_id": "to_json(coalesce(request_id, ''))",
-            "account_id": "to_json(coalesce(account_id, ''))",
-            "level": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",
-            "status": "to_json(status::VARCHAR)",
-        })
+        """encode('["' || epoch_ns(event_datetime) || '",' || to_json("""
+        + RECORD
+        + ") || ',' || "
+        + json_object(
+            {
+                "request_id": "to_json(coalesce(request_id, ''))",
+                "account_id": "to_json(coalesce(account_id, ''))",
+                "level": f"CASE WHEN {IS_ERROR} THEN '\"error\"' ELSE '\"info\"' END",
+                "status": "to_json(status::VARCHAR)",
+            }
+        )
         + " || '],')"  # each entry ends with its separator: a batch is one slice of Arrow's buffer
-    )  # fmt: skip
+    )
+
+    @classmethod
+    def from_settings(cls, s: LokiSettings) -> LokiSink:
+        base = s.url.rstrip("/")
+        headers = {}
+        if s.tenant_id:
+            headers["X-Scope-OrgID"] = s.tenant_id
+        if s.username:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{s.username}:{s.password}".encode()).decode()
+        url = base if base.endswith(PUSH_PATH) else base + PUSH_PATH
+        return cls(url=url, env=s.env, max_age=timedelta(hours=s.max_age_hours), headers=headers)
 
     def window(self, now: datetime) -> Window:
         return Window(
@@ -105,39 +118,30 @@ class LokiSink:
             return Verdict(Action.OK)
         text = resp.text[:500]
         if 200 <= code < 300:
-            return Verdict(Action.FAIL, f"Loki answered {code}, not 204: ingestion is blocked for this tenant "
-                                        f"(block_ingestion_status_code) and the push was dropped: {text}")  # fmt: skip
+            return Verdict(
+                Action.FAIL,
+                f"Loki answered {code}, not 204: ingestion is blocked for this tenant "
+                f"(block_ingestion_status_code) and the push was dropped: {text}",
+            )
         if code == 400:
             n = rejected_entries(resp.text)
             if "structured metadata, but this feature is disallowed" in resp.text:
-                return Verdict(Action.FAIL, "Loki refuses structured metadata (400): set limits_config."
-                                            "allow_structured_metadata: true (the default since Loki 3.0)")  # fmt: skip
+                return Verdict(
+                    Action.FAIL,
+                    "Loki refuses structured metadata (400): set limits_config."
+                    "allow_structured_metadata: true (the default since Loki 3.0)",
+                )
             if n:
                 return Verdict(Action.PARTIAL, f"Loki rejected {n} entries (400): {text}", rejected=n)
             return Verdict(Action.FAIL, f"Loki refused the push (400): {text}")
         if code == 401:
-            return Verdict(Action.FAIL, f"Loki answered 401 ({text.strip()}): set LOKI_TENANT_ID (X-Scope-OrgID) "
-                                        "or LOKI_USERNAME / LOKI_PASSWORD")  # fmt: skip
+            return Verdict(
+                Action.FAIL,
+                f"Loki answered 401 ({text.strip()}): set LOKI_TENANT_ID (X-Scope-OrgID) "
+                "or LOKI_USERNAME / LOKI_PASSWORD",
+            )
         if code == 413:
             return Verdict(Action.SPLIT, f"Loki: push too large (413): {text}")
         if code in (408, 429) or (code >= 500 and code != 501):
             return Verdict(Action.RETRY, f"Loki answered {code}: {text}")
         return Verdict(Action.FAIL, f"Loki answered {code}: {text}")
-
-
-def from_env(env: Mapping[str, str]) -> LokiSink | None:
-    base = (env.get("LOKI_URL") or "").rstrip("/")
-    if not base:
-        return None
-    headers = {}
-    if env.get("LOKI_TENANT_ID"):
-        headers["X-Scope-OrgID"] = env["LOKI_TENANT_ID"]
-    if env.get("LOKI_USERNAME"):
-        token = base64.b64encode(f"{env['LOKI_USERNAME']}:{env.get('LOKI_PASSWORD', '')}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    return LokiSink(
-        url=base if base.endswith(PUSH_PATH) else base + PUSH_PATH,
-        env=env.get("STACKONE_ENV") or "prod",
-        max_age=timedelta(hours=env_int(env, "LOKI_MAX_AGE_HOURS", 168)),
-        headers=headers,
-    )

@@ -8,7 +8,7 @@ this module only encodes and reads the answer (open-telemetry/opentelemetry-prot
 docs/specification.md): 200 ok, unless `partial_success.rejected_log_records` > 0, which must
 not be retried; retry only 429/502/503/504 (honouring Retry-After); 413 split; anything else fails.
 
-Configuration is the SDK's: `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` is used as given,
+Configuration is the SDK's (read by settings.OtlpSettings): `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as given,
 `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/logs` appended; headers from
 `OTEL_EXPORTER_OTLP_LOGS_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, URL-encoded);
 `OTEL_SERVICE_NAME` (default "stackone-request-log") over `OTEL_RESOURCE_ATTRIBUTES`.
@@ -16,10 +16,9 @@ Configuration is the SDK's: `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` is used as given,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Mapping
-from urllib.parse import unquote
 
 import httpx
 import orjson
@@ -36,13 +35,12 @@ from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH
 from opentelemetry.util.re import parse_env_headers
 
-from ..stackone.client import retry_after_seconds
+from ..http import Action, Verdict, gzip_bytes, retry_after_seconds
+from ..settings import DEFAULT_OTEL_SERVICE_NAME, OtlpSettings
+from ..stackone.records import is_error
 from .delivery import Window
 from .payload import RECORD
-from .transport import Action, Verdict, gzip_bytes
 
-NOT_CONFIGURED = "OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is not set"
-DEFAULT_SERVICE_NAME = "stackone-request-log"
 SCOPE = "stackone_pipeline"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the spec's list; every other error is final
 PROTOBUF = "application/x-protobuf"
@@ -55,39 +53,6 @@ def _scope_version() -> str | None:
         return None
 
 
-def endpoint(env: Mapping[str, str]) -> str | None:
-    if url := env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
-        return url
-    if base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return f"{base.removesuffix('/')}/v1/logs"
-    return None
-
-
-def resource_attributes(env: Mapping[str, str]) -> dict[str, str]:
-    """`OTEL_RESOURCE_ATTRIBUTES` (`k=v,...`, URL-encoded; keys keep their case), then the service name."""
-    attrs = {}
-    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            attrs[unquote(key.strip())] = unquote(value.strip())
-    attrs[SERVICE_NAME] = env.get("OTEL_SERVICE_NAME") or attrs.get(SERVICE_NAME) or DEFAULT_SERVICE_NAME
-    return attrs
-
-
-def from_env(env: Mapping[str, str]) -> OtlpSink | None:
-    url = endpoint(env)
-    if url is None:
-        return None
-    raw = env.get("OTEL_EXPORTER_OTLP_LOGS_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS", "")
-    return OtlpSink(url, dict(parse_env_headers(raw, liberal=True)), resource_attributes(env))
-
-
-def is_error(record: dict) -> bool:
-    """payload.IS_ERROR for a parsed record: status >= 400, or a timeout (no status, not a success)."""
-    status = record.get("status")
-    return status >= 400 if status is not None else record.get("success") is False
-
-
 def body_of(record: dict) -> str:
     status = record.get("status")
     shown = str(status) if status is not None else ("timeout" if record.get("success") is False else "-")
@@ -98,14 +63,19 @@ def attributes_of(record: dict) -> dict:
     """The guide's names, the semantic-convention names, and the request id; nulls left out."""
     status = record.get("status")
     attrs = {
-        "http.status_code": status, HTTP_RESPONSE_STATUS_CODE: status,
-        "http.method": record.get("http_method"), HTTP_REQUEST_METHOD: record.get("http_method"),
+        "http.status_code": status,
+        HTTP_RESPONSE_STATUS_CODE: status,
+        "http.method": record.get("http_method"),
+        HTTP_REQUEST_METHOD: record.get("http_method"),
         URL_PATH: record.get("path"),
-        "stackone.request_id": record.get("request_id"), "stackone.provider": record.get("provider"),
-        "stackone.account_id": record.get("account_id"), "stackone.action": record.get("action"),
-        "stackone.service": record.get("service"), "stackone.success": record.get("success"),
+        "stackone.request_id": record.get("request_id"),
+        "stackone.provider": record.get("provider"),
+        "stackone.account_id": record.get("account_id"),
+        "stackone.action": record.get("action"),
+        "stackone.service": record.get("service"),
+        "stackone.success": record.get("success"),
         "duration_ms": record.get("duration_ms"),
-    }  # fmt: skip
+    }
     return {k: v for k, v in attrs.items() if v is not None}
 
 
@@ -116,10 +86,14 @@ class OtlpSink:
 
     def __init__(self, url: str, headers: Mapping[str, str] | None = None, resource: Mapping | None = None):
         self.url = url
-        self.resource = Resource(dict(resource or {SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+        self.resource = Resource(dict(resource or {SERVICE_NAME: DEFAULT_OTEL_SERVICE_NAME}))
         self.scope = InstrumentationScope(SCOPE, _scope_version())
         # ours last: a configured header must not turn the body into something it is not
         self.headers = {**(headers or {}), "content-type": PROTOBUF, "content-encoding": "gzip"}
+
+    @classmethod
+    def from_settings(cls, s: OtlpSettings) -> OtlpSink:
+        return cls(s.url, dict(parse_env_headers(s.headers, liberal=True)), s.resource_attributes)
 
     key_sql = "'logs'"
     time_ordered = False
@@ -129,12 +103,14 @@ class OtlpSink:
         return Window()  # OTLP sets no age limit; the backend behind the collector may
 
     def request(self, key: str, rows) -> tuple[str, bytes, dict]:
-        logs = [self.log(orjson.loads(entry), ns)
-                for entry, ns in zip(rows.column("entry").to_pylist(), rows.column("ns").to_pylist())]  # fmt: skip
+        logs = [
+            self.log(orjson.loads(entry), ns)
+            for entry, ns in zip(rows.column("entry").to_pylist(), rows.column("ns").to_pylist())
+        ]
         return self.url, gzip_bytes(encode_logs(logs).SerializeToString()), self.headers
 
     def log(self, record: dict, ns: int) -> ReadableLogRecord:
-        error = is_error(record)
+        error = is_error(record.get("status"), record.get("success"))
         log = LogRecord(
             timestamp=ns,  # the event, never now (observed = now)
             severity_number=SeverityNumber.ERROR if error else SeverityNumber.INFO,

@@ -13,26 +13,55 @@ second. Each sink writes its entry as a SQL expression over the stored row's col
 
 from __future__ import annotations
 
+from ..stackone.records import IS_ERROR_SQL
+
 # Header names are stored lower-cased (stackone/redaction.py), so the allowlists match exactly.
 REQUEST_HEADERS = (
-    "accept", "accept-encoding", "content-length", "content-type", "user-agent", "x-account-id", "x-request-id",
-)  # fmt: skip
+    "accept",
+    "accept-encoding",
+    "content-length",
+    "content-type",
+    "user-agent",
+    "x-account-id",
+    "x-request-id",
+)
 RESPONSE_HEADERS = (
-    "cache-control", "content-length", "content-type", "retry-after", "x-ratelimit-limit",
-    "x-ratelimit-remaining", "x-request-id",
-)  # fmt: skip
+    "cache-control",
+    "content-length",
+    "content-type",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-request-id",
+)
 SCALARS = (
-    "request_id", "account_id", "project_id", "provider", "service", "resource", "child_resource",
-    "sub_resource", "action", "http_method", "path", "url", "status", "success", "duration_ms",
-    "is_worker", "source_type", "source_value", "source_id", "source_ip",
-)  # fmt: skip
+    "request_id",
+    "account_id",
+    "project_id",
+    "provider",
+    "service",
+    "resource",
+    "child_resource",
+    "sub_resource",
+    "action",
+    "http_method",
+    "path",
+    "url",
+    "status",
+    "success",
+    "duration_ms",
+    "is_worker",
+    "source_type",
+    "source_value",
+    "source_id",
+    "source_ip",
+)
 # One parse of each JSON column: its allowlisted headers (and, for the response, provider_errors).
 _REQUEST_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in REQUEST_HEADERS) + "]"
 _RESPONSE_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in RESPONSE_HEADERS) + ", '$.provider_errors']"
 _ERRORS = f"r[{len(RESPONSE_HEADERS) + 1}]"
 
-# The pipeline's one definition (as analytics/hour_requests.sql): status >= 400, or a timeout.
-IS_ERROR = "coalesce(status >= 400 OR (status IS NULL AND success = false), false)"
+IS_ERROR = IS_ERROR_SQL  # the pipeline's one definition of an error (stackone/records.py)
 EVENT_TIME = "strftime(event_datetime, '%Y-%m-%dT%H:%M:%S.%gZ')"  # ISO, milliseconds (session in UTC)
 
 

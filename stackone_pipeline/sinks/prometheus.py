@@ -23,21 +23,21 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Mapping
 
-from ..warehouse.duckdb_store import Warehouse
+from ..http import Action, Classifier, Transport, Verdict, retry_after_seconds
+from ..settings import PrometheusSettings
+from ..storage import Storage
 from .delivery import DeliveryError, stored_rows
 from .ledger import Ledger
 from .prometheus_series import DURATION, HOUR_MS, REQUESTS, HourSeries, Labels, Samples
 from .remote_write import HEADERS, classify, compress, encode_series
-from .transport import Action, Transport
 
-NOT_CONFIGURED = "PROMETHEUS_REMOTE_WRITE_URL is not set"
 REVISION, BATCH = "revision:", "batch:"
 NAMES = (REQUESTS, f"{DURATION}_bucket", f"{DURATION}_sum", f"{DURATION}_count")
-SERIES_MATCH = '{__name__=~"%s"}' % "|".join(NAMES)
+SERIES_MATCH = '{__name__=~"' + "|".join(NAMES) + '"}'
 
 
 @dataclass
@@ -49,6 +49,11 @@ class PrometheusSink:
     step_s: int = 60
     max_samples: int = 5_000  # per request: a failing request is rolled back whole
 
+    @classmethod
+    def from_settings(cls, s: PrometheusSettings) -> PrometheusSink:
+        auth = (s.username, s.password) if s.username else None
+        return cls(s.write_url, s.api_url or api_base(s.write_url), auth)
+
     def headers(self) -> dict:
         if not self.auth:
             return dict(HEADERS)
@@ -59,15 +64,6 @@ class PrometheusSink:
 def api_base(write_url: str) -> str:
     base = write_url.rstrip("/")
     return base[: -len("/api/v1/write")] if base.endswith("/api/v1/write") else base
-
-
-def from_env(env: Mapping[str, str]) -> PrometheusSink | None:
-    url = (env.get("PROMETHEUS_REMOTE_WRITE_URL") or "").strip()
-    if not url:
-        return None
-    user = env.get("PROMETHEUS_USERNAME") or ""
-    auth = (user, env.get("PROMETHEUS_PASSWORD") or "") if user else None
-    return PrometheusSink(url, (env.get("PROMETHEUS_URL") or "").strip().rstrip("/") or api_base(url), auth)
 
 
 @dataclass
@@ -93,11 +89,11 @@ class PrometheusReport:
 
 
 def deliver_hour(
-    sink: PrometheusSink, warehouse: Warehouse, hour: datetime, transport: Transport, *, force: bool = False
+    sink: PrometheusSink, storage: Storage, hour: datetime, transport: Transport, *, force: bool = False
 ) -> PrometheusReport:
     started = time.perf_counter()
     report = PrometheusReport(sink.name, hour)
-    ledger, pending_name = Ledger(warehouse), f"{sink.name}/pending"
+    ledger, pending_name = Ledger(storage), f"{sink.name}/pending"
     try:
         if force:
             clear_hour(sink, transport, hour)
@@ -107,9 +103,9 @@ def deliver_hour(
         pending = ledger.delivered(pending_name, hour)
         marker = next((p for p in pending if p.startswith(REVISION)), None)
         if marker is not None and marker not in done:  # an interrupted revision: finish it first
-            rev = int(marker[len(REVISION):])
+            rev = int(marker[len(REVISION) :])
             ids = {p for p in pending if not p.startswith((REVISION, BATCH))}
-            series = _aggregate(warehouse, hour, sink.step_s, lambda rid: rid in ids if rid else rev == 0, report)
+            series = _aggregate(storage, hour, sink.step_s, lambda rid: rid in ids if rid else rev == 0, report)
             _send(sink, transport, ledger, hour, rev, series, pending, report)
             ledger.record(sink.name, hour, sorted(ids) + [marker])
             done |= ids | {marker}
@@ -127,7 +123,7 @@ def deliver_hour(
             new_ids.append(rid)
             return True
 
-        series = _aggregate(warehouse, hour, sink.step_s, new, report)
+        series = _aggregate(storage, hour, sink.step_s, new, report)
         if series.rows:
             marker = f"{REVISION}{rev}"
             ledger.record(pending_name, hour, new_ids + [marker])
@@ -139,10 +135,11 @@ def deliver_hour(
     return report
 
 
-def _aggregate(warehouse, hour, step_s, wanted: Callable[[str | None], bool], report) -> HourSeries:
+def _aggregate(storage, hour, step_s, wanted: Callable[[str | None], bool], report) -> HourSeries:
     series = HourSeries(hour, step_s)
-    for row in stored_rows(warehouse, hour, ["request_id", "event_datetime", "provider", "status", "success",
-                                             "duration_ms"]):  # fmt: skip
+    for row in stored_rows(
+        storage, hour, ["request_id", "event_datetime", "provider", "status", "success", "duration_ms"]
+    ):
         if wanted(row.get("request_id")):
             if series.add(row):
                 report.skipped += 1
@@ -191,16 +188,33 @@ def _rfc3339(ms: int) -> str:
     return (datetime(1970, 1, 1) + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
 
 
+def _api_classifier(ok: int) -> Classifier:
+    """Query and admin calls get the write path's retries: 429 and 5xx again, anything else is final."""
+
+    def classify(resp) -> Verdict:
+        if resp.status_code == ok:
+            return Verdict(Action.OK)
+        reason = f"HTTP {resp.status_code}: {resp.text[:200]}"
+        if resp.status_code == 429 or resp.status_code >= 500:
+            return Verdict(Action.RETRY, reason, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
+        return Verdict(Action.FAIL, reason)
+
+    return classify
+
+
+def _why(sent) -> str:
+    """The last answer in the words the errors always used, plus how many tries it took."""
+    return sent.last_reason + (f"; gave up after {sent.attempts} attempts" if sent.gave_up else "")
+
+
 def _samples_in(sink: PrometheusSink, transport: Transport, end: str, headers: dict) -> float:
     total = 0.0
     for name in NAMES:  # one name at a time: count_over_time drops __name__, _sum and _count would collide
-        resp = transport.http.get(
-            f"{sink.api_url}/api/v1/query", headers=headers,
-            params={"query": f"sum(count_over_time({name}[{HOUR_MS - 1}ms]))", "time": end},
-        )  # fmt: skip
-        if resp.status_code != 200:
-            raise DeliveryError(f"{sink.name}: query API answered HTTP {resp.status_code}: {resp.text[:200]}")
-        total += sum(float(r["value"][1]) for r in resp.json()["data"]["result"])
+        query = {"query": f"sum(count_over_time({name}[{HOUR_MS - 1}ms]))", "time": end}
+        sent = transport.get(f"{sink.api_url}/api/v1/query", _api_classifier(200), params=query, headers=headers)
+        if sent.verdict.action is not Action.OK:
+            raise DeliveryError(f"{sink.name}: query API answered {_why(sent)}")
+        total += sum(float(r["value"][1]) for r in sent.response.json()["data"]["result"])
     return total
 
 
@@ -211,18 +225,19 @@ def clear_hour(sink: PrometheusSink, transport: Transport, hour: datetime) -> No
     auth = sink.headers().get("Authorization")
     headers = {"Authorization": auth} if auth else {}
     before = _samples_in(sink, transport, window["end"], headers)
-    resp = transport.http.post(
-        f"{sink.api_url}/api/v1/admin/tsdb/delete_series", params={"match[]": SERIES_MATCH, **window}, headers=headers
-    )
-    if resp.status_code != 204:
+    url, params = f"{sink.api_url}/api/v1/admin/tsdb/delete_series", {"match[]": SERIES_MATCH, **window}
+    sent = transport.send("POST", url, _api_classifier(204), params=params, headers=headers)
+    if sent.verdict.action is not Action.OK:
         raise DeliveryError(
-            f"{sink.name}: cannot delete {hour:%Y-%m-%d %H}:00 UTC for a forced resend (HTTP {resp.status_code}: "
-            f"{resp.text[:200]}); start Prometheus with --web.enable-admin-api and set PROMETHEUS_URL"
+            f"{sink.name}: cannot delete {hour:%Y-%m-%d %H}:00 UTC for a forced resend ({_why(sent)}); "
+            "start Prometheus with --web.enable-admin-api and set PROMETHEUS_URL"
         )
     left = _samples_in(sink, transport, window["end"], headers)
     if left:
-        state = "The hour is unchanged" if left == before else (
-            f"{before - left:.0f} samples were deleted: the hour is incomplete until a forced resend succeeds"
+        state = (
+            "The hour is unchanged"
+            if left == before
+            else (f"{before - left:.0f} samples were deleted: the hour is incomplete until a forced resend succeeds")
         )
         raise DeliveryError(
             f"{sink.name}: Prometheus still holds {left:.0f} samples of {hour:%Y-%m-%d %H}:00 UTC after deleting "

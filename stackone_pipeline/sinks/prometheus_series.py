@@ -16,8 +16,8 @@ Memory grows with series × grid points, never with rows.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Iterator
 
 HOUR_MS = 3_600_000
 REQUESTS = "stackone_requests_total"

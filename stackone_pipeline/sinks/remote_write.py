@@ -17,13 +17,12 @@ request, so a permanent error must stop the hour instead of being retried foreve
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import cramjam
 import httpx
 
-from ..stackone.client import retry_after_seconds
-from .transport import Action, Verdict
+from ..http import Action, Verdict, retry_after_seconds
 
 HEADERS = {
     "Content-Encoding": "snappy",

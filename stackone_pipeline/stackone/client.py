@@ -1,33 +1,45 @@
 """The one place that talks to the StackOne Request Logs API.
 
-HTTP Basic auth (key as username), a shared rate limiter, retries with exponential backoff and
-full jitter on 408/429/5xx, connection errors and broken bodies (honouring `Retry-After`), an
-overall deadline per walk, and pages streamed one at a time so memory is bounded by a page.
+HTTP Basic auth (key as username), a shared rate limiter, retries (the shared `http.Transport`:
+backoff with jitter, `Retry-After` honoured) on 408/429/5xx, connection errors and broken bodies,
+an overall deadline per walk, and pages streamed one at a time so memory is bounded by a page.
 401/403 fail at once; 400 fails with the server's message. No message ever holds the key.
 """
 
 from __future__ import annotations
 
-import email.utils
-import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Mapping
 
 import httpx
 import orjson
 
+from ..http import Action, Transport, Verdict, retry_after_seconds
 from .pagination import CursorPaginator, MalformedPage
 from .ratelimit import RateLimiter
 from .redaction import Redactor
 
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 FILTERS = (
-    "start_date", "end_date", "account_ids", "providers", "services", "actions", "resources",
-    "child_resources", "sub_resources", "http_methods", "status_codes", "request_ids",
-    "source_types", "source_ids", "source_values", "success",
-)  # fmt: skip
+    "start_date",
+    "end_date",
+    "account_ids",
+    "providers",
+    "services",
+    "actions",
+    "resources",
+    "child_resources",
+    "sub_resources",
+    "http_methods",
+    "status_codes",
+    "request_ids",
+    "source_types",
+    "source_ids",
+    "source_values",
+    "success",
+)
 ORDER_BY = ("provider", "service", "status", "eventDatetime", "duration")
 
 
@@ -75,21 +87,6 @@ def _filter_params(filters: Mapping[str, object]) -> dict[str, str]:
     return params
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
-
-
 class StackOneClient:
     def __init__(
         self,
@@ -112,22 +109,27 @@ class StackOneClient:
         self.base_url = base_url.rstrip("/")
         self.page_size = page_size
         self.limiter = rate_limiter
-        self.max_attempts, self.deadline_s = max_attempts, deadline_s
-        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self._sleep, self._clock = sleep, clock
+        self.deadline_s = deadline_s
+        self._clock = clock
         self._safe_base = Redactor().url(self.base_url)
         # Belt and braces: should a server ever echo the key, it is cut out of our messages.
         self._scrub = lambda text: text.replace(api_key, "[REDACTED]")
-        self._http = httpx.Client(
+        self._transport = Transport(
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            deadline_s=deadline_s,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            sleep=sleep,
+            clock=clock,
             base_url=self.base_url,
             auth=httpx.BasicAuth(api_key, ""),
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"accept": "application/json", "user-agent": "stackone-pipeline"},
         )
 
     def close(self) -> None:
-        self._http.close()
+        self._transport.close()
 
     def __enter__(self):
         return self
@@ -182,57 +184,62 @@ class StackOneClient:
         return self._get_json(path, params, stats, deadline, parse)
 
     def _get_json(self, path, params, stats, deadline, parse=lambda body: body):
-        attempt, last_error = 0, ""
-        while True:
-            attempt += 1
+        parsed: list = []
+        tries = 0
+
+        def before_attempt():  # every attempt, the first included, waits its turn at the limiter
+            nonlocal tries
+            if tries:
+                stats.retries += 1
+            tries += 1
             stats.rate_wait_s += self.limiter.acquire()
             stats.requests += 1
-            retry_after = None
-            try:
-                resp = self._http.get(path, params=params)
-            except httpx.TransportError as exc:  # refused, reset, timed out, truncated stream
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                status = resp.status_code
-                if status == 200:
-                    try:
-                        return parse(orjson.loads(resp.content))
-                    except orjson.JSONDecodeError:
-                        last_error = f"invalid or truncated JSON body ({len(resp.content)} bytes)"
-                    except MalformedPage as exc:
-                        last_error = f"malformed page: {exc}"
-                elif status in (401, 403):
-                    reason = "the API key was rejected (401 Unauthorized)" if status == 401 else (
-                        "the API key has no access to request logs (403 Forbidden)")
-                    raise StackOneAuthError(
-                        f"StackOne {self._safe_base}{path}: {reason}; check STACKONE_API_KEY. "
-                        f"Server said: {self._message(resp)}")
-                elif status in RETRYABLE_STATUSES:
-                    if status == 429:
-                        stats.throttled += 1
-                    retry_after = retry_after_seconds(resp.headers.get("retry-after"))
-                    if status == 429 and retry_after is not None:
-                        self.limiter.pause(retry_after)
-                    last_error = f"HTTP {status}: {self._message(resp)}"
-                else:
-                    raise StackOneBadRequest(
-                        f"StackOne {self._safe_base}{path} answered HTTP {status}: {self._message(resp)}")
-            if attempt >= self.max_attempts:
-                raise StackOneError(
-                    f"StackOne {self._safe_base}{path}: giving up after {attempt} attempts; last error: {last_error}")
-            delay = self._backoff(attempt, retry_after)
-            if self._clock() + delay > deadline:
-                raise StackOneError(
-                    f"StackOne {self._safe_base}{path}: deadline of {self.deadline_s:.0f}s reached "
-                    f"after {attempt} attempts; last error: {last_error}")
-            stats.retries += 1
-            self._sleep(delay)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:  # the server knows best; a little jitter spreads the threads
-            return retry_after + random.uniform(0, 0.1)
-        cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return random.uniform(cap / 2, cap)
+        def classify(resp: httpx.Response) -> Verdict:
+            status = resp.status_code
+            if status == 200:
+                try:
+                    parsed.append(parse(orjson.loads(resp.content)))
+                    return Verdict(Action.OK)
+                except orjson.JSONDecodeError:
+                    return Verdict(Action.RETRY, f"invalid or truncated JSON body ({len(resp.content)} bytes)")
+                except MalformedPage as exc:
+                    return Verdict(Action.RETRY, f"malformed page: {exc}")
+            if status in (401, 403):
+                reason = (
+                    "the API key was rejected (401 Unauthorized)"
+                    if status == 401
+                    else ("the API key has no access to request logs (403 Forbidden)")
+                )
+                raise StackOneAuthError(
+                    f"StackOne {self._safe_base}{path}: {reason}; check STACKONE_API_KEY. "
+                    f"Server said: {self._message(resp)}"
+                )
+            if status not in RETRYABLE_STATUSES:
+                raise StackOneBadRequest(
+                    f"StackOne {self._safe_base}{path} answered HTTP {status}: {self._message(resp)}"
+                )
+            retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+            if status == 429:
+                stats.throttled += 1
+                if retry_after is not None:  # every thread sharing the limiter holds off, not just this one
+                    self.limiter.pause(retry_after)
+            return Verdict(Action.RETRY, f"HTTP {status}: {self._message(resp)}", retry_after=retry_after)
+
+        sent = self._transport.send(
+            "GET", path, classify, deadline=deadline, before_attempt=before_attempt, params=params
+        )
+        if sent.verdict.action is Action.OK:
+            return parsed[0]
+        last_error = self._scrub(sent.last_reason)
+        if sent.gave_up == "deadline":
+            raise StackOneError(
+                f"StackOne {self._safe_base}{path}: deadline of {self.deadline_s:.0f}s reached "
+                f"after {sent.attempts} attempts; last error: {last_error}"
+            )
+        raise StackOneError(
+            f"StackOne {self._safe_base}{path}: giving up after {sent.attempts} attempts; last error: {last_error}"
+        )
 
     def _message(self, resp: httpx.Response) -> str:
         try:

@@ -48,15 +48,44 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("response", pa.string(), "JSON: {status_code, headers, body, custom_mapping_errors, provider_errors}, redacted"),
     ("step_requests", pa.string(), "JSON list (only with include=step_logs), redacted"),
 ]
+# What counts as an error, the one definition that SQL and Python share: an HTTP status >= 400,
+# or a timeout (no status and success = false). A missing status with success true or unknown is
+# not an error.
+IS_TIMEOUT_SQL = "coalesce(status IS NULL AND success = false, false)"
+IS_ERROR_SQL = "coalesce(status >= 400 OR (status IS NULL AND success = false), false)"
+
+
+def is_timeout(status: int | None, success: bool | None) -> bool:
+    return status is None and success is False
+
+
+def is_error(status: int | None, success: bool | None) -> bool:
+    """IS_ERROR_SQL, in Python."""
+    return status >= 400 if status is not None else success is False
+
+
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 COLUMN_NAMES = [name for name, _, _ in COLUMNS]
 
 _TIMESTAMP_FIELDS = ("event_datetime", "start_time", "end_time")
 _STRING_FIELDS = (
-    "request_id", "account_id", "project_id", "provider", "service", "resource", "child_resource",
-    "sub_resource", "action", "http_method", "path", "url", "source_type", "source_value",
-    "source_id", "source_ip",
-)  # fmt: skip
+    "request_id",
+    "account_id",
+    "project_id",
+    "provider",
+    "service",
+    "resource",
+    "child_resource",
+    "sub_resource",
+    "action",
+    "http_method",
+    "path",
+    "url",
+    "source_type",
+    "source_value",
+    "source_id",
+    "source_ip",
+)
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 # Keys whose *children* are names chosen by someone else (header names, query parameters,
 # bodies): their keys are kept exactly as they are.

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 
 REDACTED = "[REDACTED]"
 
-SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
-)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 # A header or query parameter whose name contains one of these is a credential.
 SECRET_NAME_PARTS = ("token", "secret", "password", "signature", "api-key", "apikey", "api_key")
 SECRET_QUERY_PARAMS = frozenset(

@@ -7,9 +7,12 @@ DuckDB allows one writing process per file, or many read-only ones, never both. 
   opens the database, replaces one hour in one transaction and closes it again: the write
   window is a fraction of a second. If someone else (a user's `duckdb` session) holds the
   file, the writer retries with backoff for `lock_timeout_s` and then fails with a clear error.
-* `query.duckdb` is for people: views over the Parquet lake. The pipeline never holds it
-  open, so a CLI session or notebook on it neither blocks a run nor is blocked by one, and
-  because lake files are replaced by atomic renames a query sees each hour whole.
+* `query.duckdb` (storage.py) is for people: views over the Parquet lake, never locked by
+  the pipeline.
+
+Every transaction goes through `transaction()`: on an already-open connection (`in_transaction`)
+or with a writer of its own (`Warehouse.transaction`). A failed ROLLBACK never hides the error
+that caused it (a full disk, for one, ends the transaction before we get to roll it back).
 """
 
 from __future__ import annotations
@@ -18,15 +21,13 @@ import fcntl
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pyarrow as pa
-
-from ..lake.parquet import dataset_glob, dataset_root
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,32 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
 
 
 def create_table_sql(table: str, columns: list[tuple[str, pa.DataType, str]], json_columns=()) -> str:
-    cols = ",\n  ".join(
-        f"{name} {'JSON' if name in json_columns else duckdb_type(typ)}" for name, typ, _ in columns
-    )
+    cols = ",\n  ".join(f"{name} {'JSON' if name in json_columns else duckdb_type(typ)}" for name, typ, _ in columns)
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols}\n)"
 
 
+@contextmanager
+def in_transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT on `con`; ROLLBACK (and the original error) if the block raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error as exc:  # the transaction is gone already: the original error says why
+            log.debug("rollback failed after an error: %s", exc)
+        raise
+    con.execute("COMMIT")
+
+
 class Warehouse:
+    """warehouse.duckdb in `data_dir`, and the lock every process takes before writing it."""
+
     def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, memory_limit: str = "256MB"):
         self.memory_limit = memory_limit
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "warehouse.duckdb"
-        self.query_path = self.data_dir / "query.duckdb"
         self.lock_timeout_s = lock_timeout_s
 
     @contextmanager
@@ -79,6 +94,12 @@ class Warehouse:
                 yield con
             finally:
                 con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A writer with one transaction open: committed when the block ends, rolled back if it raises."""
+        with self.writer() as con, in_transaction(con):
+            yield con
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -106,7 +127,7 @@ class Warehouse:
                 if time.monotonic() + delay > deadline:
                     raise WarehouseLockedError(
                         f"{self.path} is held by another process for more than {self.lock_timeout_s:.0f}s "
-                        f"({exc}). Query {self.query_path} instead: it is never locked by the pipeline."
+                        f"({exc}). Query {self.data_dir / 'query.duckdb'} instead: it is never locked by the pipeline."
                     ) from exc
                 log.warning("warehouse busy (%s); retrying in %.1fs", str(exc).split("\n")[0], delay)
                 time.sleep(delay)
@@ -117,49 +138,11 @@ class Warehouse:
         with self.writer() as con:
             con.execute(create_sql)
             con.execute("SET memory_limit = '96MB'")  # a plain insert streams: spill, don't grow
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with in_transaction(con):
                 con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
                 con.execute(
-                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)", [str(parquet_path)]
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
+                    [str(parquet_path)],
                 )
                 (rows,) = con.execute(f"SELECT count(*) FROM {table} WHERE hour = ?", [hour]).fetchone()
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
         return rows
-
-    def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
-        """(Re)create one view per lake dataset in query.duckdb, then `extra_views` ({name: SELECT})
-        that build on them. Skipped, with a warning, while someone has query.duckdb open."""
-        lake = self.data_dir / "lake"
-        datasets = sorted(
-            p.name for p in lake.iterdir() if p.is_dir() and any(dataset_root(self.data_dir, p.name).glob("date=*/hour=*/*.parquet"))
-        ) if lake.exists() else []
-        try:
-            con = duckdb.connect(str(self.query_path))
-        except duckdb.IOException as exc:
-            log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
-            return []
-        try:
-            # Views over a glob pick up new files at query time: only missing views are created
-            # (re-creating reads every file's footer, which grows with history).
-            existing = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-            for name in datasets:
-                if name in existing:
-                    continue
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-                    f"'{dataset_glob(self.data_dir, name)}', hive_partitioning = false, union_by_name = true)"
-                )
-            for name, select in (extra_views or {}).items():
-                if name in existing:
-                    continue
-                try:
-                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
-                except duckdb.CatalogException:  # its base dataset has no files yet
-                    pass
-        finally:
-            con.close()
-        return datasets

@@ -26,8 +26,8 @@ The seen-ids set is rebuilt at start-up from the staged segments and
 `<data_dir>/webhooks/loaded_ids`, so duplicates are recognised across restarts. One receiver
 per data directory: a second one refuses to start (`StagingBusyError`).
 
-Loading (loading.py). `load_staged_events(warehouse)` inserts staged events into the
-`webhook_events` table of warehouse.duckdb through `Warehouse.writer()`, idempotent by
+Loading (loading.py). `load_staged_events(storage)` inserts staged events into the
+`webhook_events` table of warehouse.duckdb through the warehouse writer, idempotent by
 `event_id`, records their ids in `loaded_ids`, then deletes the loaded segments, and returns the
 newly inserted events as dicts. The Dagster asset `webhook_events` calls it; the sensor
 `webhook_events_sensor` requests that asset while events are staged. A copy per `received_at`
@@ -38,7 +38,12 @@ provider, request_id, event_datetime, event_hour, error (JSON), payload (JSON), 
 """
 
 from .app import (
-    DEFAULT_TOLERANCE_S, MAX_BODY_BYTES, SECRET_ENV, WEBHOOK_PATH, WebhookConfigError, create_app,
+    DEFAULT_TOLERANCE_S,
+    MAX_BODY_BYTES,
+    SECRET_ENV,
+    WEBHOOK_PATH,
+    WebhookConfigError,
+    create_app,
 )
 from .events import KNOWN_TYPES
 from .loading import COLUMNS, TABLE, load_staged_events
@@ -47,8 +52,25 @@ from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signed_headers, v
 from .staging import StagingBusyError, closed_segments, staged_records
 
 __all__ = [
-    "COLUMNS", "DEFAULT_TOLERANCE_S", "KNOWN_TYPES", "MAX_BODY_BYTES", "SECRET_ENV", "SIGNATURE_HEADER",
-    "TABLE", "TIMESTAMP_HEADER", "WEBHOOK_PATH", "RunningReceiver", "WebhookConfigError", "create_app",
-    "StagingBusyError", "closed_segments", "load_staged_events", "serve", "sign", "signed_headers",
-    "staged_records", "start_receiver", "verify",
+    "COLUMNS",
+    "DEFAULT_TOLERANCE_S",
+    "KNOWN_TYPES",
+    "MAX_BODY_BYTES",
+    "SECRET_ENV",
+    "SIGNATURE_HEADER",
+    "TABLE",
+    "TIMESTAMP_HEADER",
+    "WEBHOOK_PATH",
+    "RunningReceiver",
+    "WebhookConfigError",
+    "create_app",
+    "StagingBusyError",
+    "closed_segments",
+    "load_staged_events",
+    "serve",
+    "sign",
+    "signed_headers",
+    "staged_records",
+    "start_receiver",
+    "verify",
 ]

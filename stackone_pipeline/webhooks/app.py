@@ -67,8 +67,15 @@ def _json(code: int, **fields) -> Response:
 class Receiver:
     """State of one receiver: staging, the seen-ids set, deliveries in flight."""
 
-    def __init__(self, data_dir: Path | str, secret: str, *, signature_header: str = SIGNATURE_HEADER,
-                 tolerance_s: float = DEFAULT_TOLERANCE_S, clock=time.time):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        secret: str,
+        *,
+        signature_header: str = SIGNATURE_HEADER,
+        tolerance_s: float = DEFAULT_TOLERANCE_S,
+        clock=time.time,
+    ):
         self._secret = require_secret(secret)
         self.signature_header = signature_header
         self.tolerance_s = tolerance_s
@@ -80,8 +87,12 @@ class Receiver:
             self.staging.close()
             raise
         self._inflight: dict[str, asyncio.Future] = {}
-        log.info("webhook receiver: staging in %s; %d event ids already received%s", self.staging.dir, len(self.seen),
-                 f"; closed {self.staging.recovered} segment(s) left open" if self.staging.recovered else "")
+        log.info(
+            "webhook receiver: staging in %s; %d event ids already received%s",
+            self.staging.dir,
+            len(self.seen),
+            f"; closed {self.staging.recovered} segment(s) left open" if self.staging.recovered else "",
+        )
 
     def __repr__(self) -> str:  # never show the secret
         return f"Receiver(staging={self.staging.dir})"
@@ -115,8 +126,12 @@ class Receiver:
         else:
             return _json(400, error=f"no `created_at` / `timestamp` in the event and no {TIMESTAMP_HEADER} header")
         if abs(now - when) > self.tolerance_s:
-            log.warning("rejected event %r: timestamp %.0f s from now (tolerance %.0f s)",
-                        event.id, now - when, self.tolerance_s)
+            log.warning(
+                "rejected event %r: timestamp %.0f s from now (tolerance %.0f s)",
+                event.id,
+                now - when,
+                self.tolerance_s,
+            )
             return _json(401, error=f"timestamp outside the {self.tolerance_s:.0f} s tolerance", id=event.id)
 
         received_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds")
@@ -148,9 +163,16 @@ async def _health(request: Request) -> Response:
     return _json(200, status="ok")
 
 
-def create_app(data_dir: Path | str, secret: str, *, path: str = WEBHOOK_PATH,
-               signature_header: str = SIGNATURE_HEADER, tolerance_s: float = DEFAULT_TOLERANCE_S,
-               max_body_bytes: int = MAX_BODY_BYTES, clock=time.time) -> Starlette:
+def create_app(
+    data_dir: Path | str,
+    secret: str,
+    *,
+    path: str = WEBHOOK_PATH,
+    signature_header: str = SIGNATURE_HEADER,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    clock=time.time,
+) -> Starlette:
     receiver = Receiver(data_dir, secret, signature_header=signature_header, tolerance_s=tolerance_s, clock=clock)
 
     @asynccontextmanager
@@ -160,9 +182,12 @@ def create_app(data_dir: Path | str, secret: str, *, path: str = WEBHOOK_PATH,
         finally:
             receiver.close()  # flush, close the open segment, release the data directory
 
-    app = Starlette(routes=[
-        Route(path, receiver.handle, methods=["POST"], max_body_size=max_body_bytes),
-        Route("/healthz", _health, methods=["GET"]),
-    ], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route(path, receiver.handle, methods=["POST"], max_body_size=max_body_bytes),
+            Route("/healthz", _health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
     app.state.receiver = receiver
     return app

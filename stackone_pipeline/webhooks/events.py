@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from ..partitions import floor_hour
+
 MAX_ID_LENGTH = 256
 KNOWN_TYPES = ("account.error", "account.expired", "request.failed")
 
@@ -106,6 +108,6 @@ def columns(payload: dict) -> dict:
         "provider": _text(_pick(payload, "provider")),
         "request_id": _text(_pick(payload, "request_id", "requestId")),
         "event_datetime": event_datetime,
-        "event_hour": basis.replace(minute=0, second=0, microsecond=0) if basis else None,
+        "event_hour": floor_hour(basis) if basis else None,
         "error": None if error is None else orjson.dumps(error).decode(),
     }

@@ -1,29 +1,28 @@
 """Staged events -> table `webhook_events` in warehouse.duckdb (and a Parquet copy in the lake).
 
-`load_staged_events(warehouse)` reads every closed staging segment, inserts the events whose
-`event_id` is not in the table yet (one transaction per batch, through `Warehouse.writer()`, the
+`load_staged_events(storage)` reads every closed staging segment, inserts the events whose
+`event_id` is not in the table yet (one transaction per batch, through the warehouse writer, the
 only write path), records their ids in `loaded_ids` (fsync'd), and only then deletes the
 segments. A crash anywhere leaves the segments staged and the next load skips what the table
 already holds, so each event is in the table exactly once. It returns the events it newly
 inserted.
 
-The touched `received_at` hours are also rewritten to `lake/webhook_events/date=/hour=/`
-(temp file + rename), so `query.duckdb` gets a `webhook_events` view that never locks the
+The touched `received_at` hours are also republished to `lake/webhook_events/date=/hour=/`
+(atomically, through the lake), so `query.duckdb` gets a `webhook_events` view that never locks the
 pipeline's file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 
 import orjson
 import pyarrow as pa
 
-from ..lake.parquet import TMP_PREFIX, hour_file
-from ..warehouse.duckdb_store import Warehouse
+from ..partitions import HOUR, floor_hour
+from ..storage import Storage
+from ..warehouse import in_transaction
 from .events import columns
 from .staging import append_loaded, closed_segments, read_segment
 
@@ -65,26 +64,23 @@ def _row(record: dict) -> dict | None:
     return {"event_id": event["id"], "received_at": received_at, **columns(event), "payload": event}
 
 
-def _export_hours(con, data_dir: Path, hours: set[datetime]) -> None:
+def _export_hours(con, storage: Storage, hours: set[datetime]) -> None:
     for hour in sorted(hours):
-        final = hour_file(data_dir, DATASET, hour)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{final.name}.partial"
-        con.execute(
-            f"COPY (SELECT * FROM {TABLE} WHERE received_at >= ? AND received_at < ? ORDER BY received_at, event_id) "
-            f"TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)",
-            [hour, hour + timedelta(hours=1)],
-        )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with storage.lake.publishing(DATASET, hour) as tmp:
+            con.execute(
+                f"COPY (SELECT * FROM {TABLE} WHERE received_at >= ? AND received_at < ? "
+                "ORDER BY received_at, event_id) TO '"
+                + str(tmp).replace("'", "''")
+                + "' (FORMAT parquet, COMPRESSION zstd)",
+                [hour, hour + HOUR],
+            )
 
 
-def load_staged_events(warehouse: Warehouse, batch_size: int = BATCH) -> list[dict]:
+def load_staged_events(storage: Storage, batch_size: int = BATCH) -> list[dict]:
     """Load every staged event into `webhook_events` (idempotent by event_id), then remove the
     loaded segments. Returns the newly inserted events, oldest `received_at` first, as dicts with the
     table's columns (`payload` as a dict, `error` as parsed JSON)."""
-    segments = closed_segments(warehouse.data_dir)
+    segments = closed_segments(storage.data_dir)
     if not segments:
         return []
     by_id = {}
@@ -94,37 +90,34 @@ def load_staged_events(warehouse: Warehouse, batch_size: int = BATCH) -> list[di
     rows = sorted(by_id.values(), key=lambda r: (r["received_at"], r["event_id"]))
     new_ids: set[str] = set()
     loaded_at = datetime.now(timezone.utc)
-    with warehouse.writer() as con:
+    with storage.warehouse.writer() as con:
         con.execute(CREATE_SQL)
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             table = pa.Table.from_pylist(
-                [{**r, "payload": orjson.dumps(r["payload"]).decode()} for r in chunk], schema=_SCHEMA)
+                [{**r, "payload": orjson.dumps(r["payload"]).decode()} for r in chunk], schema=_SCHEMA
+            )
             con.register("staged_webhook_events", table)
-            con.execute("BEGIN TRANSACTION")
             try:
-                inserted = con.execute(
-                    f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, loaded_at) "
-                    f"SELECT {', '.join(_NAMES)}, ?::TIMESTAMPTZ FROM staged_webhook_events s "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {TABLE} w WHERE w.event_id = s.event_id) RETURNING event_id",
-                    [loaded_at],
-                ).fetchall()
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                with in_transaction(con):
+                    inserted = con.execute(
+                        f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, loaded_at) "
+                        f"SELECT {', '.join(_NAMES)}, ?::TIMESTAMPTZ FROM staged_webhook_events s "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM {TABLE} w WHERE w.event_id = s.event_id) RETURNING event_id",
+                        [loaded_at],
+                    ).fetchall()
             finally:
                 con.unregister("staged_webhook_events")
             new_ids.update(i for (i,) in inserted)
-        hours = {r["received_at"].replace(minute=0, second=0, microsecond=0) for r in rows if r["event_id"] in new_ids}
-        _export_hours(con, warehouse.data_dir, hours)
+        hours = {floor_hour(r["received_at"]) for r in rows if r["event_id"] in new_ids}
+        _export_hours(con, storage, hours)
     # The index is fsync'd before any segment goes; a concurrent load that re-reads a segment
     # skips its events in the table.
-    append_loaded(warehouse.data_dir, [r["event_id"] for r in rows])
+    append_loaded(storage.data_dir, [r["event_id"] for r in rows])
     for segment in segments:
         segment.unlink(missing_ok=True)
     if new_ids:
-        warehouse.publish_views()
+        storage.publish_views()
     new = [r for r in rows if r["event_id"] in new_ids]
     for r in new:
         r["error"] = None if r["error"] is None else orjson.loads(r["error"])

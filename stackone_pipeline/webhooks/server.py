@@ -19,14 +19,29 @@ log = logging.getLogger("stackone_pipeline.webhooks")
 
 def _config(app, log_level: str, access_log: bool, **kw) -> uvicorn.Config:
     return uvicorn.Config(
-        app, log_level=log_level, access_log=access_log, lifespan="on", server_header=False,
-        timeout_graceful_shutdown=5, log_config=None, **kw,
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        log_config=None,
+        **kw,
     )
 
 
-def serve(host: str, port: int, data_dir: Path | str, secret: str, *, path: str = WEBHOOK_PATH,
-          signature_header: str = SIGNATURE_HEADER, tolerance_s: float = DEFAULT_TOLERANCE_S,
-          log_level: str = "info", access_log: bool = False) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path | str,
+    secret: str,
+    *,
+    path: str = WEBHOOK_PATH,
+    signature_header: str = SIGNATURE_HEADER,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
     """Serve the webhook receiver until Ctrl-C / SIGTERM. Raises `WebhookConfigError` (clear
     message, before binding anything) when `secret` is empty."""
     require_secret(secret)
@@ -34,8 +49,14 @@ def serve(host: str, port: int, data_dir: Path | str, secret: str, *, path: str 
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("stackone_pipeline.webhooks").setLevel(log_level.upper())
     app = create_app(data_dir, secret, path=path, signature_header=signature_header, tolerance_s=tolerance_s)
-    log.info("StackOne webhook receiver on http://%s:%d%s (signature header %s, tolerance %.0f s)",
-             host, port, path, signature_header, tolerance_s)
+    log.info(
+        "StackOne webhook receiver on http://%s:%d%s (signature header %s, tolerance %.0f s)",
+        host,
+        port,
+        path,
+        signature_header,
+        tolerance_s,
+    )
     try:
         uvicorn.Server(_config(app, log_level, access_log, host=host, port=port)).run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
@@ -59,15 +80,23 @@ class RunningReceiver:
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "RunningReceiver":
+    def __enter__(self) -> RunningReceiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def start_receiver(data_dir: Path | str, secret: str, *, host: str = "127.0.0.1", port: int = 0,
-                   path: str = WEBHOOK_PATH, log_level: str = "warning", **kw) -> RunningReceiver:
+def start_receiver(
+    data_dir: Path | str,
+    secret: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    path: str = WEBHOOK_PATH,
+    log_level: str = "warning",
+    **kw,
+) -> RunningReceiver:
     """Serve a receiver on `host:port` (0 = any free port) in a daemon thread; returns once it
     accepts connections."""
     app = create_app(data_dir, secret, path=path, **kw)

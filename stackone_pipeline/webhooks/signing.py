@@ -41,16 +41,22 @@ def verify(secret: str | bytes, body: bytes, header_value: str | None, timestamp
         return False
     given = header_value.strip()
     if given[: len(PREFIX)].lower() == PREFIX:
-        given = given[len(PREFIX):]
+        given = given[len(PREFIX) :]
     # compare_digest on str needs ASCII; a non-ASCII header or timestamp can never match anyway.
     if not given.isascii() or (timestamp is not None and not timestamp.isascii()):
         return False
-    expected = sign(secret, body, timestamp)[len(PREFIX):]
+    expected = sign(secret, body, timestamp)[len(PREFIX) :]
     return hmac.compare_digest(expected, given.lower())
 
 
-def signed_headers(secret: str | bytes, body: bytes, *, with_timestamp: bool = False,
-                   timestamp: int | None = None, header: str = SIGNATURE_HEADER) -> dict[str, str]:
+def signed_headers(
+    secret: str | bytes,
+    body: bytes,
+    *,
+    with_timestamp: bool = False,
+    timestamp: int | None = None,
+    header: str = SIGNATURE_HEADER,
+) -> dict[str, str]:
     """Headers a sender attaches (used by the tests, the benchmark and anyone replaying events)."""
     if not with_timestamp and timestamp is None:
         return {header: sign(secret, body), "Content-Type": "application/json"}

@@ -31,9 +31,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 import orjson
 
@@ -232,8 +232,9 @@ class StagingLog:
                         self._cond.wait(due)
                 batch, self._pending = self._pending, []
                 closing = self._closing
-            if self._fd is not None and (time.monotonic() - self._opened_at >= self.rotate_s
-                                         or self._size >= self.rotate_bytes):
+            if self._fd is not None and (
+                time.monotonic() - self._opened_at >= self.rotate_s or self._size >= self.rotate_bytes
+            ):
                 self._close_segment()
             if batch:
                 self._write(batch)
@@ -249,7 +250,7 @@ class StagingLog:
                 self._open_segment()
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
             os.fdatasync(self._fd)
             self._size += len(data)
         except OSError as exc:

@@ -117,10 +117,16 @@ class Backfill:
         return {r["runId"] for r in self.runs}
 
     @classmethod
-    def from_graphql(cls, b: dict, seconds: float) -> "Backfill":
+    def from_graphql(cls, b: dict, seconds: float) -> Backfill:
         statuses = ((b.get("assetBackfillData") or {}).get("assetBackfillStatuses")) or []
-        return cls(b["id"], b["status"], b["runs"], seconds, (b.get("error") or {}).get("message"),
-                   {"/".join(s["assetKey"]["path"]): s for s in statuses})
+        return cls(
+            b["id"],
+            b["status"],
+            b["runs"],
+            seconds,
+            (b.get("error") or {}).get("message"),
+            {"/".join(s["assetKey"]["path"]): s for s in statuses},
+        )
 
 
 @dataclass(frozen=True)
@@ -162,11 +168,28 @@ class DagsterDev:
         (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"),
-               "-h", "127.0.0.1", "-p", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
@@ -204,8 +227,7 @@ class DagsterDev:
     # ---- GraphQL ------------------------------------------------------------------------
 
     def post(self, query: str, variables: dict | None = None, timeout_s: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                          timeout=timeout_s)
+        return httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout_s)
 
     def gql(self, query: str, variables: dict | None = None) -> dict:
         resp = self.post(query, variables)
@@ -216,7 +238,7 @@ class DagsterDev:
 
     def launch_backfill(self, partitions_by_assets: list[dict], title: str) -> Launch:
         """The UI's backfill mutation. Dagster 1.13 answers some invalid launches with HTTP 500 +
-        a PythonError (docs/dagster.md section 3): both shapes become `Launch.error`."""
+        a PythonError (seen on 1.13.28, not only GraphQL errors): both shapes become `Launch.error`."""
         resp = self.post(LAUNCH_BACKFILL, {"p": {"partitionsByAssets": partitions_by_assets, "title": title}})
         try:
             body = resp.json()
@@ -265,9 +287,15 @@ class DagsterDev:
             checks = n.get("assetChecksOrError") or {}
             name = "/".join(n["assetKey"]["path"])
             nodes[name] = AssetNode(
-                name, tuple(n["assetKey"]["path"]), n["groupName"], n["isPartitioned"],
+                name,
+                tuple(n["assetKey"]["path"]),
+                n["groupName"],
+                n["isPartitioned"],
                 tuple("/".join(c["path"]) for c in n["dependedByKeys"]),
-                tuple(c["name"] for c in checks.get("checks") or []), n["isExecutable"], n["description"] or "")
+                tuple(c["name"] for c in checks.get("checks") or []),
+                n["isExecutable"],
+                n["description"] or "",
+            )
         return nodes
 
     def downstream_of(self, root: str) -> list[AssetNode]:
@@ -301,16 +329,20 @@ class DagsterDev:
         except psutil.NoSuchProcess:
             family = []
         try:
-            for sig, leader_wait_s, family_wait_s in ((signal.SIGINT, 20, 5), (signal.SIGTERM, 10, 10),
-                                                      (signal.SIGKILL, 5, 5)):
+            for sig, leader_wait_s, family_wait_s in (
+                (signal.SIGINT, 20, 5),
+                (signal.SIGTERM, 10, 10),
+                (signal.SIGKILL, 5, 5),
+            ):
                 self._signal(sig, family)
                 try:
                     self.proc.wait(timeout=leader_wait_s)
                 except subprocess.TimeoutExpired:
                     pass
                 _, family = psutil.wait_procs(family, timeout=family_wait_s)
-                self.stop_log.append(f"{signal.Signals(sig).name}: {len(family)} left after "
-                                     f"{time.monotonic() - t0:.1f}s")
+                self.stop_log.append(
+                    f"{signal.Signals(sig).name}: {len(family)} left after {time.monotonic() - t0:.1f}s"
+                )
                 if not family and self.proc.poll() is not None:
                     break
             leftovers = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -359,8 +391,10 @@ class BackfillOutcome:
         return [a.name for a in self.assets]
 
     def describe(self, dev: DagsterDev) -> str:
-        return (f"launch={self.launch} result={self.result} after {self.seconds:.0f}s\n"
-                f"dagster dev log tail:\n{dev.log_tail()}")
+        return (
+            f"launch={self.launch} result={self.result} after {self.seconds:.0f}s\n"
+            f"dagster dev log tail:\n{dev.log_tail()}"
+        )
 
 
 # Stops for what the session fixture started, most recent last; each runs once.
@@ -382,7 +416,8 @@ def partitions_by_assets(assets: list[AssetNode], first_key: str, last_key: str)
     """The launch parameters of the UI's backfill dialog for a range of hours."""
     return [
         {"assetKey": {"path": list(a.path)}, "partitions": {"range": {"start": first_key, "end": last_key}}}
-        if a.partitioned else {"assetKey": {"path": list(a.path)}}
+        if a.partitioned
+        else {"assetKey": {"path": list(a.path)}}
         for a in assets
     ]
 
@@ -404,8 +439,13 @@ def e2e(request, tmp_path_factory) -> E2E:
     data_dir, home = base / "data", base / "dagster_home"
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV_PREFIXES)}
-    env.update(STACKONE_API_KEY=DEFAULT_API_KEY, STACKONE_BASE_URL=sim.url, STACKONE_DATA_DIR=str(data_dir),
-               DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(
+        STACKONE_API_KEY=DEFAULT_API_KEY,
+        STACKONE_BASE_URL=sim.url,
+        STACKONE_DATA_DIR=str(data_dir),
+        DAGSTER_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+    )
     dev = DagsterDev(home=home, data_dir=data_dir, env=env, log_path=ARTIFACTS / "dagster-dev.log")
     _TO_STOP.append(dev.stop)
     dev.start()

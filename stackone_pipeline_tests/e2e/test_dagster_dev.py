@@ -22,7 +22,7 @@ from datetime import timedelta
 import pytest
 
 from stackone_pipeline.stackone.records import parse_timestamp
-from stackone_pipeline.warehouse.duckdb_store import Warehouse
+from stackone_pipeline.storage import Storage
 
 from .dagster_dev import closed_hours, partition_key, partitions_by_assets
 
@@ -33,8 +33,15 @@ pytestmark = pytest.mark.timeout(480)
 
 HOUR = timedelta(hours=1)
 # The analytics tables this pipeline derives from request_logs (asserted when `defs` has them).
-ANALYTICS = ("error_rate_5m", "error_rate_hourly", "latency_hourly", "provider_health_hourly",
-             "account_errors_hourly", "request_volume_hourly", "alert_evaluations")
+ANALYTICS = (
+    "error_rate_5m",
+    "error_rate_hourly",
+    "latency_hourly",
+    "provider_health_hourly",
+    "account_errors_hourly",
+    "request_volume_hourly",
+    "alert_evaluations",
+)
 
 
 def is_error(r: dict) -> bool:
@@ -54,11 +61,19 @@ def expected(e2e) -> dict:
         for r in recs:
             provider[(h, r.get("provider") or "unknown")][0] += 1
             provider[(h, r.get("provider") or "unknown")][1] += is_error(r)
-    max_ms = {h: max(float(r["duration"]) for r in recs if r.get("duration") is not None)
-              for h, recs in by_hour.items()}
-    return {"ids": {r["request_id"] for r in rows}, "rows": len(rows), "per_hour": per_hour,
-            "errors": sum(errors_per_hour.values()), "errors_per_hour": errors_per_hour,
-            "provider": {k: tuple(v) for k, v in provider.items()}, "max_ms": max_ms, "records": rows}
+    max_ms = {
+        h: max(float(r["duration"]) for r in recs if r.get("duration") is not None) for h, recs in by_hour.items()
+    }
+    return {
+        "ids": {r["request_id"] for r in rows},
+        "rows": len(rows),
+        "per_hour": per_hour,
+        "errors": sum(errors_per_hour.values()),
+        "errors_per_hour": errors_per_hour,
+        "provider": {k: tuple(v) for k, v in provider.items()},
+        "max_ms": max_ms,
+        "records": rows,
+    }
 
 
 def tables_in_defs(outcome) -> set[str]:
@@ -68,17 +83,23 @@ def tables_in_defs(outcome) -> set[str]:
 def snapshot(data_dir) -> dict:
     """Row counts (and request totals) of every table in the warehouse."""
     out = {}
-    with Warehouse(data_dir, lock_timeout_s=60).reader() as con:
-        names = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
+    with Storage(data_dir, lock_timeout_s=60).warehouse.reader() as con:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+            ).fetchall()
+        ]
         for t in sorted(names):
             out[t] = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
         out["request_logs distinct request_id"] = con.execute(
-            "SELECT count(DISTINCT request_id) FROM request_logs").fetchone()[0]
+            "SELECT count(DISTINCT request_id) FROM request_logs"
+        ).fetchone()[0]
         for t in ("error_rate_hourly", "error_rate_5m", "request_volume_hourly"):
             if t in names:
                 out[f"{t} sum(requests), sum(errors)"] = con.execute(
-                    f"SELECT sum(requests), sum(errors) FROM {t}").fetchone()
+                    f"SELECT sum(requests), sum(errors) FROM {t}"
+                ).fetchone()
     return out
 
 
@@ -107,7 +128,7 @@ def test_a_backfill_launched_like_the_ui_fills_the_warehouse_with_exactly_the_si
     assert all(why.startswith("Not configured: ") and "is not set" in why for why in stand_ins.values()), stand_ins
     want = expected(e2e)
     hours = e2e.hours
-    with Warehouse(e2e.data_dir, lock_timeout_s=60).reader() as con:
+    with Storage(e2e.data_dir, lock_timeout_s=60).warehouse.reader() as con:
         ids = {r[0] for r in con.execute("SELECT request_id FROM request_logs").fetchall()}
         assert ids == want["ids"]
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == want["rows"]  # no duplicates
@@ -118,13 +139,21 @@ def test_a_backfill_launched_like_the_ui_fills_the_warehouse_with_exactly_the_si
         ).fetchone()[0]
         assert errors == want["errors"] and 0 < errors < want["rows"]
         # Every row sits in its own hour, and the raw fields round-tripped.
-        got = {r[0]: r[1:] for r in con.execute(
-            "SELECT request_id, hour, event_datetime, status, provider FROM request_logs").fetchall()}
+        got = {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT request_id, hour, event_datetime, status, provider FROM request_logs"
+            ).fetchall()
+        }
         for r in want["records"]:
             t = parse_timestamp(r["event_datetime"])
             hour, event, status, provider = got[r["request_id"]]
-            assert (hour, event, status, provider) == (t.replace(minute=0, second=0, microsecond=0), t,
-                                                       r["status"], r["provider"])
+            assert (hour, event, status, provider) == (
+                t.replace(minute=0, second=0, microsecond=0),
+                t,
+                r["status"],
+                r["provider"],
+            )
 
         present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         wanted = set(ANALYTICS) & tables_in_defs(e2e_backfill)
@@ -133,19 +162,28 @@ def test_a_backfill_launched_like_the_ui_fills_the_warehouse_with_exactly_the_si
             got = dict(con.execute("SELECT hour, sum(requests) FROM error_rate_hourly GROUP BY hour").fetchall())
             assert got == want["per_hour"]
             assert con.execute("SELECT sum(errors) FROM error_rate_hourly").fetchone()[0] == want["errors"]
-            bad = con.execute("SELECT count(*) FROM error_rate_hourly "
-                              "WHERE abs(error_rate - errors / requests) > 1e-9").fetchone()[0]
+            bad = con.execute(
+                "SELECT count(*) FROM error_rate_hourly WHERE abs(error_rate - errors / requests) > 1e-9"
+            ).fetchone()[0]
             assert bad == 0
         if "error_rate_5m" in wanted:
             assert con.execute("SELECT sum(requests), sum(errors) FROM error_rate_5m").fetchone() == (
-                want["rows"], want["errors"])
+                want["rows"],
+                want["errors"],
+            )
         if "request_volume_hourly" in wanted:
-            got = {h: (n, e) for h, n, e in con.execute(
-                "SELECT hour, requests, errors FROM request_volume_hourly").fetchall()}
+            got = {
+                h: (n, e)
+                for h, n, e in con.execute("SELECT hour, requests, errors FROM request_volume_hourly").fetchall()
+            }
             assert got == {h: (want["per_hour"][h], want["errors_per_hour"][h]) for h in hours}
         if "provider_health_hourly" in wanted:
-            got = {(h, p): (n, e) for h, p, n, e in con.execute(
-                "SELECT hour, provider, requests, errors FROM provider_health_hourly").fetchall()}
+            got = {
+                (h, p): (n, e)
+                for h, p, n, e in con.execute(
+                    "SELECT hour, provider, requests, errors FROM provider_health_hourly"
+                ).fetchall()
+            }
             assert got == want["provider"]
         if "latency_hourly" in wanted:
             got = dict(con.execute("SELECT hour, max(max_ms) FROM latency_hourly GROUP BY hour").fetchall())
@@ -155,7 +193,9 @@ def test_a_backfill_launched_like_the_ui_fills_the_warehouse_with_exactly_the_si
             assert con.execute("SELECT sum(requests) FROM latency_hourly").fetchone()[0] == want["rows"]
         if "account_errors_hourly" in wanted:
             assert con.execute("SELECT sum(requests), sum(errors) FROM account_errors_hourly").fetchone() == (
-                want["rows"], want["errors"])
+                want["rows"],
+                want["errors"],
+            )
         if "alert_evaluations" in wanted:
             got = {r[0] for r in con.execute("SELECT DISTINCT hour FROM alert_evaluations").fetchall()}
             assert got == set(hours)
@@ -168,11 +208,14 @@ def test_the_asset_checks_ran_in_the_backfill_and_agree_with_the_alert_table(e2e
     assert e2e_backfill.result is not None, e2e_backfill.describe(e2e.dev)
     runs = e2e_backfill.result.run_ids
     evaluations = Counter()
-    with Warehouse(e2e.data_dir, lock_timeout_s=60).reader() as con:
+    with Storage(e2e.data_dir, lock_timeout_s=60).warehouse.reader() as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for asset, check in check_keys:
-            executions = [x for x in e2e.dev.check_executions(list(asset.path), check)
-                          if x["runId"] in runs and x["evaluation"] is not None]
+            executions = [
+                x
+                for x in e2e.dev.check_executions(list(asset.path), check)
+                if x["runId"] in runs and x["evaluation"] is not None
+            ]
             assert executions, f"check {asset.name}:{check} has no evaluation in {runs}"
             for x in executions:
                 evaluations[check] += 1
@@ -184,7 +227,9 @@ def test_the_asset_checks_ran_in_the_backfill_and_agree_with_the_alert_table(e2e
                 if "alert_evaluations" in tables and "failures" in meta:
                     failures = con.execute(
                         "SELECT count(*) FILTER (WHERE NOT passed), count(*) FROM alert_evaluations "
-                        "WHERE check_name = ?", [check]).fetchone()
+                        "WHERE check_name = ?",
+                        [check],
+                    ).fetchone()
                     if failures[1]:  # this check is one of the table's evaluations
                         assert meta["failures"] == failures[0], (check, meta, failures)
                         assert x["evaluation"]["success"] == (failures[0] == 0), (check, failures)

@@ -22,8 +22,16 @@ pytest_plugins = ["stackone_pipeline_tests.e2e.dagster_dev"]
 pytestmark = pytest.mark.timeout(480)  # run alone, the first test also pays for dagster dev + the backfill
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the asset graph in seconds, not milliseconds
 DOCS_SCREENSHOT = ROOT / "docs" / "ui-screenshot.png"
 

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 import orjson
 
@@ -51,10 +51,18 @@ def _iso_ms(when: datetime) -> str:
 
 class DatadogReceiver(Receiver):
     def __init__(
-        self, *, api_key: str | None = None, max_entries: int = 1000, max_bytes: int = 5 * 1024 * 1024,
-        window: timedelta = timedelta(hours=18), future: timedelta = timedelta(hours=2), lean: bool = False,
-        historical_metrics: bool = False, clock: Callable[[], datetime] = lambda: datetime.now(UTC), **kw,
-    ):  # fmt: skip
+        self,
+        *,
+        api_key: str | None = None,
+        max_entries: int = 1000,
+        max_bytes: int = 5 * 1024 * 1024,
+        window: timedelta = timedelta(hours=18),
+        future: timedelta = timedelta(hours=2),
+        lean: bool = False,
+        historical_metrics: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        **kw,
+    ):
         super().__init__(keep_bodies=not lean, **kw)
         self.historical_metrics = historical_metrics
         self.api_key, self.max_entries, self.max_bytes = api_key, max_entries, max_bytes
@@ -96,12 +104,16 @@ class DatadogReceiver(Receiver):
     def _series(self, doc) -> Answer:
         series = doc.get("series") if isinstance(doc, dict) else None
         ok = isinstance(series, list) and all(
-            isinstance(s, dict) and isinstance(s.get("metric"), str) and s.get("type", 0) in (0, 1, 2, 3)
+            isinstance(s, dict)
+            and isinstance(s.get("metric"), str)
+            and s.get("type", 0) in (0, 1, 2, 3)
             and isinstance(s.get("points"), list)
-            and all(isinstance(p, dict) and isinstance(p.get("timestamp"), int)
-                    and isinstance(p.get("value"), (int, float)) for p in s["points"])
+            and all(
+                isinstance(p, dict) and isinstance(p.get("timestamp"), int) and isinstance(p.get("value"), (int, float))
+                for p in s["points"]
+            )
             for s in series
-        )  # fmt: skip
+        )
         if not ok:
             return Answer(400, b'{"errors":["Bad Request: malformed series"]}')
         now = self.clock().timestamp()

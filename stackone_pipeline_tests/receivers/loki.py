@@ -25,9 +25,9 @@ import base64
 import re
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 import orjson
 from isal import igzip
@@ -121,13 +121,22 @@ def grouped(errors: list[str]) -> str:
 
 class LokiReceiver(Receiver):
     def __init__(
-        self, *, tenant_required: bool = True, basic_auth: tuple[str, str] | None = None,
-        max_age: timedelta = timedelta(days=7), grace: timedelta = timedelta(minutes=10),
-        max_chunk_age: timedelta = timedelta(hours=2), max_labels: int = 15, max_line_size: int = 256 * 1024,
+        self,
+        *,
+        tenant_required: bool = True,
+        basic_auth: tuple[str, str] | None = None,
+        max_age: timedelta = timedelta(days=7),
+        grace: timedelta = timedelta(minutes=10),
+        max_chunk_age: timedelta = timedelta(hours=2),
+        max_labels: int = 15,
+        max_line_size: int = 256 * 1024,
         allow_structured_metadata: bool = True,
-        max_body_bytes: int = 100 << 20, burst_bytes: int = 6 << 20, lean: bool = False,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC), **kw,
-    ):  # fmt: skip
+        max_body_bytes: int = 100 << 20,
+        burst_bytes: int = 6 << 20,
+        lean: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        **kw,
+    ):
         super().__init__(keep_bodies=not lean, **kw)
         self.basic_auth = tuple(basic_auth) if basic_auth else None  # a list when given as JSON
         self.tenant_required, self.lean, self.clock = tenant_required, lean, clock
@@ -144,8 +153,14 @@ class LokiReceiver(Receiver):
         self.arrived = self.stored = self.duplicates = self.rejected = self.largest = 0
 
     def stats(self) -> dict:
-        return {**super().stats(), "largest_body": self.largest, "arrived": self.arrived, "stored": self.stored,
-                "duplicates": self.duplicates, "rejected": self.rejected}  # fmt: skip
+        return {
+            **super().stats(),
+            "largest_body": self.largest,
+            "arrived": self.arrived,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+        }
 
     def entries(self) -> list[Stored]:
         return [Stored(dict(k), ts, line, dict(meta)) for k, s in self.streams.items() for ts, line, meta in s.entries]
@@ -206,16 +221,22 @@ class LokiReceiver(Receiver):
                     kept.append((ts, line, meta))  # the common case, in one test
                     continue
                 if ts < oldest:
-                    errors.append(f"entry for stream '{sel}' has timestamp too old: {_time(ts)}, "
-                                  f"oldest acceptable timestamp is: {_time(oldest)}")
+                    errors.append(
+                        f"entry for stream '{sel}' has timestamp too old: {_time(ts)}, "
+                        f"oldest acceptable timestamp is: {_time(oldest)}"
+                    )
                 elif ts > newest:
                     errors.append(f"entry for stream '{sel}' has timestamp too new: {_time(ts)}")
                 elif meta and not self.allow_structured_metadata:
-                    errors.append(f"stream '{sel}' includes structured metadata, but this feature is disallowed. "
-                                  "Please see `limits_config.allow_structured_metadata`")
+                    errors.append(
+                        f"stream '{sel}' includes structured metadata, but this feature is disallowed. "
+                        "Please see `limits_config.allow_structured_metadata`"
+                    )
                 elif len(line) > self.max_line_size:
-                    errors.append(f"Max entry size '{self.max_line_size}' bytes exceeded for stream '{sel}' "
-                                  f"while adding an entry with length '{len(line)}' bytes")
+                    errors.append(
+                        f"Max entry size '{self.max_line_size}' bytes exceeded for stream '{sel}' "
+                        f"while adding an entry with length '{len(line)}' bytes"
+                    )
                 else:
                     kept.append((ts, line, meta))
                     continue
@@ -246,8 +267,10 @@ class LokiReceiver(Receiver):
             floor = stream.newest - behind
             if stream.newest and ts < floor:
                 self.rejected += 1
-                failed.append(f"entry with timestamp {_time(ts)} ignored, reason: 'entry too far behind, entry "
-                              f"timestamp is: {_time(ts)}, oldest acceptable timestamp is: {_time(floor)}',")
+                failed.append(
+                    f"entry with timestamp {_time(ts)} ignored, reason: 'entry too far behind, entry "
+                    f"timestamp is: {_time(ts)}, oldest acceptable timestamp is: {_time(floor)}',"
+                )
                 continue
             if self.lean:  # the same identity, kept as a hash only
                 ident = hash((ts, line, frozenset(meta.items())))

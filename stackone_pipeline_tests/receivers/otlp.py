@@ -147,8 +147,9 @@ class OtlpReceiver:
             self.exports_stored += 1
         response = ExportLogsServiceResponse()
         if reply.rejected:
-            response.partial_success.CopyFrom(ExportLogsPartialSuccess(
-                rejected_log_records=reply.rejected, error_message=reply.message))  # fmt: skip
+            response.partial_success.CopyFrom(
+                ExportLogsPartialSuccess(rejected_log_records=reply.rejected, error_message=reply.message)
+            )
         return 200, response.SerializeToString(), len(received), None
 
     # ---- lifecycle ----------------------------------------------------------

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .lake.parquet import hour_file
-from .warehouse.duckdb_store import Warehouse
+from ..storage import Storage
+from ..warehouse import in_transaction
+from ..warehouse.schema import REQUEST_LOGS
 
 CREATE = """
 CREATE TABLE IF NOT EXISTS late_arrivals (
@@ -48,28 +49,28 @@ class LateArrivals:
 
 
 def count_late_arrivals(
-    warehouse: Warehouse, hour: datetime, *, keep_hours: int = 48, now: datetime | None = None
+    storage: Storage, hour: datetime, *, keep_hours: int = 48, now: datetime | None = None
 ) -> LateArrivals:
-    path = hour_file(warehouse.data_dir, "request_logs", hour)
-    if not path.exists():
-        raise FileNotFoundError(f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested ({path} is missing)")
+    path = storage.lake.require_hour(REQUEST_LOGS, hour)
     now = now or datetime.now(timezone.utc)
-    with warehouse.writer() as con:
+    with storage.state.writer() as con:
         con.execute(CREATE)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with in_transaction(con):
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE hour_ids AS SELECT DISTINCT request_id FROM "
-                "read_parquet(?, hive_partitioning = false) WHERE request_id IS NOT NULL", [str(path)]
+                "read_parquet(?, hive_partitioning = false) WHERE request_id IS NOT NULL",
+                [str(path)],
             )
             (rows,) = con.execute(
-                "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]).fetchone()
+                "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]
+            ).fetchone()
             had = con.execute("SELECT count(*) FROM late_arrival_baselines WHERE hour = ?", [hour]).fetchone()[0]
             new_rows = None
             if had:
                 (new_rows,) = con.execute(
                     "SELECT count(*) FROM hour_ids n WHERE NOT EXISTS "
-                    "(SELECT 1 FROM late_arrival_ids o WHERE o.hour = ? AND o.request_id = n.request_id)", [hour]
+                    "(SELECT 1 FROM late_arrival_ids o WHERE o.hour = ? AND o.request_id = n.request_id)",
+                    [hour],
                 ).fetchone()
                 if new_rows:
                     con.execute("INSERT INTO late_arrivals VALUES (?, ?, ?)", [hour, now, new_rows])
@@ -83,18 +84,15 @@ def count_late_arrivals(
             for table in ("late_arrival_ids", "late_arrival_baselines"):
                 con.execute(f"DELETE FROM {table} WHERE hour < ?", [horizon])
             con.execute("DROP TABLE hour_ids")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return LateArrivals(hour, rows, new_rows)
 
 
-def late_arrivals_table(warehouse: Warehouse) -> list[tuple[datetime, datetime, int]]:
+def late_arrivals_table(storage: Storage) -> list[tuple[datetime, datetime, int]]:
     """Every recorded late arrival, oldest hour first (for reports and tests)."""
-    if not warehouse.path.exists():
+    if not storage.state.path.exists():
         return []
-    with warehouse.writer() as con:  # writer: the table may not exist yet
+    with storage.state.writer() as con:  # writer: the table may not exist yet
         con.execute(CREATE)
         return con.execute(
-            "SELECT hour, detected_at, new_rows FROM late_arrivals ORDER BY hour, detected_at").fetchall()
+            "SELECT hour, detected_at, new_rows FROM late_arrivals ORDER BY hour, detected_at"
+        ).fetchall()

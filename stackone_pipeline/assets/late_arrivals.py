@@ -1,15 +1,13 @@
 """`late_arrivals`: per hour, the rows a re-ingest found that the previous ingest had not.
 
 Downstream of `request_logs` in the hourly job, so the lookback counts what it found; the table
-`late_arrivals(hour, detected_at, new_rows)` keeps a row per detection (see late_arrivals.py).
+`late_arrivals(hour, detected_at, new_rows)` keeps a row per detection (see ingest/late_arrivals.py).
 """
-
 
 import dagster as dg
 
-from ..assets.hours import hours_of_run
-from ..late_arrivals import count_late_arrivals
-from ..partitions import hourly_partitions
+from ..ingest import count_late_arrivals
+from ..partitions import hourly_partitions, hours_of_run
 from ..resources import StorageResource
 
 
@@ -27,21 +25,23 @@ def late_arrivals_asset(keep_baseline_hours: int = 48) -> dg.AssetsDefinition:
     )
     def late_arrivals(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         keys = hours_of_run(context)
-        warehouse = storage.warehouse()
-        found = [count_late_arrivals(warehouse, hour, keep_hours=keep_baseline_hours) for hour in keys]
+        store = storage.storage()
+        found = [count_late_arrivals(store, hour, keep_hours=keep_baseline_hours) for hour in keys]
         for r in found:
             if r.new_rows:
                 context.log.info(f"{r.hour:%Y-%m-%d %H}:00 UTC: {r.new_rows} late row(s)")
             if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
-                context.log_event(dg.AssetObservation(
-                    asset_key=context.asset_key, partition=keys[r.hour], metadata=r.metadata()))
+                context.log_event(
+                    dg.AssetObservation(asset_key=context.asset_key, partition=keys[r.hour], metadata=r.metadata())
+                )
         if len(found) == 1:
             return dg.MaterializeResult(metadata=found[0].metadata())
-        return dg.MaterializeResult(metadata={
-            "run_hours": len(found),
-            "run_new_rows": sum(r.new_rows or 0 for r in found),
-            "hours_with_late_rows": dg.MetadataValue.json(
-                {keys[r.hour]: r.new_rows for r in found if r.new_rows}),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "run_hours": len(found),
+                "run_new_rows": sum(r.new_rows or 0 for r in found),
+                "hours_with_late_rows": dg.MetadataValue.json({keys[r.hour]: r.new_rows for r in found if r.new_rows}),
+            }
+        )
 
     return late_arrivals

@@ -5,19 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from .warehouse.duckdb_store import Warehouse
-
-ERROR = "(status >= 400 OR (status IS NULL AND success = false))"
+from ..stackone.records import IS_ERROR_SQL
+from ..storage import Storage
+from . import summary_lines
 
 
 def print_summary(data_dir: Path, start: datetime, end: datetime) -> None:
-    with Warehouse(data_dir).reader() as con:
+    with Storage(data_dir).warehouse.reader() as con:
         per_hour = con.execute(
             "SELECT hour, count(*) FROM request_logs WHERE hour >= ? AND hour < ? GROUP BY hour ORDER BY hour",
             [start, end],
         ).fetchall()
         providers = con.execute(
-            f"""SELECT provider, count(*) AS requests, avg(CASE WHEN {ERROR} THEN 1 ELSE 0 END) AS error_rate,
+            f"""SELECT provider, count(*) AS requests, avg(CASE WHEN {IS_ERROR_SQL} THEN 1 ELSE 0 END) AS error_rate,
                        quantile_cont(duration_ms, 0.95) AS p95_ms
                 FROM request_logs WHERE hour >= ? AND hour < ?
                 GROUP BY provider ORDER BY error_rate DESC""",
@@ -34,10 +34,6 @@ def print_summary(data_dir: Path, start: datetime, end: datetime) -> None:
     print("\nTop providers by p95 latency:")
     for provider, n, rate, p95 in sorted(providers, key=lambda r: -(r[3] or 0))[:5]:
         print(f"  {provider or '-':<16}{n:>10,}{rate:>12.2%}{p95:>10,.0f}")
-    try:
-        from .reporting import summary_lines
-    except ImportError:
-        return
     print()
     for line in summary_lines(data_dir, start, end):
         print(line)

@@ -1,0 +1,175 @@
+"""The Parquet lake: one file per dataset and UTC hour, each published atomically.
+
+Layout: `<root>/<dataset>/date=YYYY-MM-DD/hour=HH/part-0.parquet` (Hive style, so DuckDB,
+pandas and Spark read it as a partitioned dataset). Every write goes through `Lake`: a file is
+written under a temporary name in the same folder, fsync'd and renamed over the old one, so a
+reader, or a run killed half-way, only ever sees the previous hour or the new hour complete.
+
+This is the local-filesystem lake. An object-store lake (s3://…) implements the same methods:
+there a single PUT is already atomic, so `publishing` writes to the final key directly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FILE_NAME = "part-0.parquet"
+# Temporary names start with a dot and do not end in .parquet: DuckDB's `*.parquet` glob matches
+# dot-files too, so a half-written file must never carry that suffix.
+TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".partial"
+
+
+def replace_durably(tmp: Path, final: Path) -> Path:
+    """Make `tmp` durable, then rename it over `final` in one atomic step."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def write_atomically(path: Path, data: bytes) -> Path:
+    """Replace `path` with `data`: a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}{TMP_SUFFIX}")
+    try:
+        tmp.write_bytes(data)
+        return replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class HourNotIngested(FileNotFoundError):
+    """The lake has no file for a dataset's hour."""
+
+
+class Lake:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # -- where things are -----------------------------------------------------------------
+    def dataset_root(self, dataset: str) -> Path:
+        return self.root / dataset
+
+    def hour_dir(self, dataset: str, hour: datetime) -> Path:
+        return self.dataset_root(dataset) / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+
+    def hour_file(self, dataset: str, hour: datetime) -> Path:
+        return self.hour_dir(dataset, hour) / FILE_NAME
+
+    def has_hour(self, dataset: str, hour: datetime) -> bool:
+        return self.hour_file(dataset, hour).exists()
+
+    def require_hour(self, dataset: str, hour: datetime) -> Path:
+        """The hour's file, or a clear error naming what to materialise first."""
+        path = self.hour_file(dataset, hour)
+        if not path.exists():
+            raise HourNotIngested(
+                f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise {dataset} first ({path} is missing)"
+            )
+        return path
+
+    def dataset_glob(self, dataset: str) -> str:
+        """Every hour of `dataset`, as a glob DuckDB's read_parquet expands at query time."""
+        return str(self.dataset_root(dataset).resolve() / "date=*" / "hour=*" / "*.parquet")
+
+    def datasets(self) -> list[str]:
+        """Datasets with at least one published hour."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("date=*/hour=*/*.parquet")))
+
+    # -- publishing -----------------------------------------------------------------------
+    @contextmanager
+    def publishing(self, dataset: str, hour: datetime) -> Iterator[Path]:
+        """A temporary path to write the hour's file to (pyarrow, DuckDB's COPY, ...); published
+        (fsync + rename) when the block ends, removed if it raises."""
+        tmp = self.temporary(dataset, hour)
+        try:
+            yield tmp
+            self.publish(tmp, dataset, hour)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def temporary(self, dataset: str, hour: datetime) -> Path:
+        """A fresh temporary name beside the hour's file (which no reader's glob picks up)."""
+        final = self.hour_file(dataset, hour)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(TMP_PREFIX + "*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        return final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+
+    def publish(self, tmp: Path, dataset: str, hour: datetime) -> Path:
+        """Make `tmp` the hour's file."""
+        return replace_durably(tmp, self.hour_file(dataset, hour))
+
+    def publish_table(self, dataset: str, hour: datetime, table: pa.Table) -> Path:
+        """Replace the hour's file with `table` (even an empty one: it replaces stale rows)."""
+        with self.publishing(dataset, hour) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        return self.hour_file(dataset, hour)
+
+    def writer(self, dataset: str, hour: datetime, schema: pa.Schema, row_group_rows: int = 5_000) -> HourWriter:
+        """Stream an hour page by page; `commit()` publishes it."""
+        return HourWriter(self, dataset, hour, schema, row_group_rows)
+
+
+class HourWriter:
+    """Stream record batches into one hour's Parquet file; `commit()` publishes it.
+
+    Batches are buffered up to `row_group_rows` so pages of 100 rows still make row groups of
+    a sensible size; memory stays bounded by that buffer, never by the hour.
+    """
+
+    def __init__(self, lake: Lake, dataset: str, hour: datetime, schema: pa.Schema, row_group_rows: int = 5_000):
+        self.lake, self.dataset, self.hour = lake, dataset, hour
+        self.path = lake.hour_file(dataset, hour)
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.tmp_path = lake.temporary(dataset, hour)
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+        self.bytes_written = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
+            self._pending, self._pending_rows = [], 0
+
+    def commit(self) -> Path:
+        self._flush()
+        self._writer.close()
+        self.bytes_written = self.tmp_path.stat().st_size
+        return self.lake.publish(self.tmp_path, self.dataset, self.hour)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
