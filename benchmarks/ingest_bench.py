@@ -27,7 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stackone_pipeline.ingest import hours_between, ingest_hours  # noqa: E402
+from stackone_pipeline.ingest import ingest_hours  # noqa: E402
+from stackone_pipeline.partitions import hours_between  # noqa: E402
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
 from stackone_pipeline.stackone.client import StackOneClient  # noqa: E402
 from stackone_pipeline.stackone.ratelimit import RateLimiter  # noqa: E402

@@ -73,7 +73,7 @@ def naive_datadog(http: httpx.Client, url: str, rec: dict) -> None:
 @dataclass
 class BenchSink:
     name: str
-    module: str  # the sink module (exposes from_env)
+    module: str  # the sink's name in stackone_pipeline.sinks.registry
     receiver: str  # module:Class of its receiver
     env: Callable[[str], dict]  # receiver URL -> the sink's environment
     naive: Callable[[httpx.Client, str, dict], None]
@@ -83,7 +83,7 @@ class BenchSink:
 SINKS = [
     BenchSink(
         "loki",
-        "stackone_pipeline.sinks.loki",
+        "loki",
         "stackone_pipeline_tests.receivers.loki:LokiReceiver",
         lambda url: {"LOKI_URL": url},
         naive_loki,
@@ -91,7 +91,7 @@ SINKS = [
     ),
     BenchSink(
         "datadog",
-        "stackone_pipeline.sinks.datadog",
+        "datadog",
         "stackone_pipeline_tests.receivers.datadog:DatadogReceiver",
         lambda url: {"DATADOG_API_KEY": "bench-key", "DATADOG_LOGS_URL": url},
         naive_datadog,
@@ -160,13 +160,14 @@ def naive_rate(sink: BenchSink, url: str, data_dir: str, hour: datetime, n: int)
 
 
 FRESH_PROCESS = """
-import importlib, json
+import json
 from datetime import datetime
 from stackone_pipeline.sinks.delivery import deliver_hour
+from stackone_pipeline.sinks.registry import BY_NAME
 from stackone_pipeline.sinks.ledger import Ledger
 from stackone_pipeline.http import Transport
 from stackone_pipeline.storage import Storage
-sink = importlib.import_module({module!r}).from_env({env!r})
+sink = BY_NAME[{module!r}].from_env({env!r})
 storage, hour = Storage({data_dir!r}), datetime.fromisoformat({hour!r})
 Ledger(storage).forget(sink.name, hour)  # a first delivery of the hour (a forced resend also clears it)
 m = deliver_hour(sink, storage, hour, Transport()).metadata()
