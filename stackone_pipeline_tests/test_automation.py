@@ -210,6 +210,7 @@ def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pip
         ("evt_open", "request.failed", now_hour, "acc_1", "workday", None),  # its hour is still open
         ("evt_err", "account.error", failed_at, "acc_17", "workday", {"message": "401 from provider"}),
         ("evt_exp", "account.expired", failed_at, "acc_3", "bamboohr", None),
+        ("evt_del", "account.deleted", failed_at, "acc_4", "hibob", None),  # StackOne's platform event
         ("evt_other", "account.connected", failed_at, "acc_3", "bamboohr", None),
     )
 
@@ -228,12 +229,14 @@ def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pip
     assert sorted(b["title"] for b in webhook.bodies) == [
         "StackOne account acc_17 (workday) reports an error",
         "StackOne account acc_3 (bamboohr) has expired: reconnect it",
+        "StackOne account acc_4 (hibob) was deleted",
     ]
-    assert {b["labels"]["provider"] for b in webhook.bodies} == {"workday", "bamboohr"} and len(slack.bodies) == 2
+    assert {b["labels"]["provider"] for b in webhook.bodies} == {"workday", "bamboohr", "hibob"}
+    assert len(slack.bodies) == 3
     assert "401 from provider" in next(b["text"] for b in webhook.bodies if b["labels"]["account_id"] == "acc_17")
 
     again = evaluate(result.cursor)
-    assert again.run_requests == [] and len(webhook.bodies) == 2  # nothing twice
+    assert again.run_requests == [] and len(webhook.bodies) == 3  # nothing twice
     load(wh, ("evt_f3", "request.failed", closed_hour(5), "acc_9", "workday", None))
     later = evaluate(again.cursor)
     assert [(r.run_key, r.partition_key) for r in later.run_requests] == [("evt_f3", key(closed_hour(5)))]

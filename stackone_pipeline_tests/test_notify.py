@@ -200,3 +200,36 @@ def test_a_failed_run_is_notified_once(wh, hooks, alertmanager, instance):
     assert len(slack.bodies) == 1
     (alert,) = [a for a in alertmanager.alerts() if a["labels"]["alertname"] == "StackOnePipelineRunFailed"]
     assert alert["labels"]["job"] == "hourly_job" and alert["annotations"]["run_id"] == result.run_id
+
+
+def test_webhook_event_conditions_for_account_problems_only():
+    """account.error / account.expired (the guide) and account.deleted (StackOne's platform event)
+    become one-shot conditions, from rows of either body format; every other type none."""
+    from stackone_pipeline.notify.conditions import event_condition
+
+    at = datetime(2026, 11, 25, 14, 3, tzinfo=timezone.utc)
+    deleted = {
+        "event_id": "sha256:" + "ab" * 32,
+        "event_type": "account.deleted",
+        "occurred_at": at,
+        "account_id": "acct_gone",
+        "provider": "hibob",
+        "project_id": "proj_9",
+        "origin_owner_id": "cust_123",
+        "origin_owner_name": "Acme Ltd",
+    }
+    c = event_condition(deleted, "http://dagster.test:3000")
+    assert (c.key, c.source, c.severity, c.one_shot) == (f"webhook/{deleted['event_id']}", "webhook", "warning", True)
+    assert c.title == "StackOne account acct_gone (hibob) was deleted"
+    assert c.labels == {"alertname": "StackOneAccountDeleted", "account_id": "acct_gone", "provider": "hibob"}
+    assert "2026-11-25 14:03:00 UTC" in c.text and "Owner: Acme Ltd (cust_123)" in c.text and "proj_9" in c.text
+    assert (
+        c.annotations["origin_owner_name"] == "Acme Ltd" and c.url == "http://dagster.test:3000/assets/webhook_events"
+    )
+    # a row of the documented format (no project or owner columns, e.g. a table of an older version)
+    old = {"event_id": "evt_1", "event_type": "account.expired", "account_id": "a", "provider": "workday"}
+    c = event_condition(old)
+    assert c.title == "StackOne account a (workday) has expired: reconnect it" and "Owner" not in c.text
+    assert set(c.annotations) == {"event_id", "event_type"}
+    for kind in ("account.created", "account.updated", "request.failed", "something.new", None):
+        assert event_condition({**deleted, "event_type": kind}) is None

@@ -3,6 +3,9 @@ its staging on disk, and the Dagster asset + sensor that load staged events into
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -23,8 +26,10 @@ import pytest
 
 from stackone_pipeline.assets.webhook_events import webhook_events, webhook_events_sensor
 from stackone_pipeline.resources import StorageResource
+from stackone_pipeline.settings import WebhookSettings
 from stackone_pipeline.storage import Storage
 from stackone_pipeline.webhooks import (
+    COLUMNS,
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -35,12 +40,14 @@ from stackone_pipeline.webhooks import (
     load_staged_events,
     serve,
     sign,
+    sign_base64url,
     signed_headers,
+    stackone_headers,
     staged_records,
     start_receiver,
     verify,
 )
-from stackone_pipeline.webhooks.staging import append_loaded, loaded_ids, record_line, seen_ids
+from stackone_pipeline.webhooks.staging import append_loaded, loaded_ids, record_key, record_line, seen_ids
 
 SECRET = "whsec_test-Zq8x3LrT0pS9vN2m"
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +75,9 @@ def post(url: str, payload, *, secret: str = SECRET, body: bytes | None = None, 
 
 
 def staged_ids(data_dir: Path) -> list[str]:
-    """Ids of every staged event, open segments included (only complete lines)."""
-    return [r["event"]["id"] for r in staged_records(data_dir)]
+    """Keys (the ids, when events have one) of every staged event, open segments included (only
+    complete lines)."""
+    return [record_key(r) for r in staged_records(data_dir)]
 
 
 def write_segment(data_dir: Path, name: str, *events: dict, received_at: str | None = None) -> Path:
@@ -106,6 +114,40 @@ def test_signature_helpers():
     ts_sig = sign(SECRET, body, "1700000000")
     assert verify(SECRET, body, ts_sig, "1700000000") and not verify(SECRET, body, ts_sig)
     assert not verify(SECRET, body, ts_sig, "1700000001") and not verify(SECRET, body, sig, "1700000000")
+
+
+def test_base64url_signatures_as_stackone_sends_them():
+    body = b'{"event":"account.created","sent_at":"2026-11-20T14:21:07Z"}'
+    expected = base64.urlsafe_b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).rstrip(b"=")
+    b64 = sign_base64url(SECRET, body)
+    assert b64 == expected.decode() and len(b64) == 43 and "=" not in b64
+    assert verify(SECRET, body, b64) and verify(SECRET, body, b64 + "=")  # padding tolerated
+    std = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    assert verify(SECRET, body, std)  # the standard alphabet (+ /) too
+    assert stackone_headers(SECRET, body) == {"x-stackone-signature": b64, "Content-Type": "application/json"}
+    assert not verify(SECRET, body + b" ", b64) and not verify("other", body, b64)
+    assert not verify(SECRET, body, b64[:-1]) and not verify(SECRET, body, b64 + "A")
+    assert not verify(SECRET, body, b64.swapcase())  # base64 is case-sensitive (hex is not)
+    # the same digest in every accepted encoding
+    assert verify(SECRET, body, sign(SECRET, body)) and verify(SECRET, body, sign(SECRET, body)[7:].upper())
+
+
+def test_rotation_any_configured_secret_verifies():
+    body = b'{"event":"account.updated"}'
+    old, new, third = "whsec_old-1", "whsec_new-2", "whsec_third-3"
+    for signer in (sign, sign_base64url):
+        assert verify([old, new], body, signer(old, body)) and verify((old, new), body, signer(new, body))
+        assert not verify([old, new], body, signer(third, body))
+    assert not verify([], body, sign(old, body))
+
+
+def test_webhook_settings_read_one_or_several_secrets():
+    assert WebhookSettings.from_env({}).secrets == ()
+    assert WebhookSettings.from_env({"STACKONE_WEBHOOK_SECRET": "s1"}).secrets == ("s1",)
+    assert WebhookSettings.from_env({"STACKONE_WEBHOOK_SECRETS": " old , new ,"}).secrets == ("old", "new")
+    both = {"STACKONE_WEBHOOK_SECRETS": "old,new", "STACKONE_WEBHOOK_SECRET": "new"}
+    assert WebhookSettings.from_env(both).secrets == ("old", "new")
+    assert "old" not in repr(WebhookSettings.from_env(both))
 
 
 # --- the receiver over HTTP -------------------------------------------------------------------
@@ -254,8 +296,8 @@ def test_wrong_method_or_path(receiver):
 
 
 def test_missing_secret_refuses_to_start(data_dir):
-    for secret in ("", "   ", None):
-        with pytest.raises(WebhookConfigError, match="STACKONE_WEBHOOK_SECRET is not set"):
+    for secret in ("", "   ", None, [], ["", "  "]):
+        with pytest.raises(WebhookConfigError, match="neither STACKONE_WEBHOOK_SECRET nor STACKONE_WEBHOOK_SECRETS"):
             serve("127.0.0.1", 0, data_dir, secret)
     assert not data_dir.exists()  # nothing created, nothing bound
 
@@ -286,6 +328,7 @@ def test_no_secret_in_responses_or_logs(data_dir, caplog):
     texts += [out, err, caplog.text]
     assert "stored" in "".join(texts) and "missing or invalid signature" in err  # the logs did record things
     leaks = [SECRET, SECRET.encode().hex(), sign(SECRET, forged)[7:], sign(SECRET, b"{oops")[7:]]
+    leaks += [sign_base64url(SECRET, forged), sign_base64url(SECRET, b"{oops")]
     for text in texts:
         for leak in leaks:
             assert leak not in text
@@ -504,3 +547,327 @@ def test_sensor_requests_a_run_only_when_events_are_staged(data_dir):
     left = write_segment(data_dir, "20260101T000000000000-left.jsonl", event("evt_left"))
     os.utime(left, (time.time() - 3600, time.time() - 3600))
     assert "-retry-" in tick().run_key
+
+
+# --- StackOne's real deliveries -----------------------------------------------------------------
+# As StackOne sends them: `x-stackone-signature` = base64url (no padding) of HMAC-SHA256(secret,
+# raw body), no timestamp header, the type in `event`, the time in `sent_at`, no id.
+
+
+def stackone_event(event_type: str, sent_at: str | None = None, **fields) -> dict:
+    body = {
+        "event": event_type,
+        "event_date": now_iso(-2),
+        "sent_at": sent_at or now_iso(),
+        "account_id": "acct_so_1",
+        "provider": "hibob",
+        "project_id": "proj_9",
+        "origin_owner_id": "cust_123",
+        "origin_owner_name": "Acme Ltd",
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def deliver(url: str, payload: dict, *, secret: str = SECRET) -> tuple[bytes, httpx.Response]:
+    """One delivery exactly as StackOne makes it; returns the raw body and the answer."""
+    body = orjson.dumps(payload)
+    return body, httpx.post(url, content=body, headers=stackone_headers(secret, body), timeout=30)
+
+
+def test_stackone_and_documented_deliveries_are_stored_once_loaded_and_acted_on(data_dir, hooks):
+    from stackone_pipeline.automation import build_sensors
+    from stackone_pipeline.resources import NotifyResource
+    from stackone_pipeline.settings import AutomationSettings
+    from stackone_pipeline.webhooks.events import body_key
+
+    from .conftest import closed_hour, partition_key
+
+    failed_3, failed_4 = closed_hour(3) + timedelta(minutes=20), closed_hour(4) + timedelta(minutes=5)
+    stackone = [
+        stackone_event("account.created"),
+        stackone_event("account.updated"),
+        stackone_event("account.deleted", account_id="acct_gone", provider="workday"),
+        stackone_event(
+            "request.failed",
+            account_id="acct_so_2",
+            event_data={"request_id": "req_so_1", "event_datetime": failed_3.isoformat(), "error": {"status": 502}},
+        ),
+        stackone_event(  # an older unified event
+            "hris.employee.updated",
+            record_type="employee",
+            record_id="emp_1",
+            record_remote_id="remote_77",
+            event_data={"id": "emp_1", "first_name": "Ada"},
+            raw_event={"whatever": "the provider sent"},
+        ),
+        stackone_event("something.new"),  # unknown today: stored and counted, not refused
+    ]
+    documented = [
+        event("evt_doc_failed", "request.failed", event_datetime=failed_4.isoformat()),
+        event("evt_doc_error", "account.error", account_id="acct_err", error={"message": "401 from provider"}),
+    ]
+    keys = []
+    with start_receiver(data_dir, SECRET) as running:
+        for payload in stackone:
+            body, first = deliver(running.endpoint, payload)
+            _, second = deliver(running.endpoint, payload)  # StackOne's retry: the same bytes
+            assert first.status_code == 200 and first.json() == {"status": "stored", "id": body_key(body)}
+            assert second.status_code == 200 and second.json() == {"status": "already received", "id": body_key(body)}
+            keys.append(body_key(body))
+        for payload in documented:
+            for expected in ("stored", "already received"):
+                r = post(running.endpoint, payload)
+                assert r.status_code == 200 and r.json() == {"status": expected, "id": payload["id"]}
+            keys.append(payload["id"])
+    assert sorted(r["key"] for r in staged_records(data_dir)) == sorted(keys)
+
+    storage = Storage(data_dir, lock_timeout_s=30)
+    assert len(load_staged_events(storage)) == len(keys)
+    assert load_staged_events(storage) == []
+    with storage.warehouse.reader() as con:
+        cur = con.execute("SELECT * FROM webhook_events ORDER BY received_at")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    assert [r["event_id"] for r in rows] == keys  # each delivery once
+    by_type = {r["event_type"]: r for r in rows}
+    assert (
+        list(by_type)
+        == [
+            "account.created",
+            "account.updated",
+            "account.deleted",
+            "request.failed",
+            "hris.employee.updated",
+            "something.new",
+            "account.error",
+        ]
+        and len(rows) == 8
+    )
+    deleted = by_type["account.deleted"]
+    assert (deleted["account_id"], deleted["provider"], deleted["project_id"]) == ("acct_gone", "workday", "proj_9")
+    assert (deleted["origin_owner_id"], deleted["origin_owner_name"]) == ("cust_123", "Acme Ltd")
+    assert deleted["sent_at"] == datetime.fromisoformat(stackone[2]["sent_at"])
+    assert deleted["occurred_at"] == datetime.fromisoformat(stackone[2]["event_date"])
+    assert orjson.loads(deleted["payload"]) == stackone[2]
+    so_failed = next(r for r in rows if r["event_id"] == keys[3])
+    assert (so_failed["request_id"], so_failed["event_hour"]) == ("req_so_1", closed_hour(3))
+    assert orjson.loads(so_failed["error"]) == {"status": 502}
+    legacy = by_type["hris.employee.updated"]
+    assert (legacy["record_type"], legacy["record_id"], legacy["record_remote_id"]) == (
+        "employee",
+        "emp_1",
+        "remote_77",
+    )
+    doc_failed = next(r for r in rows if r["event_id"] == "evt_doc_failed")
+    assert (doc_failed["request_id"], doc_failed["event_hour"]) == ("req_evt_doc_failed", closed_hour(4))
+    assert doc_failed["project_id"] is None and doc_failed["sent_at"] is None
+
+    # Acted on, by the webhook actions sensor: account.deleted and account.error notified once,
+    # each request.failed re-ingests its (closed) hour, everything else counted.
+    webhook, slack = hooks
+    sensor = {s.name: s for s in build_sensors(AutomationSettings())}["webhook_actions_sensor"]
+    resources = {
+        "storage": StorageResource(data_dir=str(data_dir)),
+        "notify": NotifyResource(webhook_url=webhook.url, slack_url=slack.url),
+    }
+    with dg.build_sensor_context(resources=resources) as context:
+        result = sensor(context)
+    assert [(r.run_key, r.partition_key) for r in result.run_requests] == [
+        ("evt_doc_failed", partition_key(closed_hour(4))),
+        (keys[3], partition_key(closed_hour(3))),
+    ]
+    assert sorted(b["title"] for b in webhook.bodies) == [
+        "StackOne account acct_err (workday) reports an error",
+        "StackOne account acct_gone (workday) was deleted",
+    ]
+    gone = next(b for b in webhook.bodies if b["labels"]["alertname"] == "StackOneAccountDeleted")
+    assert gone["key"] == f"webhook/{keys[2]}" and "Acme Ltd (cust_123)" in gone["text"]
+    assert gone["annotations"]["project_id"] == "proj_9" and len(slack.bodies) == 2
+    with dg.build_sensor_context(resources=resources, cursor=result.cursor) as context:
+        again = sensor(context)
+    assert again.run_requests == [] and len(webhook.bodies) == 2  # nothing twice
+
+
+def test_stackone_signatures_hex_and_prefixed_hex_are_all_accepted(receiver, data_dir):
+    for n, signer in enumerate((sign_base64url, lambda s, b: sign(s, b)[7:], sign, lambda s, b: sign(s, b).upper())):
+        body = orjson.dumps(stackone_event("account.updated", record_id=f"r{n}"))
+        for header in ("x-stackone-signature", SIGNATURE_HEADER):
+            r = httpx.post(receiver.endpoint, content=body, headers={header: signer(SECRET, body)})
+            assert r.status_code == 200, (n, header)
+    assert len(staged_records(data_dir)) == 4 and all(k.startswith("sha256:") for k in staged_ids(data_dir))
+
+
+def test_stackone_deliveries_without_a_valid_signature_are_refused(receiver, data_dir):
+    payload = stackone_event("account.deleted")
+    body = orjson.dumps(payload)
+    for headers in (
+        {},
+        {"x-stackone-signature": ""},
+        {"x-stackone-signature": sign_base64url("not-the-secret", body)},
+        {"x-stackone-signature": sign_base64url(SECRET, body + b" ")},
+        {"x-stackone-signature": sign_base64url(SECRET, body)[:-2]},
+        {"x-stackone-signature": "A" * 43},
+        {"x-stackone-signature": sign_base64url(SECRET, body, "1700000000")},  # a timestamped one, no header
+    ):
+        r = httpx.post(receiver.endpoint, content=body, headers=headers)
+        assert r.status_code == 401 and r.json() == {"error": "missing or invalid signature"}, headers
+    assert staged_records(data_dir) == []
+
+
+def test_rotation_two_secrets_at_once(data_dir):
+    old, new = "whsec_old-Aa1", "whsec_new-Bb2"
+    with start_receiver(data_dir, [old, new]) as running:
+        assert (
+            deliver(running.endpoint, stackone_event("account.updated", record_id="1"), secret=old)[1].status_code
+            == 200
+        )
+        assert (
+            deliver(running.endpoint, stackone_event("account.updated", record_id="2"), secret=new)[1].status_code
+            == 200
+        )
+        r = deliver(running.endpoint, stackone_event("account.updated", record_id="3"), secret="whsec_third-Cc3")[1]
+        assert r.status_code == 401
+        assert post(running.endpoint, event("evt_rot_old"), secret=old).status_code == 200  # the hex format too
+        assert post(running.endpoint, event("evt_rot_third"), secret="whsec_third-Cc3").status_code == 401
+    assert len(staged_records(data_dir)) == 3
+
+
+def test_the_cli_reads_both_secret_variables(data_dir):
+    """`stackone-pipeline webhooks` with STACKONE_WEBHOOK_SECRETS=old,new (and the single variable
+    beside it): a delivery signed with any of them is accepted, another is not."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        STACKONE_WEBHOOK_SECRETS="whsec_cli_old,whsec_cli_new",
+        STACKONE_WEBHOOK_SECRET="whsec_cli_single",
+        STACKONE_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stackone_pipeline.cli", "webhooks", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+                time.sleep(0.05)
+        for n, secret in enumerate(("whsec_cli_old", "whsec_cli_new", "whsec_cli_single")):
+            r = deliver(url + WEBHOOK_PATH, stackone_event("account.created", record_id=str(n)), secret=secret)[1]
+            assert r.status_code == 200, secret
+        assert deliver(url + WEBHOOK_PATH, stackone_event("account.created"), secret="other")[1].status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert len(staged_records(data_dir)) == 3
+    # and without any secret, the command refuses to start with a clear message
+    env = {k: v for k, v in env.items() if not k.startswith("STACKONE_WEBHOOK_SECRET")}
+    done = subprocess.run(
+        [sys.executable, "-m", "stackone_pipeline.cli", "webhooks", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "STACKONE_WEBHOOK_SECRETS" in done.stderr
+
+
+def test_stale_or_future_sent_at_is_refused(receiver, data_dir):
+    for sent_at in (now_iso(-301), now_iso(+301), "2020-01-01T00:00:00Z"):
+        r = deliver(receiver.endpoint, stackone_event("account.updated", sent_at=sent_at))[1]
+        assert r.status_code == 401 and "tolerance" in r.json()["error"], sent_at
+    # sent_at is what counts, not an older event_date (a retry of an old event sent now)
+    old_event = stackone_event("account.updated", event_date="2020-01-01T00:00:00Z", record_id="old")
+    assert deliver(receiver.endpoint, old_event)[1].json()["status"] == "stored"
+    # without sent_at, event_date is the delivery time
+    no_sent = stackone_event("account.updated", record_id="no_sent")
+    del no_sent["sent_at"]
+    assert deliver(receiver.endpoint, {**no_sent, "event_date": now_iso(-400)})[1].status_code == 401
+    assert deliver(receiver.endpoint, {**no_sent, "event_date": now_iso(-1)})[1].json()["status"] == "stored"
+    # neither: 400; an unreadable sent_at: 400
+    del no_sent["event_date"]
+    assert deliver(receiver.endpoint, no_sent)[1].status_code == 400
+    assert deliver(receiver.endpoint, stackone_event("account.updated", sent_at="soon"))[1].status_code == 400
+    # the optional timestamp header, when sent and signed, still decides
+    body = orjson.dumps(stackone_event("account.updated", sent_at="2020-01-01T00:00:00Z", record_id="hdr"))
+    ts = str(int(time.time()))
+    headers = {"x-stackone-signature": sign_base64url(SECRET, body, ts), TIMESTAMP_HEADER: ts}
+    assert httpx.post(receiver.endpoint, content=body, headers=headers).json()["status"] == "stored"
+    assert len(staged_records(data_dir)) == 3
+
+
+def test_idempotency_key_is_the_id_else_a_hash_of_the_raw_body(data_dir):
+    from stackone_pipeline.webhooks.events import body_key, parse_event
+
+    payload = stackone_event("account.updated")
+    body = orjson.dumps(payload)
+    assert parse_event(body).key == "sha256:" + hashlib.sha256(body).hexdigest() == body_key(body)
+    assert parse_event(orjson.dumps({**payload, "id": "evt_given"})).key == "evt_given"
+    assert parse_event(b" " + body).key != parse_event(body).key  # the raw bytes, not the parsed JSON
+    for bad in ({**payload, "id": 7}, {**payload, "id": ""}, {**payload, "event": 5}, {**payload, "event": ""}):
+        bad.pop("type", None)
+        with pytest.raises(ValueError):
+            parse_event(orjson.dumps(bad))
+    # `event` wins over `type`; either alone names the type
+    assert parse_event(orjson.dumps({**payload, "type": "x"})).type == "account.updated"
+    assert parse_event(orjson.dumps({"type": "account.error", "sent_at": now_iso()})).type == "account.error"
+
+    with start_receiver(data_dir, SECRET) as running:
+        assert deliver(running.endpoint, payload)[1].json()["status"] == "stored"
+        assert deliver(running.endpoint, payload)[1].json()["status"] == "already received"
+        # the same event re-sent with a new sent_at is other bytes: another delivery
+        assert deliver(running.endpoint, {**payload, "sent_at": now_iso(1)})[1].json()["status"] == "stored"
+    load_staged_events(Storage(data_dir, lock_timeout_s=30))
+    assert body_key(body) in loaded_ids(data_dir)
+    with start_receiver(data_dir, SECRET) as running:  # remembered across restarts, once loaded
+        assert deliver(running.endpoint, payload)[1].json()["status"] == "already received"
+
+
+def test_a_table_made_by_an_earlier_version_gets_the_new_columns(data_dir):
+    storage = Storage(data_dir, lock_timeout_s=30)
+    old = (
+        "CREATE TABLE webhook_events (event_id VARCHAR, event_type VARCHAR, received_at TIMESTAMPTZ, "
+        "occurred_at TIMESTAMPTZ, account_id VARCHAR, provider VARCHAR, request_id VARCHAR, "
+        "event_datetime TIMESTAMPTZ, event_hour TIMESTAMPTZ, error JSON, payload JSON, loaded_at TIMESTAMPTZ)"
+    )
+    with storage.warehouse.writer() as con:
+        con.execute(old)
+        con.execute(
+            "INSERT INTO webhook_events (event_id, event_type, received_at, payload) VALUES (?, ?, now(), ?)",
+            ["evt_old", "account.error", '{"id": "evt_old"}'],
+        )
+    write_segment(data_dir, "20260101T000000000000-new.jsonl", event("evt_old"), event("evt_newer"))
+    (data_dir / "webhooks" / "staging" / "20260101T000000000001-so.jsonl").write_bytes(
+        record_line(now_iso(), stackone_event("account.deleted"), "sha256:abc")  # no id: the staged key
+    )
+    new = load_staged_events(storage)
+    assert sorted(e["event_id"] for e in new) == ["evt_newer", "sha256:abc"]
+    with storage.warehouse.reader() as con:
+        cols = con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'webhook_events' ORDER BY column_index"
+        ).fetchall()
+        rows = con.execute(
+            "SELECT event_id, event_type, project_id, origin_owner_name FROM webhook_events ORDER BY event_id"
+        ).fetchall()
+    assert [c for (c,) in cols] == [n for n, _, _ in COLUMNS]  # the same order as a table made now
+    assert rows == [
+        ("evt_newer", "request.failed", None, None),
+        ("evt_old", "account.error", None, None),
+        ("sha256:abc", "account.deleted", "proj_9", "Acme Ltd"),
+    ]
+    con = duckdb.connect(str(data_dir / "query.duckdb"), read_only=True)
+    try:  # the lake copy has every column too
+        assert con.execute("SELECT project_id FROM webhook_events WHERE event_id = 'sha256:abc'").fetchone() == (
+            "proj_9",
+        )
+    finally:
+        con.close()

@@ -5,8 +5,10 @@
   and every message still pending from an earlier tick (a channel that was down).
 * `webhook_actions_sensor` (every 30 s): new `webhook_events` rows. `request.failed` -> one run
   of `hourly_job` for the event's hour (closed hours only; the schedules cover the open one),
-  run_key = the event id (the first one of that hour in the tick); `account.error` /
-  `account.expired` -> a notification naming the account and provider.
+  run_key = the event key (the first one of that hour in the tick); `account.error`,
+  `account.expired` and `account.deleted` -> a notification naming the account and provider;
+  every other type (`account.created`, `account.updated`, unknown ones) is counted by type in
+  the tick's message and left in the table.
 * `run_failure_notifications`: every failed run of this code location, through the channels.
 
 They never run inside a job, and each channel has a short deadline: notifications cannot hold
@@ -14,6 +16,7 @@ up ingestion, and what failed is retried on the next tick.
 """
 
 import re
+from collections import Counter
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -75,8 +78,8 @@ def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
         job=hourly_job,
         minimum_interval_seconds=30,
         default_status=status,
-        description="New webhook events: request.failed re-ingests its hour; account.error / "
-        "account.expired are notified.",
+        description="New webhook events: request.failed re-ingests its hour; account.error, "
+        "account.expired and account.deleted are notified; every type is counted.",
     )
     def webhook_actions_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
         store = _storage(storage)
@@ -84,7 +87,10 @@ def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
         conditions = [c for c in (event_condition(e, notify.dagster_url) for e in batch.events) if c]
         report = notify.notifier(store).sync(events=conditions) if conditions else None
         runs = reingest_requests(batch.events, datetime.now(timezone.utc))
-        why = f"{len(batch.events)} new event(s), {len(runs)} re-ingest(s)"
+        by_type = Counter(e.get("event_type") or "?" for e in batch.events)
+        why = f"{len(batch.events)} new event(s)"
+        why += f" ({', '.join(f'{t} {n}' for t, n in sorted(by_type.items()))})" if by_type else ""
+        why += f", {len(runs)} re-ingest(s)"
         why += f"; {report.summary()}" if report else ""
         return dg.SensorResult(run_requests=runs, cursor=batch.cursor, skip_reason=None if runs else why)
 

@@ -5,7 +5,9 @@
   it stays open (and is notified once) for as long as each new hour keeps failing it, and
   resolves on the first hour that passes. Re-derived older hours (the lookback) do not reopen
   anything: the newest hour is the current state.
-* Webhook events `account.error` / `account.expired`: one-shot, one per event id.
+* Webhook events `account.error` / `account.expired` (the guide's) and `account.deleted`
+  (StackOne's platform event): one-shot, one per event key. Other types (`account.created`,
+  `account.updated`, `request.failed`, anything else) are recorded, not notified.
 * Failed Dagster runs: one-shot, one per run.
 """
 
@@ -27,6 +29,7 @@ WHAT = {
 ACCOUNT_EVENTS = {
     "account.error": ("StackOneAccountError", "critical", "reports an error"),
     "account.expired": ("StackOneAccountExpired", "warning", "has expired: reconnect it"),
+    "account.deleted": ("StackOneAccountDeleted", "warning", "was deleted"),
 }
 
 
@@ -85,7 +88,8 @@ def _alert(hour: datetime, check: str, subject: str, failing: list[tuple], dagst
 
 
 def event_condition(event: dict, dagster_url: str = "") -> Condition | None:
-    """An account.error / account.expired webhook event (a `webhook_events` row); None for others."""
+    """An account.error / account.expired / account.deleted webhook event (a `webhook_events`
+    row, of either body format); None for others."""
     kind = ACCOUNT_EVENTS.get(event.get("event_type") or "")
     if kind is None:
         return None
@@ -94,8 +98,19 @@ def event_condition(event: dict, dagster_url: str = "") -> Condition | None:
     when = event.get("occurred_at") or event.get("received_at")
     text = f"StackOne sent {event['event_type']} (event {event['event_id']})"
     text += f" at {when:%Y-%m-%d %H:%M:%S} UTC." if isinstance(when, datetime) else "."
+    owner_name, owner_id = event.get("origin_owner_name"), event.get("origin_owner_id")
+    if owner_name or owner_id:
+        text += (
+            f"\nOwner: {owner_name} ({owner_id})" if owner_name and owner_id else f"\nOwner: {owner_name or owner_id}"
+        )
+    if event.get("project_id"):
+        text += f"\nProject: {event['project_id']}"
     if event.get("error"):
         text += f"\nError: {str(event['error'])[:500]}"
+    annotations = {"event_id": str(event["event_id"]), "event_type": event["event_type"]}
+    for name in ("project_id", "origin_owner_id", "origin_owner_name"):
+        if event.get(name):
+            annotations[name] = str(event[name])
     return Condition(
         key=f"webhook/{event['event_id']}",
         source="webhook",
@@ -104,7 +119,7 @@ def event_condition(event: dict, dagster_url: str = "") -> Condition | None:
         title=f"StackOne account {account} ({provider}) {happened}",
         text=text,
         labels={"alertname": alertname, "account_id": account, "provider": provider},
-        annotations={"event_id": str(event["event_id"]), "event_type": event["event_type"]},
+        annotations=annotations,
         url=f"{dagster_url.rstrip('/')}/assets/webhook_events" if dagster_url else None,
     )
 

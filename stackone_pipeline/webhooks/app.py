@@ -4,20 +4,23 @@ Per request, in this order:
 
 1. body over `max_body_bytes` (1 MiB) -> 413; a larger `Content-Length` is refused before any
    of the body is read, a chunked body as soon as the running total crosses the limit;
-2. signature missing or wrong (see signing.py) -> 401;
-3. not a JSON object with a string `id` and `type` -> 400;
-4. id already staged or loaded -> 200 `{"status": "already received"}`, nothing written: a
-   StackOne retry of an event we stored (our ack was lost) stops retrying, whatever its age;
-5. no timestamp, or one more than `tolerance_s` (300 s) away from now -> 401 (400 if absent);
-   the timestamp is the signed `X-StackOne-Timestamp` header when sent, else the body's
-   `created_at` / `timestamp`;
+2. signature missing or wrong for every configured secret (see signing.py: base64url as
+   StackOne sends it, or hex / `sha256=` hex) -> 401;
+3. not a JSON object with a string `event` (StackOne) or `type` (the documented format), or an
+   `id` that is not a string -> 400;
+4. idempotency key (the `id`, else `sha256:` + the SHA-256 of the raw body; events.py) already
+   staged or loaded -> 200 `{"status": "already received"}`, nothing written: a StackOne retry of
+   an event we stored (our ack was lost) stops retrying, whatever its age;
+5. no time, or one more than `tolerance_s` (300 s) away from now, in the past or the future ->
+   401 (400 if absent); the time is the signed `X-StackOne-Timestamp` header when sent, else the
+   body's `sent_at` (else `created_at`, `timestamp`, `event_date`);
 6. appended to the staging log and fsync'd (staging.py) -> 200 `{"status": "stored"}`. A storage
    failure -> 503, so the sender retries.
 
-Other paths -> 404, other methods -> 405. Responses and log lines name the event id and the
-reason, never the secret nor a signature. One receiver per data directory (a lock file enforces
-it): the seen-ids set is in memory, rebuilt from disk at start-up; concurrent deliveries of one
-id wait for the first.
+Other paths -> 404, other methods -> 405. Responses and log lines name the key and the reason,
+never a secret nor a signature. One receiver per data directory (a lock file enforces it): the
+seen-keys set is in memory, rebuilt from disk at start-up; concurrent deliveries of one key wait
+for the first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,19 +49,26 @@ WEBHOOK_PATH = "/webhooks/stackone"
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_TOLERANCE_S = 300.0
 SECRET_ENV = "STACKONE_WEBHOOK_SECRET"
+SECRETS_ENV = "STACKONE_WEBHOOK_SECRETS"
 
 
 class WebhookConfigError(ValueError):
     pass
 
 
-def require_secret(secret: str | None) -> bytes:
-    if not secret or not secret.strip():
+def require_secrets(secrets: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The signing secrets: one (a str) or several (rotation: old and new), blanks dropped;
+    none -> `WebhookConfigError`."""
+    if secrets is None or isinstance(secrets, str):
+        secrets = [secrets or ""]
+    keys = tuple(s for s in secrets if s and s.strip())
+    if not keys:
         raise WebhookConfigError(
-            f"{SECRET_ENV} is not set: the webhook receiver cannot verify signatures without it, so it "
-            f"will not start. Set {SECRET_ENV} to the signing secret of your StackOne webhook."
+            f"neither {SECRET_ENV} nor {SECRETS_ENV} is set: the webhook receiver cannot verify "
+            f"signatures without a signing secret, so it will not start. Set {SECRET_ENV} to the "
+            f"signing secret of your StackOne webhook (or, while rotating it, {SECRETS_ENV}=old,new)."
         )
-    return secret.encode()
+    return keys
 
 
 def _json(code: int, **fields) -> Response:
@@ -70,13 +81,13 @@ class Receiver:
     def __init__(
         self,
         data_dir: Path | str,
-        secret: str,
+        secrets: str | Iterable[str],
         *,
         signature_header: str = SIGNATURE_HEADER,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         clock=time.time,
     ):
-        self._secret = require_secret(secret)
+        self._secrets = tuple(s.encode() for s in require_secrets(secrets))
         self.signature_header = signature_header
         self.tolerance_s = tolerance_s
         self.clock = clock
@@ -88,19 +99,20 @@ class Receiver:
             raise
         self._inflight: dict[str, asyncio.Future] = {}
         log.info(
-            "webhook receiver: staging in %s; %d event ids already received%s",
+            "webhook receiver: staging in %s; %d secret(s); %d event keys already received%s",
             self.staging.dir,
+            len(self._secrets),
             len(self.seen),
             f"; closed {self.staging.recovered} segment(s) left open" if self.staging.recovered else "",
         )
 
-    def __repr__(self) -> str:  # never show the secret
+    def __repr__(self) -> str:  # never show a secret
         return f"Receiver(staging={self.staging.dir})"
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()  # the route's max_body_size turns an oversize body into 413
         ts_header = request.headers.get(TIMESTAMP_HEADER)
-        if not verify(self._secret, body, request.headers.get(self.signature_header), ts_header):
+        if not verify(self._secrets, body, request.headers.get(self.signature_header), ts_header):
             log.warning("rejected delivery from %s: missing or invalid signature", _client(request))
             return _json(401, error="missing or invalid signature")
         try:
@@ -108,12 +120,13 @@ class Receiver:
         except EventError as exc:
             log.warning("rejected delivery from %s: %s", _client(request), exc)
             return _json(400, error=str(exc))
-        if event.id in self.seen:
-            return _json(200, status="already received", id=event.id)
-        pending = self._inflight.get(event.id)
+        key = event.key
+        if key in self.seen:
+            return _json(200, status="already received", id=key)
+        pending = self._inflight.get(key)
         if pending is not None:
             if await asyncio.shield(pending):
-                return _json(200, status="already received", id=event.id)
+                return _json(200, status="already received", id=key)
             return _json(503, error="could not store the event; retry")
 
         now = self.clock()
@@ -121,35 +134,36 @@ class Receiver:
             if not ts_header.strip().isdigit():
                 return _json(400, error=f"{TIMESTAMP_HEADER} must be unix seconds")
             when = float(ts_header)
-        elif event.occurred_at is not None:
-            when = event.occurred_at.timestamp()
+        elif event.timestamp is not None:
+            when = event.timestamp.timestamp()
         else:
-            return _json(400, error=f"no `created_at` / `timestamp` in the event and no {TIMESTAMP_HEADER} header")
+            fields = "`sent_at` / `event_date` / `created_at` / `timestamp`"
+            return _json(400, error=f"no {fields} in the event and no {TIMESTAMP_HEADER} header")
         if abs(now - when) > self.tolerance_s:
             log.warning(
                 "rejected event %r: timestamp %.0f s from now (tolerance %.0f s)",
-                event.id,
+                key,
                 now - when,
                 self.tolerance_s,
             )
-            return _json(401, error=f"timestamp outside the {self.tolerance_s:.0f} s tolerance", id=event.id)
+            return _json(401, error=f"timestamp outside the {self.tolerance_s:.0f} s tolerance", id=key)
 
         received_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds")
         done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[event.id] = done
+        self._inflight[key] = done
         try:
-            await self.staging.append(record_line(received_at, event.payload))
-            self.seen.add(event.id)
+            await self.staging.append(record_line(received_at, event.payload, key))
+            self.seen.add(key)
             done.set_result(True)
         except (OSError, RuntimeError) as exc:
-            log.error("could not stage event %r: %s", event.id, type(exc).__name__)
+            log.error("could not stage event %r: %s", key, type(exc).__name__)
             return _json(503, error="could not store the event; retry")
         finally:
             if not done.done():
                 done.set_result(False)
-            self._inflight.pop(event.id, None)
-        log.info("stored %s %r", event.type, event.id)
-        return _json(200, status="stored", id=event.id)
+            self._inflight.pop(key, None)
+        log.info("stored %s %r", event.type, key)
+        return _json(200, status="stored", id=key)
 
     def close(self) -> None:
         self.staging.close()
@@ -165,7 +179,7 @@ async def _health(request: Request) -> Response:
 
 def create_app(
     data_dir: Path | str,
-    secret: str,
+    secrets: str | Iterable[str],
     *,
     path: str = WEBHOOK_PATH,
     signature_header: str = SIGNATURE_HEADER,
@@ -173,7 +187,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     clock=time.time,
 ) -> Starlette:
-    receiver = Receiver(data_dir, secret, signature_header=signature_header, tolerance_s=tolerance_s, clock=clock)
+    receiver = Receiver(data_dir, secrets, signature_header=signature_header, tolerance_s=tolerance_s, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -1,7 +1,8 @@
 """Staged events -> table `webhook_events` in warehouse.duckdb (and a Parquet copy in the lake).
 
 `load_staged_events(storage)` reads every closed staging segment, inserts the events whose
-`event_id` is not in the table yet (one transaction per batch, through the warehouse writer, the
+`event_id` (the idempotency key: the delivery's `id`, else `sha256:<hex>` of its raw body) is
+not in the table yet (one transaction per batch, through the warehouse writer, the
 only write path), records their ids in `loaded_ids` (fsync'd), and only then deletes the
 segments. A crash anywhere leaves the segments staged and the next load skips what the table
 already holds, so each event is in the table exactly once. It returns the events it newly
@@ -10,6 +11,11 @@ inserted.
 The touched `received_at` hours are also republished to `lake/webhook_events/date=/hour=/`
 (atomically, through the lake), so `query.duckdb` gets a `webhook_events` view that never locks the
 pipeline's file.
+
+A table created by an earlier version (without the columns added since, at the end of `COLUMNS`)
+gets them on the next load (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`); its older rows keep null
+there. Both body formats (StackOne's deliveries and the documented one; events.py) map into
+the same columns.
 """
 
 from __future__ import annotations
@@ -24,26 +30,48 @@ from ..partitions import HOUR, floor_hour
 from ..storage import Storage
 from ..warehouse import in_transaction
 from .events import columns
-from .staging import append_loaded, closed_segments, read_segment
+from .staging import append_loaded, closed_segments, read_segment, record_key
 
 log = logging.getLogger(__name__)
 
 TABLE = "webhook_events"
 DATASET = "webhook_events"
-# (name, DuckDB type, description): the documented schema of `webhook_events`.
+# (name, DuckDB type, description): the documented schema of `webhook_events`. Columns added
+# later go at the end, so that a migrated table and a new one have the same column order.
 COLUMNS: list[tuple[str, str, str]] = [
-    ("event_id", "VARCHAR", "StackOne event id (`id`); unique: loading is idempotent by it"),
-    ("event_type", "VARCHAR", "`type`: account.error, account.expired, request.failed, or any other"),
+    (
+        "event_id",
+        "VARCHAR",
+        "the idempotency key: the delivery's `id` if it has one, else `sha256:` + the hex SHA-256 of "
+        "the raw body (StackOne's deliveries carry no id); unique: loading is idempotent by it",
+    ),
+    (
+        "event_type",
+        "VARCHAR",
+        "`event` (StackOne) or `type`: account.created/updated/deleted, account.error, account.expired, "
+        "request.failed, or any other",
+    ),
     ("received_at", "TIMESTAMPTZ", "when the receiver durably staged the event (UTC)"),
-    ("occurred_at", "TIMESTAMPTZ", "the event's `created_at` (or `timestamp`), UTC; null if absent"),
-    ("account_id", "VARCHAR", "data.account_id: the linked account"),
-    ("provider", "VARCHAR", "data.provider, e.g. workday"),
+    (
+        "occurred_at",
+        "TIMESTAMPTZ",
+        "when the event happened: `event_date`, else `created_at` (or `timestamp`), else `sent_at`; UTC",
+    ),
+    ("account_id", "VARCHAR", "account_id (top level or data.account_id): the linked account"),
+    ("provider", "VARCHAR", "provider (top level or data.provider), e.g. workday"),
     ("request_id", "VARCHAR", "data.request_id (request.failed): the failed request's id"),
     ("event_datetime", "TIMESTAMPTZ", "data.event_datetime: when the failed request happened (UTC)"),
     ("event_hour", "TIMESTAMPTZ", "UTC hour of event_datetime, else of occurred_at: the request_logs hour it concerns"),
     ("error", "JSON", "data.error, as JSON"),
     ("payload", "JSON", "the whole event body as received"),
     ("loaded_at", "TIMESTAMPTZ", "when the row was inserted into the warehouse (UTC)"),
+    ("sent_at", "TIMESTAMPTZ", "`sent_at`: when StackOne sent the delivery (UTC)"),
+    ("project_id", "VARCHAR", "`project_id`: the StackOne project"),
+    ("origin_owner_id", "VARCHAR", "`origin_owner_id`: the account's owner in your system"),
+    ("origin_owner_name", "VARCHAR", "`origin_owner_name`"),
+    ("record_type", "VARCHAR", "`record_type` (older unified events), e.g. employee"),
+    ("record_id", "VARCHAR", "`record_id` (older unified events); `event_data` and `raw_event` are in payload"),
+    ("record_remote_id", "VARCHAR", "`record_remote_id` (older unified events): the provider's id"),
 ]
 CREATE_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  " + ",\n  ".join(f"{n} {t}" for n, t, _ in COLUMNS) + "\n)"
 _ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "TIMESTAMPTZ": pa.timestamp("us", tz="UTC")}
@@ -52,23 +80,35 @@ _NAMES = [n for n, _, _ in COLUMNS if n != "loaded_at"]
 BATCH = 10_000
 
 
+def ensure_table(con) -> None:
+    """Create `webhook_events`, or add the columns a table made by an earlier version lacks."""
+    con.execute(CREATE_SQL)
+    have = {
+        c for (c,) in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [TABLE]).fetchall()
+    }
+    for name, typ, _ in COLUMNS:
+        if name not in have:
+            con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {typ}")
+
+
 def _row(record: dict) -> dict | None:
-    event = record["event"]
+    event, key = record["event"], record_key(record)
     try:
         received_at = datetime.fromisoformat(record["received_at"]).astimezone(timezone.utc)
     except (TypeError, ValueError):
         received_at = None
-    if not isinstance(event.get("id"), str) or received_at is None:
-        log.warning("skipped a staged record without an event id or receive time")
+    if key is None or received_at is None:
+        log.warning("skipped a staged record without an event key or receive time")
         return None
-    return {"event_id": event["id"], "received_at": received_at, **columns(event), "payload": event}
+    return {"event_id": key, "received_at": received_at, **columns(event), "payload": event}
 
 
 def _export_hours(con, storage: Storage, hours: set[datetime]) -> None:
+    names = ", ".join(n for n, _, _ in COLUMNS)  # the documented order, whatever the table's
     for hour in sorted(hours):
         with storage.lake.publishing(DATASET, hour) as tmp:
             con.execute(
-                f"COPY (SELECT * FROM {TABLE} WHERE received_at >= ? AND received_at < ? "
+                f"COPY (SELECT {names} FROM {TABLE} WHERE received_at >= ? AND received_at < ? "
                 "ORDER BY received_at, event_id) TO '"
                 + str(tmp).replace("'", "''")
                 + "' (FORMAT parquet, COMPRESSION zstd)",
@@ -77,7 +117,7 @@ def _export_hours(con, storage: Storage, hours: set[datetime]) -> None:
 
 
 def load_staged_events(storage: Storage, batch_size: int = BATCH) -> list[dict]:
-    """Load every staged event into `webhook_events` (idempotent by event_id), then remove the
+    """Load every staged event into `webhook_events` (idempotent by event_id, the key), then remove the
     loaded segments. Returns the newly inserted events, oldest `received_at` first, as dicts with the
     table's columns (`payload` as a dict, `error` as parsed JSON)."""
     segments = closed_segments(storage.data_dir)
@@ -91,7 +131,7 @@ def load_staged_events(storage: Storage, batch_size: int = BATCH) -> list[dict]:
     new_ids: set[str] = set()
     loaded_at = datetime.now(timezone.utc)
     with storage.warehouse.writer() as con:
-        con.execute(CREATE_SQL)
+        ensure_table(con)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             table = pa.Table.from_pylist(

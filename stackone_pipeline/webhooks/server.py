@@ -7,11 +7,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import uvicorn
 
-from .app import DEFAULT_TOLERANCE_S, WEBHOOK_PATH, create_app, require_secret
+from .app import DEFAULT_TOLERANCE_S, WEBHOOK_PATH, create_app, require_secrets
 from .signing import SIGNATURE_HEADER
 
 log = logging.getLogger("stackone_pipeline.webhooks")
@@ -34,7 +35,7 @@ def serve(
     host: str,
     port: int,
     data_dir: Path | str,
-    secret: str,
+    secrets: str | Iterable[str],
     *,
     path: str = WEBHOOK_PATH,
     signature_header: str = SIGNATURE_HEADER,
@@ -42,19 +43,22 @@ def serve(
     log_level: str = "info",
     access_log: bool = False,
 ) -> None:
-    """Serve the webhook receiver until Ctrl-C / SIGTERM. Raises `WebhookConfigError` (clear
-    message, before binding anything) when `secret` is empty."""
-    require_secret(secret)
+    """Serve the webhook receiver until Ctrl-C / SIGTERM. `secrets`: the signing secret, or
+    several (while rotating: the old and the new; a delivery signed with any of them is
+    accepted). Raises `WebhookConfigError` (clear message, before binding anything) when there
+    is none."""
+    secrets = require_secrets(secrets)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("stackone_pipeline.webhooks").setLevel(log_level.upper())
-    app = create_app(data_dir, secret, path=path, signature_header=signature_header, tolerance_s=tolerance_s)
+    app = create_app(data_dir, secrets, path=path, signature_header=signature_header, tolerance_s=tolerance_s)
     log.info(
-        "StackOne webhook receiver on http://%s:%d%s (signature header %s, tolerance %.0f s)",
+        "StackOne webhook receiver on http://%s:%d%s (signature header %s, %d secret(s), tolerance %.0f s)",
         host,
         port,
         path,
         signature_header,
+        len(secrets),
         tolerance_s,
     )
     try:
@@ -89,7 +93,7 @@ class RunningReceiver:
 
 def start_receiver(
     data_dir: Path | str,
-    secret: str,
+    secrets: str | Iterable[str],
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -99,7 +103,7 @@ def start_receiver(
 ) -> RunningReceiver:
     """Serve a receiver on `host:port` (0 = any free port) in a daemon thread; returns once it
     accepts connections."""
-    app = create_app(data_dir, secret, path=path, **kw)
+    app = create_app(data_dir, secrets, path=path, **kw)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -2,10 +2,11 @@
 
     <data_dir>/webhooks/staging/<segment>.jsonl.open   the segment being written (one at a time)
     <data_dir>/webhooks/staging/<segment>.jsonl        closed segments, ready to load
-    <data_dir>/webhooks/loaded_ids                     ids already loaded into DuckDB (JSON, one a line)
+    <data_dir>/webhooks/loaded_ids                     keys already loaded into DuckDB (JSON, one a line)
     <data_dir>/webhooks/.receiver.lock                 held by the one receiver of this data directory
 
-One line per event: `{"received_at": …, "event": <the raw signed body>}`. A single writer thread
+One line per event: `{"received_at": …, "key": <idempotency key>, "event": <the signed body>}`
+(lines staged before keys existed have no `key`: their key is the event's `id`). A single writer thread
 appends whatever requests are waiting in one `write` and one `fdatasync` (group commit), and
 only then are those requests acknowledged; a new segment's name is made durable (folder fsync)
 before anything in it is acknowledged. So an acknowledged event is on disk, and the cost is one
@@ -17,7 +18,7 @@ the loader, which only reads closed segments and deletes them once loaded, sees 
 about a second. On start-up, segments left open by a killed receiver are closed, minus any
 torn last line (a write that never completed, so was never acknowledged).
 
-The receiver's seen-ids set survives restarts: it is the ids in staged segments plus
+The receiver's seen-keys set survives restarts: it is the keys in staged segments plus
 `loaded_ids`, to which the loader appends (fsync'd) *before* it deletes segments. Segments are
 read before the index, so a segment deleted in between is found in the index.
 """
@@ -59,9 +60,19 @@ def index_path(data_dir: Path | str) -> Path:
     return webhooks_dir(data_dir) / "loaded_ids"
 
 
-def record_line(received_at: str, event: dict) -> bytes:
-    """One staged line: the event (compact JSON, so never a raw newline) with its receive time."""
-    return orjson.dumps({"received_at": received_at, "event": event}) + b"\n"
+def record_line(received_at: str, event: dict, key: str | None = None) -> bytes:
+    """One staged line: the event (compact JSON, so never a raw newline) with its receive time
+    and its idempotency key (default: the event's `id`)."""
+    key = event.get("id") if key is None else key
+    return orjson.dumps({"received_at": received_at, "key": key, "event": event}) + b"\n"
+
+
+def record_key(record: dict) -> str | None:
+    """The idempotency key of a staged record (`key`, else, for older lines, the event's `id`)."""
+    key = record.get("key")
+    if not isinstance(key, str):
+        key = record["event"].get("id")
+    return key if isinstance(key, str) else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -109,7 +120,7 @@ def staged_records(data_dir: Path | str, include_open: bool = True) -> list[dict
 
 
 def loaded_ids(data_dir: Path | str) -> set[str]:
-    """Ids recorded in `loaded_ids`; a line torn by a crash is ignored."""
+    """Keys recorded in `loaded_ids`; a line torn by a crash is ignored."""
     try:
         lines = index_path(data_dir).read_bytes().split(b"\n")
     except FileNotFoundError:
@@ -126,9 +137,9 @@ def loaded_ids(data_dir: Path | str) -> set[str]:
 
 
 def seen_ids(data_dir: Path | str) -> set[str]:
-    """Every id staged or loaded: the receiver's replay set after a restart."""
-    staged = {r["event"].get("id") for r in staged_records(data_dir)}  # read first: see module doc
-    return {i for i in staged if isinstance(i, str)} | loaded_ids(data_dir)
+    """Every key staged or loaded: the receiver's replay set after a restart."""
+    staged = {record_key(r) for r in staged_records(data_dir)}  # read first: see module doc
+    return {i for i in staged if i is not None} | loaded_ids(data_dir)
 
 
 def append_loaded(data_dir: Path | str, ids: list[str]) -> None:
