@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from .partitions import (
+    RETENTION_DAYS,
     expired_hours,
     hour_of,
     hourly_partitions,
@@ -36,7 +37,9 @@ def parse_time(value: str) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def partition_keys(start: datetime, end: datetime, now: datetime | None = None) -> list[str]:
+def partition_keys(
+    start: datetime, end: datetime, now: datetime | None = None, retention_days: int = RETENTION_DAYS
+) -> list[str]:
     """Partition keys of the closed hours in [start, end), validated before anything runs."""
     now = now or datetime.now(timezone.utc)
     if end <= start:
@@ -49,11 +52,12 @@ def partition_keys(start: datetime, end: datetime, now: datetime | None = None) 
         raise BackfillError(
             f"{hours[-1]:%Y-%m-%d %H}:00 UTC has not closed yet; the last complete hour is {last_closed:%Y-%m-%d %H}:00 UTC"
         )
-    expired = expired_hours(hours, now)
+    expired = expired_hours(hours, now, retention_days)
     if expired:
         raise BackfillError(
-            f"{len(expired)} hour(s) from {expired[0]:%Y-%m-%d %H}:00 UTC are older than StackOne's 90-day "
-            "log retention: the API no longer has them. Start the range later."
+            f"{len(expired)} hour(s) from {expired[0]:%Y-%m-%d %H}:00 UTC are older than StackOne's "
+            f"{retention_days}-day log retention (STACKONE_RETENTION_DAYS): the API no longer has them. "
+            "Start the range later."
         )
     return [partition_key(h) for h in hours]
 
@@ -70,8 +74,9 @@ def run_backfill(
 ) -> dg.ExecuteInProcessResult:
     from .definitions import build_defs
 
-    keys = partition_keys(start, end)
-    defs = build_defs(settings or Settings.from_env())
+    settings = settings or Settings.from_env()
+    keys = partition_keys(start, end, retention_days=settings.retention_days)
+    defs = build_defs(settings)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);

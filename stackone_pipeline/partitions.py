@@ -1,5 +1,6 @@
-"""Hours: the hourly partitions (UTC, fixed start), StackOne's 90-day retention, and every piece
-of hour and partition-key arithmetic the pipeline does (one place, so they cannot disagree)."""
+"""Hours: the hourly partitions (UTC, fixed start), StackOne's log retention (90 days by default,
+a project setting: STACKONE_RETENTION_DAYS), and every piece of hour and partition-key
+arithmetic the pipeline does (one place, so they cannot disagree)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 HOUR = timedelta(hours=1)
-RETENTION = timedelta(days=90)
+RETENTION_DAYS = 90  # StackOne's default; a project can set another (Settings.retention_days)
+RETENTION = timedelta(days=RETENTION_DAYS)
 # A fixed start (Dagster has no rolling start): hours older than the retention are refused at
 # run time instead of silently disappearing from the UI.
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
@@ -46,9 +48,16 @@ def last_closed_hour(at: datetime | None = None) -> datetime:
     return floor_hour(at or datetime.now(timezone.utc)) - HOUR
 
 
-def expired_hours(hours: list[datetime], now: datetime | None = None) -> list[datetime]:
+def retention_horizon(now: datetime | None = None, retention_days: int = RETENTION_DAYS) -> datetime:
+    """The oldest instant whose logs StackOne still keeps."""
+    return (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
+
+
+def expired_hours(
+    hours: list[datetime], now: datetime | None = None, retention_days: int = RETENTION_DAYS
+) -> list[datetime]:
     """Hours whose window starts before StackOne's retention horizon (their logs are gone)."""
-    horizon = (now or datetime.now(timezone.utc)) - RETENTION
+    horizon = retention_horizon(now, retention_days)
     return [h for h in hours if h < horizon]
 
 

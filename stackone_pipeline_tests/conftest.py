@@ -1,7 +1,13 @@
-"""Fixtures: a real simulator on 127.0.0.1, clients against it, a temporary data directory."""
+"""Fixtures: a real simulator on 127.0.0.1, clients against it, a temporary data directory.
+
+The simulator's list pages carry StackOne's partial records (the SDK's shape) unless
+`STACKONE_SIM_LIST_SHAPE=full` runs the suite in the guide's full-record shape. Tests about what
+becomes of logged headers and bodies pin `list_shape="full"` themselves.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from datetime import datetime, timedelta, timezone
 
@@ -13,13 +19,18 @@ from stackone_pipeline.partitions import hourly_partitions
 from stackone_pipeline.resources import SINK_RESOURCES, StackOneResource, StorageResource, build_resources
 from stackone_pipeline.settings import Settings
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
-from stackone_pipeline.stackone.client import StackOneClient
+from stackone_pipeline.simulator.config import LIST_SHAPES
+from stackone_pipeline.stackone.client import EncodingMemo, StackOneClient
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 from stackone_pipeline.storage import Storage
 
 from .inbox import Inbox
 
 warnings.filterwarnings("ignore", module="dagster")
+
+SIM_LIST_SHAPE = os.environ.get("STACKONE_SIM_LIST_SHAPE") or "partial"
+if SIM_LIST_SHAPE not in LIST_SHAPES:
+    raise ValueError(f"STACKONE_SIM_LIST_SHAPE must be one of {', '.join(LIST_SHAPES)}, got {SIM_LIST_SHAPE!r}")
 
 
 def closed_hour(hours_ago: int = 2) -> datetime:
@@ -52,7 +63,7 @@ def sink_resources(env) -> dict:
 
 @pytest.fixture
 def sim_config() -> SimulatorConfig:
-    return SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)
+    return SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)
 
 
 @pytest.fixture
@@ -64,9 +75,11 @@ def sim(sim_config):
 @pytest.fixture
 def make_client(sim):
     clients = []
+    memo = EncodingMemo()  # the test's clients share what they learn, and nothing from other tests
 
     def make(**kw) -> StackOneClient:
         kw.setdefault("rate_limiter", RateLimiter(100_000))
+        kw.setdefault("encoding_memo", memo)
         kw.setdefault("backoff_base_s", 0.05)
         kw.setdefault("page_size", 100)
         client = StackOneClient(kw.pop("api_key", DEFAULT_API_KEY), kw.pop("base_url", sim.url), **kw)

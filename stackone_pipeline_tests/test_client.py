@@ -8,13 +8,15 @@ from datetime import timedelta
 import pytest
 
 from stackone_pipeline.http import retry_after_seconds
-from stackone_pipeline.simulator import DEFAULT_API_KEY, start_simulator
+from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER, start_simulator
 from stackone_pipeline.stackone.client import (
+    EncodingMemo,
     FetchStats,
     StackOneAuthError,
     StackOneBadRequest,
     StackOneClient,
     StackOneError,
+    StackOneFilterError,
 )
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 
@@ -124,9 +126,11 @@ def test_forbidden_key_names_the_cause(sim, make_client):
 
 def test_400_fails_with_the_servers_message(sim, make_client):
     client = make_client()
-    with pytest.raises(StackOneBadRequest, match="start_date"):
+    with pytest.raises(StackOneBadRequest, match="start_date") as err:
         list(client.list_logs(filters={"start_date": "yesterday-ish"}))
-    assert len(request_log(sim)) == 1
+    assert len(request_log(sim)) == 1  # a bad value is not an unknown parameter: no second encoding
+    assert "statusCode" not in str(err.value) and "timestamp" not in str(err.value)  # the message, not the body
+    assert err.value.status == 400 and "must be an ISO-8601 date-time" in err.value.server_message
 
 
 def test_retry_after_parses_seconds_and_http_dates():
@@ -185,3 +189,131 @@ def test_get_log_by_id(sim, make_client):
     hour = closed_hour()
     first = sim.simulator.expected_records(hour, hour + timedelta(hours=1))[0]
     assert make_client().get_log(first["request_id"])["request_id"] == first["request_id"]
+
+
+def test_408_after_the_request_lifetime_is_retried_after_retry_after(sim, make_client):
+    sim.config.faults.status_408_every = 2
+    sim.config.faults.retry_after_s = 1
+    hour = closed_hour()
+    t0 = time.monotonic()
+    pages, stats = walk(make_client(), hour)
+    timeouts = sum(1 for _, status in request_log(sim) if status == 408)
+    assert timeouts >= 1 and stats.retries >= timeouts and stats.throttled == 0
+    assert time.monotonic() - t0 >= timeouts * 1.0  # waited Retry-After, not the 50 ms backoff
+    expected = sim.simulator.expected_records(hour, hour + timedelta(hours=1))
+    assert {r["request_id"] for p in pages for r in p} >= {r["request_id"] for r in expected}
+
+
+def test_persistent_408_names_the_servers_message(sim, make_client):
+    sim.config.faults.status_408_every, sim.config.faults.retry_after_s = 1, 0
+    with pytest.raises(StackOneError, match="last error: HTTP 408: Request timed out.*60-second"):
+        walk(make_client(max_attempts=2), closed_hour())
+
+
+def ids_of(pages) -> set[str]:
+    return {r["request_id"] for p in pages for r in p}
+
+
+def expected_ids(sim, hour) -> set[str]:
+    return {r["request_id"] for r in sim.simulator.expected_records(hour, hour + timedelta(hours=1))}
+
+
+@pytest.mark.parametrize("encoding", ["both", "bracket"])
+def test_a_server_honouring_the_bracketed_filter_costs_nothing_extra(sim, make_client, encoding):
+    sim.config.filter_encoding = encoding
+    hour = closed_hour()
+    pages, stats = walk(make_client(), hour)
+    assert ids_of(pages) == expected_ids(sim, hour)
+    assert stats.filter_encoding == "bracket" and stats.filter_retries == 0
+    assert stats.requests == stats.pages == len(request_log(sim))
+
+
+@pytest.mark.parametrize("reject_unknown", [False, True])
+def test_a_flat_only_server_is_detected_on_the_first_page_and_remembered(sim, make_client, reject_unknown):
+    """Ignored (200 with the whole retention window) or refused (400 unknown parameter): one wasted
+    request, then the flat form; the next walk, by any client of this URL and key, starts flat."""
+    sim.config.filter_encoding, sim.config.reject_unknown_params = "flat", reject_unknown
+    hour = closed_hour()
+    pages, stats = walk(make_client(), hour)
+    assert ids_of(pages) == expected_ids(sim, hour)
+    assert all(hour <= r_time(r) <= hour + timedelta(hours=1) for p in pages for r in p)  # no foreign page yielded
+    assert stats.filter_encoding == "flat" and stats.filter_retries == 1
+    assert stats.requests == stats.pages + 1
+    assert [s for _, s in request_log(sim)][0] == (400 if reject_unknown else 200)
+    before = len(request_log(sim))
+    again_pages, again = walk(make_client(), hour - timedelta(hours=1))  # another client, same URL and key
+    assert again.filter_encoding == "flat" and again.filter_retries == 0 and again.requests == again.pages
+    assert len(request_log(sim)) - before == again.pages
+    assert ids_of(again_pages) == expected_ids(sim, hour - timedelta(hours=1))
+
+
+def r_time(record):
+    from stackone_pipeline.stackone.records import parse_timestamp
+
+    return parse_timestamp(record["event_datetime"])
+
+
+def test_the_memo_follows_the_api_when_it_changes_back(sim, make_client):
+    sim.config.filter_encoding = "flat"
+    hour = closed_hour()
+    assert walk(make_client(), hour)[1].filter_encoding == "flat"
+    sim.config.filter_encoding, sim.config.reject_unknown_params = "bracket", True
+    pages, stats = walk(make_client(), hour)
+    assert stats.filter_encoding == "bracket" and stats.filter_retries == 1 and ids_of(pages) == expected_ids(sim, hour)
+
+
+def test_the_memo_is_per_base_url_and_key(sim, make_client):
+    sim.config.filter_encoding = "flat"
+    memo = EncodingMemo()
+    walk(make_client(encoding_memo=memo), closed_hour())
+    (key,) = memo._known
+    assert key[0] == sim.url and DEFAULT_API_KEY not in str(key) and memo.get(key) == "flat"
+    assert memo.get((sim.url + "/other", key[1])) is None and memo.get((sim.url, "0" * 16)) is None
+
+
+@pytest.mark.parametrize("reject_unknown", [False, True])
+def test_a_server_honouring_neither_encoding_fails_fast_naming_the_cause(sim, make_client, reject_unknown):
+    sim.config.filter_encoding, sim.config.reject_unknown_params = "none", reject_unknown
+    t0 = time.monotonic()
+    with pytest.raises(StackOneFilterError) as err:
+        walk(make_client(), closed_hour())
+    message = str(err.value)
+    both = "in both encodings (filter[start_date]= and start_date=): "
+    if reject_unknown:
+        assert f"the API refused the filter parameters {both}" in message and "HTTP 400" in message
+    else:
+        assert f"the API ignored the date filter {both}" in message and "held a record at" in message
+    assert "STACKONE_BASE_URL" in message and DEFAULT_API_KEY not in message
+    assert len(request_log(sim)) == 2 and time.monotonic() - t0 < 5  # one page each, not 90 days of pages
+
+
+def test_an_ignored_filter_found_after_some_pages_restarts_the_walk_in_the_other_encoding(sim, make_client):
+    """Newest first, a window reaching into the future: the unfiltered walk's first pages lie inside
+    the window, so the filter is found ignored only later. The walk restarts in the bracketed form
+    and yields the window again (the consumer de-duplicates by request_id)."""
+    from datetime import datetime, timezone
+
+    sim.config.filter_encoding = "flat"
+    client = make_client(page_size=40)
+    walk(client, closed_hour())  # learn "flat"
+    sim.config.filter_encoding = "bracket"  # the API changed its mind
+    start = closed_hour(2)
+    end = datetime.now(timezone.utc) + timedelta(hours=1)
+    stats = FetchStats()
+    pages = list(client.list_logs(filters={"start_date": start, "end_date": end}, order_direction="desc", stats=stats))
+    ids = [r["request_id"] for p in pages for r in p]
+    expected = {r["request_id"] for r in sim.simulator.expected_records(start, end)}
+    assert set(ids) == expected and len(ids) > len(expected)  # some again, none missing, none foreign
+    assert stats.filter_encoding == "bracket" and stats.filter_retries == 1
+
+
+def test_partial_list_records_and_the_full_detail_record(sim, make_client):
+    sim.config.list_shape = "partial"
+    hour = closed_hour()
+    records = [r for p in walk(make_client(), hour)[0] for r in p]
+    assert records and not any("request" in r or "response" in r or "source_ip" in r for r in records)
+    failed = next(r for r in records if r["status"] is not None and r["status"] >= 400)
+    detail = make_client().get_log(failed["request_id"], include="step_logs,advanced_logs")
+    assert {k: v for k, v in detail.items() if k not in ("request", "response", "source_ip", "step_requests")} == failed
+    assert detail["response"]["provider_errors"] and SECRET_MARKER in detail["request"]["headers"]["authorization"]
+    assert detail["step_requests"] and "headers" not in detail["step_requests"][0]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import duckdb
+import orjson
 import pyarrow.parquet as pq
 
 from stackone_pipeline.ingest import RedactionSettings, ingest_hour, ingest_hours
 from stackone_pipeline.simulator import PII_MARKER, SECRET_MARKER
+from stackone_pipeline.stackone.records import normalise
 from stackone_pipeline.stackone.redaction import Redactor
 from stackone_pipeline.storage import Storage
 
@@ -87,6 +89,7 @@ def _all_text(data_dir) -> str:
 
 
 def test_no_secret_or_body_reaches_the_disk(sim, make_client, storage):
+    sim.config.list_shape = "full"  # the guide's records, with logged headers and bodies
     hour = closed_hour()
     served = sim.simulator.expected_records(hour, hour + H)
     assert SECRET_MARKER in str(served) and PII_MARKER in str(served)  # the simulator does send them
@@ -103,6 +106,7 @@ def test_no_secret_or_body_reaches_the_disk(sim, make_client, storage):
 
 
 def test_bodies_are_kept_only_when_asked_and_extra_names_are_redacted(sim, make_client, storage):
+    sim.config.list_shape = "full"
     hour = closed_hour()
     ingest_hour(make_client(), storage, hour, RedactionSettings(keep_bodies=True, extra_names=("user-agent",)))
     text = _all_text(storage.data_dir)
@@ -129,3 +133,95 @@ def test_header_names_are_stored_lower_cased_so_one_name_is_one_header():
         "x-request-id": "req_1",
     }
     assert redactor.count == 1
+
+
+FULL_ONLY = ("source_ip", "request", "response")
+
+
+def columns(storage, names) -> list[tuple]:
+    with storage.warehouse.reader() as con:
+        return con.execute(f"SELECT {', '.join(names)} FROM request_logs ORDER BY request_id").fetchall()
+
+
+def test_partial_and_full_list_records_load_the_same_scalars(sim, make_client, tmp_path):
+    """The SDK's partial list records leave request, response and source_ip null; every other
+    column is what the guide's full records give. http_method is stored upper-cased."""
+    hour = closed_hour()
+    stores = {}
+    for shape in ("partial", "full"):
+        sim.config.list_shape = shape
+        stores[shape] = Storage(tmp_path / shape)
+        assert ingest_hour(make_client(), stores[shape], hour).rows == 300
+    partial, full = stores["partial"], stores["full"]
+    from stackone_pipeline.stackone.records import COLUMN_NAMES
+
+    scalars = [c for c in COLUMN_NAMES if c not in FULL_ONLY]
+    assert columns(partial, scalars) == columns(full, scalars)
+    assert set(columns(partial, FULL_ONLY)) == {(None, None, None)}
+    assert all(v is not None for row in columns(full, FULL_ONLY) for v in row)
+    served = {r["http_method"] for r in sim.simulator.expected_records(hour, hour + H)}
+    assert any(not m.isupper() for m in served)  # the API sends get, Get, ...
+    assert {m for (m,) in columns(partial, ["DISTINCT http_method"])} == {m.upper() for m in served}
+
+
+def test_a_flat_filter_api_is_ingested_exactly_and_the_metadata_says_so(sim, make_client, storage):
+    sim.config.filter_encoding = "flat"
+    hour = closed_hour()
+    res = ingest_hour(make_client(), storage, hour)
+    assert [r[1] for r in table(storage, hour)] == expected_ids(sim, hour)
+    assert res.metadata()["filter_encoding"] == "flat" and res.metadata()["filter_retries"] == 1
+    again = ingest_hour(make_client(), storage, hour - H)  # remembered: no wasted request
+    assert again.filter_encoding == "flat" and again.filter_retries == 0 and again.requests == again.pages
+
+
+def test_step_requests_are_redacted_whatever_they_carry():
+    step = {
+        "id": "step_1",
+        "http_method": "get",
+        "url": f"https://api.provider.test/v1/x?access_token={SECRET_MARKER}_1&page=2",
+        "status": 200,
+    }
+    with_headers = {**step, "headers": {"Authorization": f"Bearer {SECRET_MARKER}_2", "Accept": "*/*"}}
+    raw = {"request_id": "req_1", "event_datetime": "2026-11-20T09:00:00Z", "http_method": "Post"}
+    row = normalise({**raw, "step_requests": [step, with_headers]}, Redactor())
+    assert SECRET_MARKER not in row["step_requests"] and row["http_method"] == "POST"
+    steps = orjson.loads(row["step_requests"])
+    assert steps[0]["url"] == "https://api.provider.test/v1/x?access_token=[REDACTED]&page=2"
+    assert steps[1]["headers"] == {"authorization": "[REDACTED]", "accept": "*/*"}
+    assert row["request"] is None and row["response"] is None and row["source_ip"] is None
+
+
+def test_retention_is_a_project_setting(sim, tmp_path):
+    """STACKONE_RETENTION_DAYS drives the horizon, the asset's refusal and the backfill's."""
+    import dagster as dg
+    import pytest
+
+    from stackone_pipeline.assets.request_logs import request_logs
+    from stackone_pipeline.backfill import BackfillError, partition_keys
+    from stackone_pipeline.partitions import expired_hours
+    from stackone_pipeline.resources import StackOneResource
+    from stackone_pipeline.settings import Settings, SettingsError
+
+    from .conftest import partition_key, pipeline_resources
+
+    settings = Settings.from_env({"STACKONE_RETENTION_DAYS": "30"})
+    assert settings.retention_days == 30 and Settings.from_env({}).retention_days == 90
+    assert StackOneResource.from_settings(settings).retention_days == 30
+    with pytest.raises(SettingsError, match="STACKONE_RETENTION_DAYS"):
+        Settings.from_env({"STACKONE_RETENTION_DAYS": "0"})
+    now = closed_hour(0)
+    old = now - timedelta(days=31)
+    assert expired_hours([old], now) == [] and expired_hours([old], now, retention_days=30) == [old]
+    assert len(partition_keys(old, old + H, now)) == 1
+    with pytest.raises(BackfillError, match="30-day log retention"):
+        partition_keys(old, old + H, now, retention_days=30)
+    sim.config.retention_days = 30
+    result = dg.materialize(
+        [request_logs],
+        partition_key=partition_key(closed_hour(24 * 31)),
+        resources=pipeline_resources(sim.url, tmp_path, retention_days=30),
+        raise_on_error=False,
+    )
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "30-day log retention" in failure and "last 30 days" in failure
+    assert not (tmp_path / "lake").exists()

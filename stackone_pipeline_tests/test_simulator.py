@@ -22,6 +22,8 @@ from stackone_pipeline.simulator import (
     start_simulator,
 )
 
+from .conftest import SIM_LIST_SHAPE
+
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 H = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)  # a past hour well inside retention
 HOUR = timedelta(hours=1)
@@ -35,6 +37,47 @@ def _window(start: datetime, end: datetime, **extra) -> dict:
     return {"filter[start_date]": _iso(start), "filter[end_date]": _iso(end), **extra}
 
 
+def _flat_window(start: datetime, end: datetime, **extra) -> dict:
+    return {"start_date": _iso(start), "end_date": _iso(end), **extra}
+
+
+FULL_ONLY = ("source_ip", "request", "response")  # what a partial (list) record leaves out
+STEP_FIELDS = [  # the SDK's StepLogPartial, in its order
+    "id",
+    "request_id",
+    "account_id",
+    "project_id",
+    "provider",
+    "service",
+    "resource",
+    "child_resource",
+    "sub_resource",
+    "action",
+    "http_method",
+    "path",
+    "url",
+    "status",
+    "success",
+    "duration",
+    "start_time",
+    "end_time",
+    "is_worker",
+]
+
+
+def assert_error_body(r: httpx.Response, status: int) -> dict:
+    """StackOne's error answer: {statusCode, message, timestamp}; 400 adds data and provider_errors."""
+    body = r.json()
+    assert r.status_code == status and body["statusCode"] == status and body["message"]
+    assert _ts(body["timestamp"]) == NOW
+    if status == 400:
+        assert body["data"]["statusCode"] == 400 and body["data"]["message"] == body["message"]
+        assert body["provider_errors"] == []
+    else:
+        assert set(body) == {"statusCode", "message", "timestamp"}
+    return body
+
+
 def _ts(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
@@ -46,6 +89,7 @@ def launch():
 
     def _launch(**kw) -> tuple:
         faults = kw.pop("faults", Faults())
+        kw.setdefault("list_shape", SIM_LIST_SHAPE)
         cfg = SimulatorConfig(clock=lambda: NOW.timestamp(), faults=faults, **kw)
         sim = start_simulator(cfg)
         running.append(sim)
@@ -76,8 +120,7 @@ def test_auth_401_403_and_key_never_echoed(launch):
     sim, _ = launch(forbidden_api_keys=("v1.sim.no-access-key",))
     for auth in (None, ("v1.sim.wrong-key", ""), ("v1.sim.no-access-key", "")):
         r = httpx.get(f"{sim.url}/requests/logs", auth=auth)
-        assert r.status_code == (403 if auth and "no-access" in auth[0] else 401)
-        assert "message" in r.json()
+        assert_error_body(r, 403 if auth and "no-access" in auth[0] else 401)
         assert "v1.sim" not in r.text and DEFAULT_API_KEY not in r.text
     garbage = httpx.get(f"{sim.url}/requests/logs", headers={"Authorization": "Basic !!notb64"})
     assert garbage.status_code == 401
@@ -111,7 +154,7 @@ def test_cursor_tampered_garbage_or_other_query_is_400(launch):
     other_query = {**params, "filter[providers]": "lever"}
     for bad, query in ((tampered, params), ("garbage", params), (token, other_query)):
         r = client.get("/requests/logs", params={**query, "next": bad})
-        assert r.status_code == 400 and r.json() == {"message": "invalid cursor"}
+        assert assert_error_body(r, 400)["message"] == "invalid cursor"
     assert client.get("/requests/logs", params={**params, "next": token}).status_code == 200
 
 
@@ -171,17 +214,23 @@ def test_request_ids_filter_and_get_by_id(launch):
     ids = [expected[7]["request_id"], expected[300]["request_id"]]
     got, _ = walk(client, {"filter[request_ids]": ",".join(ids), "order_direction": "asc"})
     assert [r["request_id"] for r in got] == ids
+    full = sim.simulator.expected_records(H, H + HOUR, shape="full")
     one = client.get(f"/requests/logs/{ids[0]}")
-    assert one.status_code == 200 and one.json() == {"data": expected[7]}
-    steps = client.get(f"/requests/logs/{ids[0]}", params={"include": "step_logs"}).json()["data"]
-    assert steps["step_requests"] and all("url" in s and "headers" in s for s in steps["step_requests"])
+    assert one.status_code == 200 and one.json() == {"data": full[7]}  # the detail is always the full record
+    for include in ("advanced_logs", "step_logs,advanced_logs"):
+        assert client.get(f"/requests/logs/{ids[0]}", params={"include": include}).status_code == 200
+    with_steps = sim.simulator.expected_records(H, H + HOUR, include_steps=True, shape="full")[7]
+    for params in ({"include": "step_logs"}, [("include", "step_logs"), ("include", "advanced_logs")]):
+        steps = client.get(f"/requests/logs/{ids[0]}", params=params).json()["data"]
+        assert steps == with_steps
+    assert steps["step_requests"] and all(list(s) == STEP_FIELDS for s in steps["step_requests"])
     forged = ids[0][:-1] + ("0" if ids[0][-1] != "0" else "1")
-    assert client.get(f"/requests/logs/{forged}").status_code == 404
+    assert_error_body(client.get(f"/requests/logs/{forged}"), 404)
     assert client.get("/requests/logs/req_nope").status_code == 404
 
 
 def test_camel_case_switch_same_data(launch):
-    sim, client = launch(rows_per_hour=300, faults=Faults(camel_case=True))
+    sim, client = launch(rows_per_hour=300, faults=Faults(camel_case=True), list_shape="full")
     got, _ = walk(client, _window(H, H + HOUR, page_size=500, order_direction="asc"))
     expected = sim.simulator.expected_records(H, H + HOUR)
     assert len(got) == len(expected)
@@ -252,11 +301,15 @@ def test_transport_faults_429_503_truncated_malformed(launch):
     faults.status_429_every, faults.retry_after_s = 2, 3
     assert client.get("/requests/logs", params=params).status_code == 200
     r = client.get("/requests/logs", params=params)
-    assert r.status_code == 429 and r.headers["Retry-After"] == "3" and "message" in r.json()
+    assert r.headers["Retry-After"] == "3" and assert_error_body(r, 429)
     faults.status_429_every = 0
+    faults.status_408_every = 1  # the API's 60-second request lifetime
+    r = client.get("/requests/logs", params=params)
+    assert r.headers["Retry-After"] == "3" and "60-second" in assert_error_body(r, 408)["message"]
+    faults.status_408_every = 0
     faults.status_503_every = 1
     r = client.get("/requests/logs", params=params)
-    assert r.status_code == 503 and "message" in r.json()
+    assert_error_body(r, 503)
     faults.status_503_every, faults.truncate_every = 0, 1
     r = client.get("/requests/logs", params=params)
     assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(r.content)
@@ -276,7 +329,7 @@ def test_rate_limit_sliding_window(launch):
         statuses.append(r.status_code)
         if r.status_code == 429:
             retry.append(int(r.headers["Retry-After"]))
-            assert "message" in r.json()
+            assert_error_body(r, 429)
     assert statuses[:30] == [200] * 30 and statuses.count(429) >= 5
     assert all(1 <= s <= 2 for s in retry)
     stats = sim.simulator.stats
@@ -325,7 +378,7 @@ def test_traffic_shape_burst_slow_provider_timeouts_missing_fields():
 
 def test_secrets_and_pii_markers(launch):
     faults = Faults()
-    sim, client = launch(rows_per_hour=300, faults=faults)
+    sim, client = launch(rows_per_hour=300, faults=faults, list_shape="full")
     params = _window(H, H + HOUR, page_size=1000, include="step_logs")
     body = client.get("/requests/logs", params=params).text
     recs = json.loads(body)["data"]
@@ -334,6 +387,7 @@ def test_secrets_and_pii_markers(launch):
     errs = [e for r in recs for e in r["response"]["provider_errors"]]
     assert errs and all(SECRET_MARKER in e["url"] and PII_MARKER in json.dumps(e["raw"]) for e in errs)
     assert PII_MARKER in body and "user-agent" in recs[0]["request"]["headers"]
+    assert all(SECRET_MARKER in s["url"] for r in recs for s in r["step_requests"])  # provider tokens in step URLs
     faults.secrets = False
     clean = client.get("/requests/logs", params=params).text
     assert SECRET_MARKER not in clean and PII_MARKER in clean
@@ -343,14 +397,16 @@ def test_secrets_and_pii_markers(launch):
 def test_bad_requests_methods_and_paths(launch):
     sim, client = launch()
     r = client.get("/requests/logs", params={"filter[start_date]": "yesterday"})
-    assert r.status_code == 400 and "filter[start_date]" in r.json()["message"]
+    assert "filter[start_date]" in assert_error_body(r, 400)["message"]
+    flat = client.get("/requests/logs", params={"start_date": "yesterday"})
+    assert "start_date must be" in assert_error_body(flat, 400)["message"]
     assert client.get("/requests/logs", params={"filter[end_date]": "2026-13-01"}).status_code == 400
     assert client.get("/requests/logs", params={"order_by": "colour"}).status_code == 400
     assert client.get("/requests/logs", params={"order_direction": "up"}).status_code == 400
     assert client.get("/requests/logs", params={"page_size": "0"}).status_code == 400
     assert client.get("/requests/logs", params={"filter[success]": "maybe"}).status_code == 400
-    assert client.post("/requests/logs").status_code == 405
-    assert client.get("/unified/hris/employees").status_code == 404
+    assert_error_body(client.post("/requests/logs"), 405)
+    assert_error_body(client.get("/unified/hris/employees"), 404)
     plus_two = H.astimezone(timezone(timedelta(hours=2)))
     offset = client.get("/requests/logs", params=_window(plus_two, H + HOUR))
     assert offset.status_code == 200 and offset.json()["data"]
@@ -393,3 +449,108 @@ def test_throughput_report(launch):
     rate = pages / (time.perf_counter() - start)
     print(f"\nsimulator throughput (in-process client+server): {rate:.0f} pages/s of 100 records")
     assert rate > 20
+
+
+def test_list_pages_carry_partial_records_unless_full_and_the_detail_is_always_full(launch):
+    sim, client = launch(rows_per_hour=300, list_shape="partial")
+    params = _window(H, H + HOUR, page_size=1000, order_direction="asc", include="step_logs")
+    partial = client.get("/requests/logs", params=params).json()["data"]
+    full = sim.simulator.expected_records(H, H + HOUR, include_steps=True, shape="full")
+    assert partial == sim.simulator.expected_records(H, H + HOUR, include_steps=True)
+    assert len(partial) == len(full) > 200
+    for p, f in zip(partial, full):  # the scalars and the steps, nothing else
+        assert not set(FULL_ONLY) & set(p) and set(FULL_ONLY) <= set(f)
+        assert p == {k: v for k, v in f.items() if k not in FULL_ONLY}
+        assert all(list(s) == STEP_FIELDS for s in p["step_requests"])
+    assert SECRET_MARKER not in json.dumps([{k: v for k, v in p.items() if k != "step_requests"} for p in partial])
+    failed = next(f for f in full if f["status"] and f["status"] >= 400)
+    detail = client.get(f"/requests/logs/{failed['request_id']}", params={"include": "step_logs"}).json()["data"]
+    assert detail == failed and detail["response"]["provider_errors"]  # the provider's own answer
+    assert SECRET_MARKER in detail["request"]["headers"]["authorization"]
+    r = httpx.post(f"{sim.url}/_simulator/config", json={"list_shape": "full"})  # the guide's shape
+    assert r.status_code == 200 and r.json()["list_shape"] == "full" and sim.config.list_shape == "full"
+    assert client.get("/requests/logs", params=params).json()["data"] == full
+
+
+def test_http_method_comes_in_mixed_case(launch):
+    sim, client = launch(rows_per_hour=1000)
+    got, _ = walk(client, _window(H, H + HOUR, page_size=1000))
+    methods = {r["http_method"] for r in got}
+    assert {"GET", "get", "Get"} <= methods and any(m.isupper() and m != "GET" for m in methods)
+    assert {m.upper() for m in methods} == {"GET", "POST", "PATCH"}
+    posts, _ = walk(client, _window(H, H + HOUR, page_size=1000, **{"filter[http_methods]": "post"}))
+    assert posts and {r["http_method"].upper() for r in posts} == {"POST"}  # the filter ignores case
+
+
+def _first_page(client, params) -> httpx.Response:
+    return client.get("/requests/logs", params={"page_size": 50, "order_direction": "asc", **params})
+
+
+def _inside(records, start, end) -> bool:
+    return bool(records) and all(start <= _ts(r["event_datetime"]) <= end for r in records)
+
+
+@pytest.mark.parametrize(
+    "encoding,bracket_honoured,flat_honoured",
+    [("both", True, True), ("bracket", True, False), ("flat", False, True), ("none", False, False)],
+)
+def test_filter_encoding_switch_honours_and_ignores(launch, encoding, bracket_honoured, flat_honoured):
+    sim, client = launch(rows_per_hour=300, filter_encoding=encoding)
+    expected = sim.simulator.expected_records(H, H + HOUR)
+    for window, honoured in ((_window, bracket_honoured), (_flat_window, flat_honoured)):
+        first = _first_page(client, window(H, H + HOUR))
+        assert first.status_code == 200
+        if honoured:
+            assert _inside(first.json()["data"], H, H + HOUR)
+            got, _ = walk(client, window(H, H + HOUR, page_size=1000, order_direction="asc"))
+            assert got == expected
+        else:  # ignored, as an API ignores what it does not know: the whole retention window
+            oldest = _ts(first.json()["data"][0]["event_datetime"])
+            assert oldest < NOW - timedelta(days=89) and first.json()["next"]
+
+
+@pytest.mark.parametrize("encoding", ["both", "bracket", "flat", "none"])
+def test_reject_unknown_params_refuses_what_is_not_honoured(launch, encoding):
+    sim, client = launch(rows_per_hour=300, filter_encoding=encoding, reject_unknown_params=True)
+    cases = ((_window, encoding in ("both", "bracket")), (_flat_window, encoding in ("both", "flat")))
+    for window, honoured in cases:
+        r = _first_page(client, window(H, H + HOUR))
+        if honoured:
+            assert r.status_code == 200 and _inside(r.json()["data"], H, H + HOUR)
+        else:
+            message = assert_error_body(r, 400)["message"]
+            sent = next(iter(window(H, H + HOUR)))
+            assert "unknown query parameter" in message and sent in message
+    assert_error_body(_first_page(client, {"colour": "blue"}), 400)  # anything unknown, not only filters
+    assert _first_page(client, {}).status_code == 200  # the known parameters still work
+
+
+def test_config_endpoint_switches_the_api_shape(launch):
+    sim, client = launch(rows_per_hour=200)
+    url = f"{sim.url}/_simulator/config"
+    assert httpx.get(url).json() == {
+        "list_shape": SIM_LIST_SHAPE,
+        "filter_encoding": "both",
+        "reject_unknown_params": False,
+        "retention_days": 90,
+    }
+    r = httpx.post(url, json={"filter_encoding": "flat", "reject_unknown_params": True, "retention_days": 30})
+    assert r.status_code == 200 and r.json()["filter_encoding"] == "flat"
+    assert_error_body(_first_page(client, _window(H, H + HOUR)), 400)
+    assert _first_page(client, _flat_window(H, H + HOUR)).status_code == 200
+    old = NOW - timedelta(days=31)  # retention shortened to 30 days
+    assert client.get("/requests/logs", params=_flat_window(old, old + HOUR)).json()["data"] == []
+    for bad in ({"list_shape": "huge"}, {"filter_encoding": "xml"}, {"retention_days": 0}, {"nope": 1}):
+        assert httpx.post(url, json=bad).status_code == 400
+    assert httpx.get(url).json()["filter_encoding"] == "flat"  # a refused update changes nothing
+    with pytest.raises(ValueError, match="list_shape"):
+        SimulatorConfig(list_shape="huge")
+
+
+def test_retention_days_is_configurable(launch):
+    _, client = launch(rows_per_hour=200, retention_days=7)
+    inside, outside = NOW - timedelta(days=6), NOW - timedelta(days=8)
+    assert client.get("/requests/logs", params=_window(inside, inside + HOUR)).json()["data"]
+    assert client.get("/requests/logs", params=_window(outside, outside + HOUR)).json()["data"] == []
+    oldest = client.get("/requests/logs", params={"order_direction": "asc", "page_size": 1}).json()["data"][0]
+    assert NOW - timedelta(days=7) <= _ts(oldest["event_datetime"]) < NOW - timedelta(days=7) + timedelta(minutes=5)

@@ -30,6 +30,12 @@ TOO_OLD = "older than Datadog's 18-hour log intake window"
 
 
 @pytest.fixture
+def sim_config(sim_config):
+    sim_config.list_shape = "full"  # what becomes of logged headers and provider errors: the guide's records
+    return sim_config
+
+
+@pytest.fixture
 def datadog():
     with DatadogReceiver(api_key=KEY) as receiver:
         yield receiver

@@ -31,6 +31,12 @@ TENANT = "team-a"
 
 
 @pytest.fixture
+def sim_config(sim_config):
+    sim_config.list_shape = "full"  # what becomes of logged headers and provider errors: the guide's records
+    return sim_config
+
+
+@pytest.fixture
 def loki():
     with LokiReceiver() as receiver:
         yield receiver

@@ -33,7 +33,7 @@ ROWS = 600  # > 512: an hour needs two exports
 
 @pytest.fixture
 def sim_config() -> SimulatorConfig:
-    return SimulatorConfig(seed=7, rows_per_hour=ROWS, diurnal=False)
+    return SimulatorConfig(seed=7, rows_per_hour=ROWS, diurnal=False, list_shape="full")  # logged headers
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from stackone_pipeline.stackone.client import StackOneClient
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 from stackone_pipeline.storage import Storage
 
-from .conftest import sink_resources
+from .conftest import SIM_LIST_SHAPE, sink_resources
 from .prometheus_server import (  # noqa: F401 (fixture)
     decode_write_request,
     fault_proxy,
@@ -98,7 +98,7 @@ def backfilled(prometheus, tmp_path_factory):
     ingested from the simulator and delivered newest first, so the old ones are out of order."""
     recent, old = [day_hour(1, h) for h in (13, 14, 15)], [day_hour(3, h) for h in (9, 10)]
     storage = Storage(tmp_path_factory.mktemp("data"), lock_timeout_s=30)
-    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)) as sim:
+    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)) as sim:
         c = client(sim.url)
         ingest_hours(c, storage, recent + old)
         c.close()
@@ -214,7 +214,7 @@ def test_late_arrivals_are_added_so_prometheus_answers_the_new_totals(prometheus
     hour = day_hour(2, 8)
     storage = Storage(tmp_path / "data", lock_timeout_s=30)
     totals = "sum by (provider) (increase(stackone_requests_total[1h]))"
-    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)) as sim:
+    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)) as sim:
         sim.config.faults.late_fraction = 0.3
         c = client(sim.url)
         first = ingest_hour(c, storage, hour)
@@ -243,7 +243,7 @@ def own_prometheus(tmp_path):
 def test_a_crash_mid_push_resumes_with_only_the_missing_batches_and_force_resends(own_prometheus, tmp_path):
     prom, hour, older = own_prometheus, day_hour(1, 6), day_hour(4, 6)
     storage = Storage(tmp_path / "data", lock_timeout_s=30)
-    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)) as sim:
+    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)) as sim:
         c = client(sim.url)
         ingest_hours(c, storage, [hour, older])
         c.close()
@@ -298,7 +298,7 @@ def test_a_sample_older_than_prometheus_accepts_fails_fast_naming_the_fix(tmp_pa
     require_prometheus()
     recent, old = day_hour(1, 5), day_hour(3, 5)
     storage = Storage(tmp_path / "data", lock_timeout_s=30)
-    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)) as sim:
+    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)) as sim:
         c = client(sim.url)
         ingest_hours(c, storage, [recent, old])
         c.close()
@@ -320,7 +320,7 @@ def test_the_dagster_asset_skips_without_a_url_and_delivers_with_one(prometheus,
     hour = day_hour(5, 3)
     key = hourly_partitions.get_partition_key_for_timestamp(ts(hour))
     storage = Storage(tmp_path, lock_timeout_s=30)
-    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False)) as sim:
+    with start_simulator(SimulatorConfig(seed=7, rows_per_hour=300, diurnal=False, list_shape=SIM_LIST_SHAPE)) as sim:
         c = client(sim.url)
         ingest_hour(c, storage, hour)
         c.close()

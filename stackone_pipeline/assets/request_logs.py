@@ -25,12 +25,13 @@ def request_logs(
 ) -> dg.MaterializeResult:
     keys = hours_of_run(context)
     hours = list(keys)
-    expired = expired_hours(hours)
+    days = stackone.retention_days
+    expired = expired_hours(hours, retention_days=days)
     if expired:
         raise dg.Failure(
-            f"{len(expired)} hour(s) are older than StackOne's 90-day log retention and cannot be "
+            f"{len(expired)} hour(s) are older than StackOne's {days}-day log retention and cannot be "
             f"ingested (oldest {expired[0]:%Y-%m-%d %H}:00 UTC); the API would return them empty. "
-            "Backfill only hours inside the last 90 days."
+            f"Backfill only hours inside the last {days} days (STACKONE_RETENTION_DAYS)."
         )
     progress = Progress(len(hours), stackone.rate_limit_per_minute, context.log.info, every_s=10)
 

@@ -10,6 +10,10 @@ remembers the first walk (while ``late_fraction`` > 0) that overlapped it; that 
 does not see the hour's late records, every other walk does. The cursor carries the
 walk id, so one walk sees a consistent dataset from its first page to its last.
 
+Shape: list pages carry partial records unless ``config.list_shape`` is "full"; the detail
+endpoint always answers the full record. Errors are ``{statusCode, message, timestamp}`` (400s
+add ``data`` and ``provider_errors``), as StackOne's SDK has them.
+
 Prefetch: after sending a page the server renders the page behind the cursor it just
 issued on a worker thread, so an out-of-process client's parse overlaps our render.
 Pages are pure functions of (cursor, query, fault view), so this is invisible.
@@ -36,7 +40,7 @@ from .cursor import CursorCodec, InvalidCursor
 from .pagination import Hidden, sorted_cores, time_page
 from .query import ApiError, Query, parse_query, window_ms
 from .records import RecordBuilder, camelize
-from .traffic import H_MS, Core, Traffic
+from .traffic import H_MS, Core, Traffic, fmt_ms
 
 _JSON = "application/json"
 
@@ -49,6 +53,7 @@ class _View(NamedTuple):
     camel: bool
     repeat: bool
     boundary: bool
+    full: bool  # full records (request, response, source_ip) rather than the list's partial ones
 
 
 @dataclass
@@ -61,6 +66,15 @@ class Response:
 
 def json_response(status: int, obj: Any, **headers: str) -> Response:
     return Response(status, orjson.dumps(obj), {"Content-Type": _JSON, **headers})
+
+
+def error_body(status: int, message: str, now_ms: int) -> dict[str, Any]:
+    """StackOne's error answer: {statusCode, message, timestamp}; a 400 adds data and provider_errors."""
+    body: dict[str, Any] = {"statusCode": status, "message": message, "timestamp": fmt_ms(now_ms)}
+    if status == 400:
+        body["data"] = {"statusCode": status, "message": message, "headers": {"content-type": _JSON}}
+        body["provider_errors"] = []
+    return body
 
 
 class Simulator:
@@ -106,35 +120,43 @@ class Simulator:
         self.stats.record(mono, wall, path, resp.status)
         return resp
 
+    def error(self, status: int, message: str, **headers: str) -> Response:
+        return json_response(status, error_body(status, message, self.now_ms()), **headers)
+
     def _handle(self, method: str, path: str, query: str, auth: str | None, mono: float) -> Response:
         if method != "GET":
-            return json_response(405, {"message": f"method {method} not allowed"}, Allow="GET")
+            return self.error(405, f"method {method} not allowed", Allow="GET")
         key = _basic_username(auth)
         if key is None or (key != self.config.api_key and key not in self.config.forbidden_api_keys):
-            return json_response(401, {"message": "Unauthorized: missing or invalid API key"})
+            return self.error(401, "Unauthorized: missing or invalid API key")
         if key in self.config.forbidden_api_keys:
-            return json_response(403, {"message": "Forbidden: this API key has no access to request logs"})
+            return self.error(403, "Forbidden: this API key has no access to request logs")
         wait = self.limiter.acquire(key, mono)
         if wait:
-            return json_response(429, {"message": "Too many requests"}, **{"Retry-After": str(wait)})
+            return self.error(429, "Too many requests", **{"Retry-After": str(wait)})
         f = self.faults
         with self._lock:
             self._fault_n += 1
             n = self._fault_n
         if f.status_429_every > 0 and n % f.status_429_every == 0:
             self.limiter.release(key, mono)
-            retry = str(int(f.retry_after_s))
-            return json_response(429, {"message": "Too many requests"}, **{"Retry-After": retry})
+            return self.error(429, "Too many requests", **{"Retry-After": str(int(f.retry_after_s))})
+        if f.status_408_every > 0 and n % f.status_408_every == 0:
+            return self.error(
+                408,
+                "Request timed out: the request exceeded the API's 60-second lifetime",
+                **{"Retry-After": str(int(f.retry_after_s))},
+            )
         if f.status_503_every > 0 and n % f.status_503_every == 0:
-            return json_response(503, {"message": "Service temporarily unavailable"})
-        params = dict(parse_qsl(query, keep_blank_values=True))
+            return self.error(503, "Service temporarily unavailable")
+        params = _params(query)
         try:
             if path.rstrip("/") == "/requests/logs":
                 resp = self.list_logs(params)
             else:
                 resp = self.get_log(path[len("/requests/logs/") :], params)
         except ApiError as exc:
-            return json_response(exc.status, {"message": exc.message})
+            return self.error(exc.status, exc.message)
         if resp.status == 200:
             if f.truncate_every > 0 and n % f.truncate_every == 0:
                 resp.body = resp.body[: len(resp.body) // 2]
@@ -146,7 +168,8 @@ class Simulator:
     def list_logs(self, params: dict[str, str]) -> Response:
         q = parse_query(params, self.config, self.traffic)
         f = self.faults
-        view = _View(f.secrets, f.non_utc_offsets, f.camel_case, f.repeat_across_pages, f.boundary_records)
+        full = self.config.list_shape == "full"
+        view = _View(f.secrets, f.non_utc_offsets, f.camel_case, f.repeat_across_pages, f.boundary_records, full)
         token = params.get("next")
         if token:
             found = self._prefetched((token, q.key, q.page_size, q.steps, view, self._generation))
@@ -222,7 +245,7 @@ class Simulator:
         return st
 
     def _render(self, c: Core, steps: bool, view: _View) -> str:
-        text = self.builder.render(c, view.secrets, steps, view.offsets)
+        text = self.builder.render(c, view.secrets, steps, view.offsets, view.full)
         return orjson.dumps(camelize(orjson.loads(text))).decode() if view.camel else text
 
     def _sorted_items(self, q: Query, walk: int, s: int, e: int, boundary: bool, hidden: Hidden) -> list[Core]:
@@ -265,9 +288,9 @@ class Simulator:
         c = self.core_by_id(request_id)
         if c is None:
             raise ApiError(404, "request log not found")
-        steps = "step_logs" in params.get("include", "").split(",")
+        steps = "step_logs" in include_values(params)  # advanced_logs is accepted: the record is full anyway
         f = self.faults
-        view = _View(f.secrets, f.non_utc_offsets, f.camel_case, False, f.boundary_records)
+        view = _View(f.secrets, f.non_utc_offsets, f.camel_case, False, f.boundary_records, True)
         return Response(200, f'{{"data":{self._render(c, steps, view)}}}'.encode(), {"Content-Type": _JSON})
 
     def core_by_id(self, request_id: str) -> Core | None:
@@ -286,20 +309,25 @@ class Simulator:
         return c
 
     # ---- for tests and benchmarks ------------------------------------------
-    def expected_records(self, start: datetime, end: datetime, include_steps: bool = False) -> list[dict]:
+    def expected_records(
+        self, start: datetime, end: datetime, include_steps: bool = False, shape: str | None = None
+    ) -> list[dict]:
         """Every record with event_datetime in [start, end), as served with all late records visible
         and no transport/presentation faults (snake_case, 'Z' times). The data-shaping settings
-        ``secrets`` and ``boundary_records`` apply. Event order ascending; deep copies."""
+        ``secrets`` and ``boundary_records`` apply; ``shape`` is "partial" or "full" (default: the
+        list pages' ``config.list_shape``; the detail endpoint serves "full"). Event order
+        ascending; deep copies."""
         s_ms, e_ms = window_ms(start, end)
         lo, hi = self._served_bounds(self.now_ms())
         s_ms, e_ms = max(s_ms, lo), min(e_ms, hi)
         t, boundary, secrets = self.traffic, self.faults.boundary_records, self.faults.secrets
+        full = (shape or self.config.list_shape) == "full"
         out = []
         for h in range(s_ms // H_MS, e_ms // H_MS + 1) if s_ms <= e_ms else ():
             n = t.count(h)
             a, b = t.index_range(h, n, s_ms, e_ms, boundary)
             render = self.builder.render
-            out.extend(render(t.core(h, i, n, boundary), secrets, include_steps) for i in range(a, b))
+            out.extend(render(t.core(h, i, n, boundary), secrets, include_steps, False, full) for i in range(a, b))
         return orjson.loads(f"[{','.join(out)}]")
 
     def close(self) -> None:
@@ -319,6 +347,18 @@ class Simulator:
             self._sorted.clear()
         self.limiter.reset()
         self.stats.reset()
+
+
+def _params(query: str) -> dict[str, str]:
+    """Query parameters; a repeated `include` is one comma-separated list (`include=a&include=b`)."""
+    params: dict[str, str] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        params[k] = f"{params[k]},{v}" if k == "include" and params.get(k) else v
+    return params
+
+
+def include_values(params: dict[str, str]) -> set[str]:
+    return {v.strip() for v in params.get("include", "").split(",") if v.strip()}
 
 
 def _basic_username(header: str | None) -> str | None:

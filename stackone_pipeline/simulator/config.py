@@ -11,6 +11,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_API_KEY = "v1.sim.stackone-simulator-key"
+# What a list page carries: the SDK's UnifiedLogsPartial (scalars + step_requests; no request,
+# response or source_ip), or the guide's full record (what GET /requests/logs/{id} always returns).
+LIST_SHAPES = ("partial", "full")
+# Which spelling of the list filters is honoured: both, only `filter[start_date]=` (the guide's
+# curl), only `start_date=` (the SDK spec's form-exploded object), or neither.
+FILTER_ENCODINGS = ("both", "bracket", "flat", "none")
 
 
 @dataclass
@@ -18,7 +24,8 @@ class Faults:
     """Misbehaviours to inject; all off by default and safe to flip between requests."""
 
     status_429_every: int = 0  # every Nth API request -> 429 with Retry-After
-    retry_after_s: int = 1  # Retry-After of those fault 429s
+    retry_after_s: int = 1  # Retry-After of those fault 429s and 408s
+    status_408_every: int = 0  # every Nth -> 408 (the API's 60-second request lifetime) with Retry-After
     status_503_every: int = 0  # every Nth API request -> 503 JSON error
     truncate_every: int = 0  # every Nth -> 200 with the body cut in half
     malformed_every: int = 0  # every Nth -> 200 {"data": "oops", "next": 12}
@@ -63,6 +70,46 @@ class SimulatorConfig:
     clock: Callable[[], float] = time.time  # "now" for retention and hiding the future
     prefetch: bool = True  # render the page behind each issued cursor in the background
     faults: Faults = field(default_factory=Faults)
+    # the API's shape (see LIST_SHAPES, FILTER_ENCODINGS); safe to change between requests
+    # (`/_simulator/config`); `retention_days` above is one of them too
+    list_shape: str = "partial"
+    filter_encoding: str = "both"
+    reject_unknown_params: bool = False  # 400 for query parameters it does not know (an unhonoured filter form too)
+
+    SWITCHES = ("list_shape", "filter_encoding", "reject_unknown_params", "retention_days")
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if self.list_shape not in LIST_SHAPES:
+            raise ValueError(f"list_shape must be one of {', '.join(LIST_SHAPES)}, got {self.list_shape!r}")
+        if self.filter_encoding not in FILTER_ENCODINGS:
+            raise ValueError(
+                f"filter_encoding must be one of {', '.join(FILTER_ENCODINGS)}, got {self.filter_encoding!r}"
+            )
+        if not isinstance(self.retention_days, int) or isinstance(self.retention_days, bool) or self.retention_days < 1:
+            raise ValueError(f"retention_days must be a positive integer, got {self.retention_days!r}")
+
+    def switches(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.SWITCHES}
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set API-shape switches from a JSON-ish mapping (all or nothing); unknown keys raise."""
+        unknown = set(values) - set(self.SWITCHES)
+        if unknown:
+            raise ValueError(f"unknown switch(es): {sorted(unknown)}; known: {', '.join(self.SWITCHES)}")
+        if "reject_unknown_params" in values and not isinstance(values["reject_unknown_params"], bool):
+            raise ValueError("reject_unknown_params must be a boolean")
+        before = self.switches()
+        for k, v in values.items():
+            setattr(self, k, v)
+        try:
+            self._check()
+        except ValueError:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
 
 
 class Stats:

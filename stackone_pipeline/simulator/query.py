@@ -1,4 +1,11 @@
-"""Parse and validate list-logs query parameters (wire names) into a ``Query``."""
+"""Parse and validate list-logs query parameters (wire names) into a ``Query``.
+
+Filters come in two spellings: bracketed, ``filter[start_date]=`` (StackOne's guide), and flat,
+``start_date=`` (the SDK spec's form-exploded ``filter`` object). ``config.filter_encoding``
+says which are honoured (both, bracket, flat, none); a spelling that is not honoured is ignored,
+as an API ignores parameters it does not know, or refused with a 400 when
+``config.reject_unknown_params`` is set.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ LIST_FILTERS = (
     "source_ids",
     "source_values",
 )
+FILTER_NAMES = ("start_date", "end_date", *LIST_FILTERS, "success")
+OTHER_PARAMS = frozenset({"page_size", "next", "order_by", "order_direction", "include"})
 
 
 class ApiError(Exception):
@@ -82,6 +91,27 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _filters(params: dict[str, str], encoding: str, reject_unknown: bool) -> dict[str, tuple[str, str]]:
+    """{filter name: (the parameter as sent, value)} in the honoured spelling(s); the bracketed
+    one wins when both are sent. Raises 400 for unknown parameters when asked to."""
+    bracket = encoding in ("both", "bracket")
+    flat = encoding in ("both", "flat")
+    found: dict[str, tuple[str, str]] = {}
+    unknown = []
+    for wire, value in params.items():
+        if wire in OTHER_PARAMS:
+            continue
+        if wire.startswith("filter[") and wire.endswith("]") and wire[7:-1] in FILTER_NAMES and bracket:
+            found[wire[7:-1]] = (wire, value)
+        elif wire in FILTER_NAMES and flat:
+            found.setdefault(wire, (wire, value))
+        else:
+            unknown.append(wire)
+    if unknown and reject_unknown:
+        raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    return found
+
+
 def parse_query(params: dict[str, str], config, traffic: Traffic) -> Query:
     size_raw = params.get("page_size", "")
     if size_raw == "":
@@ -100,24 +130,26 @@ def parse_query(params: dict[str, str], config, traffic: Traffic) -> Query:
     direction = (params.get("order_direction") or "desc").lower()
     if direction not in ("asc", "desc"):
         raise ApiError(400, "order_direction must be asc or desc")
+    filters = _filters(params, config.filter_encoding, config.reject_unknown_params)
     start = end = None
-    if params.get("filter[start_date]"):
-        start = _parse_dt("filter[start_date]", params["filter[start_date]"], False)
-    if params.get("filter[end_date]"):
-        end = _parse_dt("filter[end_date]", params["filter[end_date]"], True)
-    lists = {f: _csv(params[f"filter[{f}]"]) for f in LIST_FILTERS if _csv(params.get(f"filter[{f}]", ""))}
+    if filters.get("start_date", ("", ""))[1]:
+        start = _parse_dt(*filters["start_date"], False)
+    if filters.get("end_date", ("", ""))[1]:
+        end = _parse_dt(*filters["end_date"], True)
+    lists = {f: _csv(filters[f][1]) for f in LIST_FILTERS if f in filters and _csv(filters[f][1])}
     success = None
-    if params.get("filter[success]"):
-        sv = params["filter[success]"].strip().lower()
+    if filters.get("success", ("", ""))[1]:
+        wire, raw = filters["success"]
+        sv = raw.strip().lower()
         if sv not in ("true", "false"):
-            raise ApiError(400, "filter[success] must be true or false")
+            raise ApiError(400, f"{wire} must be true or false")
         success = sv == "true"
     statuses = None
     if "status_codes" in lists:
         try:
             statuses = frozenset(int(v) for v in lists["status_codes"])
         except ValueError:
-            raise ApiError(400, "filter[status_codes] must be comma-separated integers") from None
+            raise ApiError(400, f"{filters['status_codes'][0]} must be comma-separated integers") from None
     canon = repr((start, end, order_by, direction, success, sorted((k, sorted(v)) for k, v in lists.items())))
     key = int.from_bytes(hashlib.sha256(canon.encode()).digest()[:6], "big")
     predicate, rids = _predicate(lists, statuses, success, traffic)

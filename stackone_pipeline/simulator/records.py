@@ -1,4 +1,10 @@
-"""Dress a traffic ``Core`` up as a full wire record (snake_case, like the real API).
+"""Dress a traffic ``Core`` up as a wire record (snake_case, like the real API).
+
+Two shapes, as StackOne's published SDK has them: the *full* record (``UnifiedLogs``: what
+``GET /requests/logs/{id}`` returns, and what the guide's list example shows) with ``source_ip``,
+``request`` and ``response``; and the *partial* one (``UnifiedLogsPartial``: what list pages
+carry) with the scalars and ``step_requests`` only. Step items follow ``StepLogPartial``.
+``http_method`` comes in mixed case (``GET``, ``get``, ``Get``), as StackOne's own examples do.
 
 Everything that does not vary per request (URLs, header sets, credentials of an
 account) lives in a template per (account, action, secrets); a record only adds its
@@ -109,10 +115,10 @@ class RecordBuilder:
                 }
             )
         self.people_json = [_js(p) for p in self.people]
-        # ',"is_worker":..,"source_type":..,"source_value":..,"source_id":..,' per (account, source type)
+        # ',"is_worker":..,"source_type":..,"source_value":..,"source_id":..' per (account, source type)
         self.source_frag = [
             [
-                f",{_frag({'is_worker': s == 3, 'source_type': SOURCE_TYPES[s], 'source_value': v, 'source_id': i})},"
+                f",{_frag({'is_worker': s == 3, 'source_type': SOURCE_TYPES[s], 'source_value': v, 'source_id': i})}"
                 for s, (i, v) in enumerate(row)
             ]
             for row in traffic.sources
@@ -177,14 +183,15 @@ class RecordBuilder:
             "url": url,
         }
         heads = {}
-        for no_proj in (False, True):  # variants: project_id / sub_resource absent
+        for no_proj in (False, True):  # variants: project_id / sub_resource absent, http_method's case
             for no_sub in (False, True):
-                d = {
-                    k: v
-                    for k, v in fixed.items()
-                    if not (no_proj and k == "project_id") and not (no_sub and k == "sub_resource" and v is None)
-                }
-                heads[no_proj, int(no_sub)] = "," + _frag(d)
+                for case, spell in enumerate(_SPELLINGS):
+                    d = {
+                        k: spell(v) if k == "http_method" else v
+                        for k, v in fixed.items()
+                        if not (no_proj and k == "project_id") and not (no_sub and k == "sub_resource" and v is None)
+                    }
+                    heads[no_proj, int(no_sub), case] = "," + _frag(d)
         req_url = {
             "url": f"{url}?{qs}" if qs else url,
             "hostname": "api.stackone.com",
@@ -202,11 +209,17 @@ class RecordBuilder:
             "provider_url": purl,
             "provider_headers": perr_h,
             "provider_method": "POST" if act.method == "POST" else "GET",
+            "provider_path": f"/v1/{act.resource}" + (f"/{act.child_resource}" if act.child_resource else ""),
+            # the StepLogPartial fields a step shares with its request
+            "step_fixed": {k: fixed[k] for k in _STEP_SHARED},
         }
         return tpl
 
-    def render(self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False) -> str:
-        """One record as JSON text, spliced from pre-encoded fragments (the per-page hot path)."""
+    def render(
+        self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False, full: bool = True
+    ) -> str:
+        """One record as JSON text, spliced from pre-encoded fragments (the per-page hot path).
+        ``full``: the detail endpoint's record; otherwise a list page's partial one."""
         tpl = self.template(c.account, c.action, secrets)
         rid = f"{c.h:07x}{c.i:07x}{(c.r1 ^ c.r2) & 0xFFFFFFFF:08x}"  # = request_id minus "req_"
         r3 = mix64(c.r2 ^ 0x632BE59BD9B4E019)
@@ -217,22 +230,33 @@ class RecordBuilder:
             suffix, shift = "Z", 0
         t_ms, status, dur = c.t_ms, c.status, c.duration
         ev = fmt_ms(t_ms, suffix, shift)
+        if status is None:
+            sj = 'null,"success":false'
+        elif status >= 400:
+            sj = f'{status},"success":false'
+        else:
+            sj = f'{status},"success":true'
+        step = self._steps(c, tpl, rid, r3, suffix, shift) if steps else ""
+        head = (
+            f'{{"request_id":"req_{rid}","event_datetime":"{ev}",'
+            f'"start_time":"{fmt_ms(t_ms - dur, suffix, shift)}","end_time":"{ev}"'
+            f'{tpl["head"][(r3 & 0x3FF) < 10, (r3 >> 48) & 1, _CASE[(r3 >> 56) & 15]]},"status":{sj},"duration":{dur}'
+            f"{self.source_frag[c.account][c.source_type]}"
+        )
+        if not full:
+            return f"{head}{step}}}"
         pj = self.people_json
         person = (r3 >> 10) & 31
         if status is None:
-            sj, body, cme, pe = 'null,"success":false', "null", "[]", "[]"
+            body, cme, pe = "null", "[]", "[]"
         elif status >= 400:
-            sj, body = f'{status},"success":false', _ERROR_BODY[status]
+            body = _ERROR_BODY[status]
             pe, cme = self._error_parts(status, person, tpl)
         else:
-            sj, cme, pe = f'{status},"success":true', "[]", "[]"
+            cme, pe = "[]", "[]"
             body = f'{{"data":[{pj[person]}],"next":null}}' if tpl["list"] else f'{{"data":{pj[person]}}}'
-        step = self._steps(c, tpl, rid, r3, suffix, shift) if steps else ""
         return (
-            f'{{"request_id":"req_{rid}","event_datetime":"{ev}",'
-            f'"start_time":"{fmt_ms(t_ms - dur, suffix, shift)}","end_time":"{ev}"'
-            f'{tpl["head"][(r3 & 0x3FF) < 10, (r3 >> 48) & 1]},"status":{sj},"duration":{dur}'
-            f'{self.source_frag[c.account][c.source_type]}"source_ip":"10.{_N[(r3 >> 16) & 255]}.'
+            f'{head},"source_ip":"10.{_N[(r3 >> 16) & 255]}.'
             f'{_N[(r3 >> 24) & 255]}.{_N[(r3 >> 32) & 255]}","request":{{"id":"in_{rid}{tpl["req_a"]}'
             f'req_{rid}{tpl["req_b"]}{pj[person] if tpl["write"] else "null"}}},"response":'
             f'{{"status_code":{status if status else "null"},{tpl["resp_a"]}req_{rid}"}},"body":{body},'
@@ -259,27 +283,39 @@ class RecordBuilder:
         return pe, cme
 
     def _steps(self, c: Core, tpl: dict, rid: str, r3: int, suffix: str, shift: int) -> str:
+        """The provider calls behind a request, as the SDK's StepLogPartial: no headers, the
+        provider URL (with the account's token in its query string when secrets are on)."""
         n = 1 + (r3 >> 40) % 3
         part = max(1, c.duration // n)
-        return ',"step_requests":' + _js(
-            [
+        start = c.t_ms - c.duration
+        worker = c.source_type == 3
+        items = []
+        for k in range(n):
+            status = c.status if k == n - 1 else 200
+            t0 = start + k * part
+            items.append(
                 {
                     "id": f"step_{rid}_{k}",
-                    "provider": tpl["provider"],
-                    "method": tpl["provider_method"],
+                    "request_id": f"req_{rid}",
+                    **tpl["step_fixed"],
+                    "http_method": tpl["provider_method"],
+                    "path": tpl["provider_path"],
                     "url": tpl["provider_url"],
-                    "headers": tpl["provider_headers"],
-                    "status_code": c.status if k == n - 1 else 200,
+                    "status": status,
+                    "success": status is not None and status < 400,
                     "duration": part,
-                    "start_time": fmt_ms(c.t_ms - c.duration + k * part, suffix, shift),
+                    "start_time": fmt_ms(t0, suffix, shift),
+                    "end_time": fmt_ms(t0 + part, suffix, shift),
+                    "is_worker": worker,
                 }
-                for k in range(n)
-            ]
-        )
+            )
+        return ',"step_requests":' + _js(items)
 
-    def build(self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False) -> dict:
+    def build(
+        self, c: Core, secrets: bool = True, steps: bool = False, offsets: bool = False, full: bool = True
+    ) -> dict:
         """The record as a fresh dict (same bytes as served, parsed)."""
-        return orjson.loads(self.render(c, secrets, steps, offsets))
+        return orjson.loads(self.render(c, secrets, steps, offsets, full))
 
 
 def _js(obj: Any) -> str:
@@ -292,4 +328,17 @@ def _frag(d: dict) -> str:
 
 
 _N = tuple(str(k) for k in range(256))
+# http_method as sent: 12 in 16 records upper case, 3 lower, 1 capitalised
+_SPELLINGS = (str.upper, str.lower, str.capitalize)
+_CASE = (0,) * 12 + (1,) * 3 + (2,)
+_STEP_SHARED = (
+    "account_id",
+    "project_id",
+    "provider",
+    "service",
+    "resource",
+    "child_resource",
+    "sub_resource",
+    "action",
+)
 _ERROR_BODY = {s: _js({"message": m, "status": s}) for s, m in _ERROR_TEXT.items()}

@@ -2,7 +2,8 @@
 
 Routing only; the API behaviour lives in ``api.Simulator``. Admin endpoints under
 ``/_simulator/`` (no auth, loopback clients only) let out-of-process tests read
-stats, flip faults and reset state.
+stats, flip faults (``/_simulator/faults``), switch the API's shape (``/_simulator/config``:
+list_shape, filter_encoding, reject_unknown_params, retention_days) and reset state.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from .api import Response, Simulator, json_response
+from .api import Response, Simulator, error_body, json_response
 from .config import SimulatorConfig
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
@@ -92,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.rstrip("/") == "/requests/logs" or path.startswith("/requests/logs/"):
             resp = sim.handle(method, path, query, self.headers.get("Authorization"))
         else:
-            resp = json_response(404, {"message": f"no route for {path}"})
+            resp = json_response(404, error_body(404, f"no route for {path}", sim.now_ms()))
         self._send(resp, head=method == "HEAD")
         if resp.after is not None:
             resp.after()
@@ -130,6 +131,16 @@ class _Handler(BaseHTTPRequestHandler):
                 except (ValueError, TypeError) as exc:
                     return json_response(400, {"message": str(exc)})
             return json_response(200, sim.faults.as_dict())
+        if path == "/_simulator/config" and method in ("GET", "POST"):
+            if method == "POST":
+                try:
+                    values = orjson.loads(body or b"{}")
+                    if not isinstance(values, dict):
+                        raise ValueError("body must be a JSON object")
+                    sim.config.update(values)
+                except (ValueError, TypeError) as exc:
+                    return json_response(400, {"message": str(exc)})
+            return json_response(200, sim.config.switches())
         if path == "/_simulator/reset" and method == "POST":
             sim.reset()
             return json_response(200, {"ok": True})
@@ -187,6 +198,7 @@ def serve(config: SimulatorConfig, host: str, port: int) -> None:
     print(f"API key (HTTP Basic username, empty password): {config.api_key}", flush=True)
     active = ", ".join(f"{f.name}={getattr(config.faults, f.name)}" for f in fields(config.faults))
     print(f"faults: {active}", flush=True)
+    print(", ".join(f"{k}={v}" for k, v in config.switches().items()), flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

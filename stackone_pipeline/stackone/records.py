@@ -1,8 +1,14 @@
 """Wire records (snake_case or the SDK's camelCase) -> one fixed Arrow schema.
 
 Every field is optional. Timestamps with any UTC offset become UTC. Scalars are flattened into
-columns (`duration` becomes `duration_ms`); the nested `request`, `response` and `step_requests`
-objects are redacted and kept as JSON text, with their keys in snake_case.
+columns (`duration` becomes `duration_ms`, `http_method` is upper-cased); the nested `request`,
+`response` and `step_requests` objects are redacted and kept as JSON text, with their keys in
+snake_case.
+
+List pages carry StackOne's *partial* records (the SDK's `UnifiedLogsPartial`: the scalars and
+`step_requests`, no `request`, `response` or `source_ip`); only the detail endpoint
+(`GET /requests/logs/{id}`) and the guide's example carry the full record. Absent parts are null
+columns: nothing here, or downstream, may assume they are present.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("child_resource", pa.string(), ""),
     ("sub_resource", pa.string(), ""),
     ("action", pa.string(), "e.g. bamboohr_list_employees"),
-    ("http_method", pa.string(), "GET, POST, ..."),
+    ("http_method", pa.string(), "GET, POST, ...: upper-cased (the API sends any case, e.g. get, Post)"),
     ("path", pa.string(), "request path"),
     ("url", pa.string(), "request URL, credential query parameters redacted"),
     ("status", pa.int32(), "HTTP status returned; null for timeouts"),
@@ -43,10 +49,25 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("source_type", pa.string(), "e.g. DASHBOARD, API, ACCOUNT_TESTER"),
     ("source_value", pa.string(), ""),
     ("source_id", pa.string(), ""),
-    ("source_ip", pa.string(), ""),
-    ("request", pa.string(), "JSON: {id, method, headers, url{url, hostname, path, query_params}, body}, redacted"),
-    ("response", pa.string(), "JSON: {status_code, headers, body, custom_mapping_errors, provider_errors}, redacted"),
-    ("step_requests", pa.string(), "JSON list (only with include=step_logs), redacted"),
+    ("source_ip", pa.string(), "full records only; null from list pages of partial records"),
+    (
+        "request",
+        pa.string(),
+        "JSON: {id, method, headers, url{url, hostname, path, query_params}, body}, redacted; "
+        "full records only (null from list pages of partial records)",
+    ),
+    (
+        "response",
+        pa.string(),
+        "JSON: {status_code, headers, body, custom_mapping_errors, provider_errors}, redacted; "
+        "full records only (null from list pages of partial records)",
+    ),
+    (
+        "step_requests",
+        pa.string(),
+        "JSON list of the SDK's StepLogPartial {id, request_id, ..., http_method, path, url, status, "
+        "success, duration, start_time, end_time, is_worker} (only with include=step_logs), redacted",
+    ),
 ]
 # What counts as an error, the one definition that SQL and Python share: an HTTP status >= 400,
 # or a timeout (no status and success = false). A missing status with success true or unknown is
@@ -202,6 +223,8 @@ def normalise(raw: dict, redactor: Redactor) -> dict:
     row["duration_ms"] = _float(rec.get("duration"))
     row["is_worker"] = _bool(rec.get("is_worker"))
     row["url"] = redactor.url(row["url"])
+    if row["http_method"] is not None:
+        row["http_method"] = row["http_method"].upper()
     row["request"] = _json(redactor.request(nested(rec.get("request"))))
     row["response"] = _json(redactor.response(nested(rec.get("response"))))
     row["step_requests"] = _json(redactor.step_requests(nested(rec.get("step_requests"))))

@@ -147,6 +147,8 @@ class Redactor:
         return out
 
     def step_requests(self, steps):
+        """Steps are the SDK's StepLogPartial (a `url` string, no headers), but whatever a step
+        carries is redacted as a request is: its URL, headers if present, bodies."""
         if not isinstance(steps, list):
             return steps
         return [self.request(s) if isinstance(s, dict) else s for s in steps]
