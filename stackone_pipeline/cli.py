@@ -22,7 +22,15 @@ def _quiet_dagster() -> None:
 def cmd_simulate(args) -> int:
     from .simulator import SimulatorConfig, serve
 
-    config = SimulatorConfig(seed=args.seed, rows_per_hour=args.rows_per_hour, rate_limit_per_minute=args.rate_limit)
+    config = SimulatorConfig(
+        seed=args.seed,
+        rows_per_hour=args.rows_per_hour,
+        rate_limit_per_minute=args.rate_limit,
+        retention_days=args.retention_days,
+        list_shape=args.list_shape,
+        filter_encoding=args.filter_encoding,
+        reject_unknown_params=args.reject_unknown_params,
+    )
     serve(config, args.host, args.port)
     return 0
 
@@ -90,6 +98,7 @@ def _fresh_demo_dir(path: Path) -> Path:
 def cmd_demo(args) -> int:
     _quiet_dagster()
     from .partitions import floor_hour
+    from .settings import Settings
     from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 
     data_dir = _fresh_demo_dir(Path(args.data_dir))
@@ -98,7 +107,8 @@ def cmd_demo(args) -> int:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     end = floor_hour(datetime.now(timezone.utc))
     start = end - timedelta(hours=args.hours)
-    with start_simulator(SimulatorConfig(seed=args.seed), port=args.port) as sim:
+    retention = Settings.from_env().retention_days  # the simulated project keeps what the pipeline expects
+    with start_simulator(SimulatorConfig(seed=args.seed, retention_days=retention), port=args.port) as sim:
         os.environ.update(
             STACKONE_API_KEY=DEFAULT_API_KEY,
             STACKONE_BASE_URL=sim.url,
@@ -128,15 +138,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_webhooks(args) -> int:
-    from .settings import Settings
-    from .webhooks import SECRET_ENV, StagingBusyError, WebhookConfigError, serve
+    from .settings import Settings, WebhookSettings
+    from .webhooks import StagingBusyError, WebhookConfigError, serve
 
     try:
         serve(
             args.host,
             args.port,
             Settings.from_env().data_dir,
-            os.environ.get(SECRET_ENV, ""),
+            WebhookSettings.from_env().secrets,
             signature_header=args.signature_header,
             tolerance_s=args.tolerance,
         )
@@ -148,6 +158,7 @@ def cmd_webhooks(args) -> int:
 
 def cmd_dev(args) -> int:
     """Start the simulator and `dagster dev` on the same data directory."""
+    from .settings import Settings
     from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 
     data_dir = Path(os.environ.get("STACKONE_DATA_DIR", args.data_dir)).resolve()
@@ -160,7 +171,8 @@ def cmd_dev(args) -> int:
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "stackone_pipeline.definitions"]
     import subprocess
 
-    with start_simulator(SimulatorConfig(seed=args.seed), port=args.sim_port) as sim:
+    retention = Settings.from_env().retention_days
+    with start_simulator(SimulatorConfig(seed=args.seed, retention_days=retention), port=args.sim_port) as sim:
         env = dict(
             os.environ,
             STACKONE_API_KEY=DEFAULT_API_KEY,
@@ -210,11 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--rows-per-hour", type=int, default=1200)
     s.add_argument("--rate-limit", type=int, default=1000, help="requests per minute per key")
+    s.add_argument("--retention-days", type=int, default=90, help="days of logs the API keeps (default 90)")
+    s.add_argument(
+        "--list-shape",
+        choices=("partial", "full"),
+        default="partial",
+        help="list pages carry the SDK's partial records (default) or the guide's full ones",
+    )
+    s.add_argument(
+        "--filter-encoding",
+        choices=("both", "bracket", "flat", "none"),
+        default="both",
+        help="which filter spelling is honoured: filter[start_date]= (bracket), start_date= (flat), both, none",
+    )
+    s.add_argument(
+        "--reject-unknown-params", action="store_true", help="answer 400 to query parameters it does not know"
+    )
     s.set_defaults(func=cmd_simulate)
 
     w = sub.add_parser(
         "webhooks",
-        help="receive signed StackOne webhooks into <data dir>/webhooks/staging (needs STACKONE_WEBHOOK_SECRET)",
+        help="receive signed StackOne webhooks into <data dir>/webhooks/staging "
+        "(needs STACKONE_WEBHOOK_SECRET, or STACKONE_WEBHOOK_SECRETS=old,new while rotating)",
     )
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8780)

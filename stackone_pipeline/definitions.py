@@ -4,6 +4,7 @@ jobs, schedules, sensors and resources; `defs` is what `dagster dev` and the CLI
 import dagster as dg
 
 from .assets.analytics import analytics_tables
+from .assets.details import request_log_details
 from .assets.late_arrivals import late_arrivals_asset
 from .assets.request_logs import request_logs
 from .assets.sinks import delivery_asset, stand_in
@@ -20,6 +21,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             request_logs,
+            request_log_details,
             late_arrivals_asset(settings.automation.keep_baseline_hours),
             analytics_tables,
             *sinks,

@@ -15,10 +15,10 @@ import dagster as dg
 from .http import Transport
 from .ingest import RedactionSettings
 from .notify import Notifier, channels
-from .settings import NotifySettings, Settings, Thresholds
+from .settings import DetailsSettings, NotifySettings, Settings, Thresholds
 from .sinks.registry import BY_NAME, SINKS
 from .stackone.client import StackOneClient
-from .stackone.ratelimit import shared_limiter
+from .stackone.ratelimit import RateLimiter, shared_limiter
 from .storage import Storage
 
 
@@ -34,6 +34,7 @@ class StackOneResource(dg.ConfigurableResource):
     rate_limit_window_s: float = 60.0
     page_size: int = 100
     concurrency: int = 4
+    retention_days: int = 90  # hours older than this are refused (StackOne no longer has them)
     deadline_s: float = 1800.0
     keep_bodies: bool = False
     redact_names: list[str] = []
@@ -46,6 +47,7 @@ class StackOneResource(dg.ConfigurableResource):
             rate_limit_per_minute=s.rate_limit_per_minute,
             page_size=s.page_size,
             concurrency=s.concurrency,
+            retention_days=s.retention_days,
             keep_bodies=s.keep_bodies,
             redact_names=list(s.redact_names),
         )
@@ -63,6 +65,31 @@ class StackOneResource(dg.ConfigurableResource):
 
     def redaction(self) -> RedactionSettings:
         return RedactionSettings(keep_bodies=self.keep_bodies, extra_names=tuple(self.redact_names))
+
+    def share_limiter(self, name: str, share: float) -> RateLimiter:
+        """A limiter at `share` of the key's limit, for work (detail fetches) that must never
+        starve ingestion; its requests take from the key's own limiter as well."""
+        return shared_limiter(
+            f"{self.base_url}#{name}", self.api_key, self.rate_limit_per_minute * share, self.rate_limit_window_s
+        )
+
+
+class DetailsResource(dg.ConfigurableResource):
+    """Which failed requests get their detail record fetched (settings.DetailsSettings)."""
+
+    enabled: bool = DetailsSettings.enabled
+    slow_ms: float = DetailsSettings.slow_ms
+    share: float = DetailsSettings.share
+    max_per_hour: int = DetailsSettings.max_per_hour
+
+    @classmethod
+    def from_settings(cls, s: DetailsSettings) -> DetailsResource:
+        return cls(**asdict(s))
+
+    def settings(self) -> DetailsSettings:
+        return DetailsSettings(
+            enabled=self.enabled, slow_ms=self.slow_ms, share=self.share, max_per_hour=self.max_per_hour
+        )
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -203,6 +230,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "stackone": StackOneResource.from_settings(settings),
         "storage": StorageResource(data_dir=settings.data_dir),
         "alerts": AlertThresholdsResource.from_thresholds(settings.thresholds),
+        "details": DetailsResource.from_settings(settings.details),
         "notify": NotifyResource.from_settings(settings.notify),
     }
     for spec in SINKS:

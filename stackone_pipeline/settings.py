@@ -13,12 +13,15 @@ when a run starts and never shown in the UI.
 | STACKONE_RATE_LIMIT_PER_MINUTE     | 1000                     | client-side pacing per key                |
 | STACKONE_PAGE_SIZE                 | 100                      |                                           |
 | STACKONE_CONCURRENCY               | 4                        | hours fetched at once in one run          |
+| STACKONE_RETENTION_DAYS            | 90                       | the project's log retention at StackOne   |
 | STACKONE_KEEP_BODIES               | false                    | keep request/response bodies (redacted)   |
 | STACKONE_REDACT_NAMES              |                          | extra header/field names to redact        |
 | STACKONE_ENV                       | prod                     | `env` label/tag of every sink             |
 | STACKONE_ALERT_*                   | see `Thresholds`         | alert thresholds                          |
+| STACKONE_DETAILS, STACKONE_DETAILS_* | see `DetailsSettings`  | detail records of failed requests         |
 | STACKONE_AUTOMATION, _SCHEDULE_LAG_MINUTES, _LOOKBACK_HOURS | see `AutomationSettings` |          |
 | STACKONE_NOTIFY_*, STACKONE_DAGSTER_URL | see `NotifySettings` | notification channels                |
+| STACKONE_WEBHOOK_SECRET, _SECRETS  | see `WebhookSettings`    | the webhook receiver's signing secret(s)  |
 | LOKI_*, DATADOG_*, OTEL_*, PROMETHEUS_* | see each sink's settings | a sink is on when its URL/key is set |
 """
 
@@ -182,6 +185,56 @@ class NotifySettings:
         return _secrets(asdict(self), self.SECRET_VARS)
 
 
+@dataclass(frozen=True)
+class DetailsSettings:
+    """The detail records (`GET /requests/logs/{id}`: request, response, provider errors) of each
+    hour's failed requests, in `request_log_details`.
+
+    STACKONE_DETAILS (on), STACKONE_DETAILS_SLOW_MS (0: off; else requests at least this slow
+    too), STACKONE_DETAILS_SHARE (0.25: the most of the key's rate limit detail fetches may use,
+    so ingestion is never starved), STACKONE_DETAILS_MAX_PER_HOUR (100: the rest are counted)."""
+
+    enabled: bool = True
+    slow_ms: float = 0.0
+    share: float = 0.25
+    max_per_hour: int = 100
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> DetailsSettings:
+        env = os.environ if env is None else env
+        share = env_float(env, "STACKONE_DETAILS_SHARE", cls.share)
+        if not 0 < share <= 1:
+            raise SettingsError(f"STACKONE_DETAILS_SHARE must be a fraction in (0, 1], got {share}")
+        slow = env_float(env, "STACKONE_DETAILS_SLOW_MS", cls.slow_ms)
+        if slow < 0:
+            raise SettingsError(f"STACKONE_DETAILS_SLOW_MS must be 0 (off) or positive, got {slow}")
+        return cls(
+            enabled=env_bool(env, "STACKONE_DETAILS", cls.enabled),
+            slow_ms=slow,
+            share=share,
+            max_per_hour=env_int(env, "STACKONE_DETAILS_MAX_PER_HOUR", cls.max_per_hour, lo=0),
+        )
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The webhook receiver's signing secrets (`stackone-pipeline webhooks`; the CLI passes them).
+
+    STACKONE_WEBHOOK_SECRET (one secret) and STACKONE_WEBHOOK_SECRETS (several, comma-separated:
+    while rotating, `old,new`); a delivery signed with any of them is accepted. Both may be set
+    (the union is used, SECRETS first). A secret containing a comma goes in STACKONE_WEBHOOK_SECRET."""
+
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> WebhookSettings:
+        env = os.environ if env is None else env
+        listed = [s.strip() for s in (env.get("STACKONE_WEBHOOK_SECRETS") or "").split(",")]
+        single = env.get("STACKONE_WEBHOOK_SECRET") or ""
+        found = [s for s in [*listed, single] if s.strip()]
+        return cls(secrets=tuple(dict.fromkeys(found)))
+
+
 # -- sinks: each is on when its endpoint (or key) is set ------------------------------------------
 @dataclass(frozen=True)
 class LokiSettings:
@@ -313,10 +366,12 @@ class Settings:
     rate_limit_per_minute: int = 1000
     page_size: int = 100
     concurrency: int = 4  # hours fetched at once inside one run (all share the rate limit)
+    retention_days: int = 90  # StackOne's log retention for the project (90 unless the project set another)
     keep_bodies: bool = False
     redact_names: tuple[str, ...] = ()
     api_key_var: str = "STACKONE_API_KEY"
     thresholds: Thresholds = Thresholds()
+    details: DetailsSettings = DetailsSettings()
     automation: AutomationSettings = AutomationSettings()
     notify: NotifySettings = NotifySettings()
     loki: LokiSettings | None = None
@@ -333,9 +388,11 @@ class Settings:
             rate_limit_per_minute=env_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
             page_size=env_int(env, "STACKONE_PAGE_SIZE", cls.page_size),
             concurrency=env_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
+            retention_days=env_int(env, "STACKONE_RETENTION_DAYS", cls.retention_days, 1, 3650),
             keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),
             redact_names=tuple(n.strip() for n in env.get("STACKONE_REDACT_NAMES", "").split(",") if n.strip()),
             thresholds=Thresholds.from_env(env),
+            details=DetailsSettings.from_env(env),
             automation=AutomationSettings.from_env(env),
             notify=NotifySettings.from_env(env),
             loki=LokiSettings.from_env(env),

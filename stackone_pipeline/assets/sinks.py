@@ -26,7 +26,7 @@ def delivery_asset(spec: SinkSpec) -> dg.AssetsDefinition:
         name=spec.asset_name,
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["request_logs"],
+        deps=["request_logs", "request_log_details"],  # details: a failed request's provider error
         group_name="sinks",
         kinds={spec.name},
         output_required=False,

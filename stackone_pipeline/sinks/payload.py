@@ -61,6 +61,7 @@ _REQUEST_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in REQUEST_HEADERS
 _RESPONSE_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in RESPONSE_HEADERS) + ", '$.provider_errors']"
 _ERRORS = f"r[{len(RESPONSE_HEADERS) + 1}]"
 
+MAX_PROVIDER_ERRORS = 5  # per entry: a provider that failed a hundred times is not a hundred errors long
 IS_ERROR = IS_ERROR_SQL  # the pipeline's one definition of an error (stackone/records.py)
 EVENT_TIME = "strftime(event_datetime, '%Y-%m-%dT%H:%M:%S.%gZ')"  # ISO, milliseconds (session in UTC)
 
@@ -90,10 +91,11 @@ _FIELDS = {
     "event_datetime": f"to_json({EVENT_TIME})",
     "request_headers": f"CASE WHEN request IS NOT NULL THEN {_headers('q', REQUEST_HEADERS)} END",
     "response_headers": f"CASE WHEN response IS NOT NULL THEN {_headers('r', RESPONSE_HEADERS)} END",
-    # status and url of each provider error; the provider's own headers and body never leave
+    # status and url of the first provider errors (bounded); their headers and bodies never leave
     "provider_errors": (
         f"CASE WHEN json_array_length({_ERRORS}) > 0 THEN to_json(list_transform("
-        f"CAST({_ERRORS} AS JSON[]), lambda e: json_object('status', e->'status', 'url', e->'url'))) END"
+        f"CAST({_ERRORS} AS JSON[])[1:{MAX_PROVIDER_ERRORS}], "
+        "lambda e: json_object('status', e->'status', 'url', left(e->>'url', 512)))) END"
     ),
 }
 KEYS = tuple(sorted(_FIELDS))
