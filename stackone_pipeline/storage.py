@@ -12,7 +12,15 @@ module, not the stages.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -21,6 +29,25 @@ from .lake import Lake
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
+VIEWS_META = "_stackone_views"  # query.duckdb: the lake root its views were made for
+
+
+class StorageBusyError(RuntimeError):
+    """Another run holds the same stage of the same hour for longer than the lock timeout."""
+
+
+class StorageFullError(OSError):
+    """The disk holding the data directory is full; says so, with what is left."""
+
+
+def _full_disk(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def sql_literal(value: str) -> str:
+    """`value` as a SQL string literal (for the few statements that cannot take parameters,
+    such as a view's definition): any path a user may choose is safe in it."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 class Storage:
@@ -33,6 +60,49 @@ class Storage:
 
     def __repr__(self) -> str:
         return f"Storage({str(self.data_dir)!r})"
+
+    @contextmanager
+    def hour_lock(self, stage: str, hour: datetime) -> Iterator[None]:
+        """Exclusive use of (stage, hour) across threads and processes: a second run of the
+        same hour queues behind the first instead of breaking it (file locks on one machine;
+        the seam where a shared store's advisory locks plug in)."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", stage)
+        path = self.local_dir(".locks") / f"{name}--{hour:%Y-%m-%dT%H}.lock"
+        deadline = time.monotonic() + self.warehouse.lock_timeout_s
+        with open(path, "a") as f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageBusyError(
+                            f"{stage} of {hour:%Y-%m-%d %H}:00 UTC is held by another run for more than "
+                            f"{self.warehouse.lock_timeout_s:.0f}s ({path})"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
+    def explained(self) -> Iterator[None]:
+        """Turn a full disk, however deep it surfaces (pyarrow, DuckDB's WAL, a rename), into one
+        clear error that names the disk and what is left on it."""
+        try:
+            yield
+        except StorageFullError:
+            raise
+        except Exception as exc:
+            if not _full_disk(exc):
+                raise
+            free = shutil.disk_usage(self.data_dir).free / 1e6 if self.data_dir.exists() else 0.0
+            raise StorageFullError(
+                errno.ENOSPC,
+                f"the disk holding {self.data_dir} is full: {free:,.1f} MB free "
+                f"({str(exc).splitlines()[0][:300]}). Free some space and run the hour again.",
+            ) from exc
 
     def local_dir(self, name: str) -> Path:
         """A folder of the data directory for files a stage keeps beside the databases
@@ -56,34 +126,61 @@ class Storage:
 
     def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
         """Create the views of query.duckdb that are missing: one per lake dataset, then
-        `extra_views` ({name: SELECT}) that build on them. Skipped, with a warning, while someone
-        has query.duckdb open.
+        `extra_views` ({name: SELECT}) that build on them. Runs queue on a lock; skipped, with a
+        warning, while a person has query.duckdb open.
 
         A view over a glob expands it at query time, so a new or replaced hour needs no refresh;
         re-creating one reads every file's footer (union_by_name), a cost that grows with history,
-        so existing views are left alone."""
+        so existing views are left alone, unless they were made for another lake (the data
+        directory was moved or copied): then all of them are made again for this one."""
         datasets = self.lake.datasets()
+        root = str(self.lake.root.resolve())
+        with open(self.local_dir(".locks") / "query-views.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                con = duckdb.connect(str(self.query_path))
+            except duckdb.IOException as exc:
+                log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
+                return []
+            try:
+                existing = {
+                    n for (n,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+                }
+                con.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_META} (lake_root VARCHAR)")
+                made_for = con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall()
+                if made_for != [(root,)]:  # first time, or a moved data directory: every view anew
+                    existing = set()
+                    con.execute(f"DELETE FROM {VIEWS_META}")
+                    con.execute(f"INSERT INTO {VIEWS_META} VALUES (?)", [root])
+                for name in datasets:
+                    if name not in existing:
+                        con.execute(
+                            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
+                            f"{sql_literal(self.lake.dataset_glob(name))}, hive_partitioning = false, "
+                            "union_by_name = true)"
+                        )
+                for name, select in (extra_views or {}).items():
+                    if name in existing:
+                        continue
+                    try:
+                        con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+                    except duckdb.CatalogException:  # its base dataset has no files yet
+                        pass
+            finally:
+                con.close()
+        return datasets
+
+    def views_follow_the_lake(self) -> bool:
+        """Whether query.duckdb's views were made for this data directory's lake."""
+        if not self.query_path.exists():
+            return True
         try:
-            con = duckdb.connect(str(self.query_path))
-        except duckdb.IOException as exc:
-            log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
-            return []
+            con = duckdb.connect(str(self.query_path), read_only=True)
+        except duckdb.Error:
+            return True  # open elsewhere: the next publish checks again
         try:
-            existing = {n for (n,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-            for name in datasets:
-                if name not in existing:
-                    glob = self.lake.dataset_glob(name).replace("'", "''")
-                    con.execute(
-                        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-                        f"'{glob}', hive_partitioning = false, union_by_name = true)"
-                    )
-            for name, select in (extra_views or {}).items():
-                if name in existing:
-                    continue
-                try:
-                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
-                except duckdb.CatalogException:  # its base dataset has no files yet
-                    pass
+            return con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall() == [(str(self.lake.root.resolve()),)]
+        except duckdb.CatalogException:
+            return False
         finally:
             con.close()
-        return datasets

@@ -102,7 +102,7 @@ def derive_hours(
 def publish_views_if_missing(storage: Storage) -> bool:
     """Create the views of query.duckdb unless they all exist already (re-creating them costs a
     read of every file's footer, see Storage.publish_views)."""
-    if set(tables.TABLES) | set(tables.views()) <= storage.views():
+    if set(tables.TABLES) | set(tables.views()) <= storage.views() and storage.views_follow_the_lake():
         return False
     storage.publish_views(extra_views=tables.views())
     return True
@@ -118,7 +118,7 @@ def derive_hour(storage: Storage, hour: datetime, thresholds: Thresholds = Thres
         "min_history_days": tables.MIN_HISTORY_DAYS,
         "limit": 5,
     }
-    with storage.warehouse.writer() as con:
+    with storage.explained(), storage.hour_lock("analytics", hour), storage.warehouse.writer() as con:
         ensure_schema(con)
         with in_transaction(con):
             _run(con, tables.sql("hour_requests"), params)

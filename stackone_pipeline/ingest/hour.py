@@ -3,7 +3,7 @@
 A plain function of (client, storage, hour): Dagster, the CLI and the benchmarks all call it.
 The hour is fetched page by page, normalised, redacted, clipped to [hour, hour+1) (the API's
 end_date is inclusive) and de-duplicated by request_id, streamed into the lake (published
-atomically when complete), then loaded into DuckDB in one transaction.
+atomically once DuckDB has loaded it in one transaction).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class HourResult:
     redactions: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    filter_encoding: str = ""  # how the API took the date filter: "bracket" (filter[start_date]=) or "flat"
+    filter_retries: int = 0  # walks restarted in the other encoding (the first one was ignored or refused)
 
     def metadata(self) -> dict:
         m = {k: v for k, v in asdict(self).items() if k != "hour"}
@@ -60,7 +62,14 @@ def ingest_hour(
     redactor = Redactor(keep_bodies=redaction.keep_bodies, extra_names=redaction.extra_names)
     seen: set[str] = set()  # ids only (~100 B each): the rows themselves are never held
     lo, hi = epoch_us(hour), epoch_us(end)
-    with storage.lake.writer(REQUEST_LOGS, hour, SCHEMA) as writer:
+    # One run at a time per hour (a second one queues); the warehouse takes the finished file
+    # before the lake shows it, so a failure anywhere leaves the lake's previous hour in place
+    # and a re-run repairs the rest.
+    with (
+        storage.explained(),
+        storage.hour_lock(REQUEST_LOGS, hour),
+        storage.lake.writer(REQUEST_LOGS, hour, SCHEMA) as writer,
+    ):
         pages = client.list_logs(filters={"start_date": hour, "end_date": end}, stats=stats)
         for page in pages:
             rows = []
@@ -82,13 +91,15 @@ def ingest_hour(
                 row["hour"] = lo
                 rows.append(row)
             writer.write(to_batch(rows))
-        path = writer.commit()
-    result.rows = storage.warehouse.replace_hour(REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path)
-    if result.rows != writer.rows:  # the warehouse must hold exactly what the lake holds
-        raise RuntimeError(f"{hour:%Y-%m-%d %H}:00 loaded {result.rows} rows, wrote {writer.rows}")
+        path = writer.close()
+        result.rows = storage.warehouse.replace_hour(REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path)
+        if result.rows != writer.rows:  # the warehouse must hold exactly what the lake holds
+            raise RuntimeError(f"{hour:%Y-%m-%d %H}:00 loaded {result.rows} rows, wrote {writer.rows}")
+        writer.publish()
     result.bytes_written = writer.bytes_written
     result.pages, result.requests = stats.pages, stats.requests
     result.retries, result.throttled = stats.retries, stats.throttled
+    result.filter_encoding, result.filter_retries = stats.filter_encoding, stats.filter_retries
     result.redactions = redactor.count
     result.seconds = time.perf_counter() - started
     return result

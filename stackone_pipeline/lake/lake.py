@@ -12,6 +12,7 @@ there a single PUT is already atomic, so `publishing` writes to the final key di
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,31 @@ FILE_NAME = "part-0.parquet"
 # dot-files too, so a half-written file must never carry that suffix.
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".partial"
+
+
+STALE_AFTER_S = 24 * 3600  # a temporary file this old is abandoned whoever wrote it
+
+
+def _abandoned(tmp: Path) -> bool:
+    """A temporary file left by a run that is gone: its writer's process has ended (the name
+    carries the pid), or it is older than a day (written on another machine, or a reused pid).
+    A live writer's file is never touched, so overlapping runs do not break each other."""
+    try:
+        pid = int(tmp.name[len(TMP_PREFIX) :].split("-", 1)[0])
+        age = time.time() - tmp.stat().st_mtime
+    except (ValueError, FileNotFoundError):
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def replace_durably(tmp: Path, final: Path) -> Path:
@@ -103,8 +129,9 @@ class Lake:
         """A fresh temporary name beside the hour's file (which no reader's glob picks up)."""
         final = self.hour_file(dataset, hour)
         final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(TMP_PREFIX + "*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
+        for stale in final.parent.glob(TMP_PREFIX + "*"):
+            if _abandoned(stale):
+                stale.unlink(missing_ok=True)
         return final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
 
     def publish(self, tmp: Path, dataset: str, hour: datetime) -> Path:
@@ -155,15 +182,25 @@ class HourWriter:
             self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
             self._pending, self._pending_rows = [], 0
 
-    def commit(self) -> Path:
+    def close(self) -> Path:
+        """Finish the file; it is complete but not yet visible (readers still see the old hour)."""
         self._flush()
         self._writer.close()
         self.bytes_written = self.tmp_path.stat().st_size
+        return self.tmp_path
+
+    def publish(self) -> Path:
+        """Make the finished file the hour's file."""
         return self.lake.publish(self.tmp_path, self.dataset, self.hour)
+
+    def commit(self) -> Path:
+        self.close()
+        return self.publish()
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            if self._writer.is_open:
+                self._writer.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
 

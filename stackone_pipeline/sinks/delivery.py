@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ..http import Action, Transport, Verdict
 from ..lake import HourNotIngested
 from ..storage import Storage
+from ..warehouse.schema import REQUEST_LOG_DETAILS as DETAILS
 from ..warehouse.schema import REQUEST_LOGS
 from .batching import batches
 from .ledger import NO_IDS, Ledger
@@ -118,8 +119,11 @@ def stored_rows(
 class HourQuery:
     """The sendable rows of one stored hour, as DuckDB computes them (in-memory, UTC session)."""
 
-    def __init__(self, path: Path, delivered: pa.Table = NO_IDS, memory_limit: str = "128MB"):
+    def __init__(
+        self, path: Path, delivered: pa.Table = NO_IDS, memory_limit: str = "128MB", details: Path | None = None
+    ):
         self.path = str(path)
+        self.details = str(details) if details else None
         self.con = duckdb.connect(config={"memory_limit": memory_limit})
         self.con.execute("SET TimeZone = 'UTC'")
         # One DuckDB thread, run ahead of the batching by `prefetched`: a second one costs a quarter
@@ -159,8 +163,17 @@ class HourQuery:
         """`columns` (name -> SQL over the stored row) for every row not delivered and inside `window`."""
         where, params = self._window(window)
         select = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
+        source = "read_parquet($path)"
+        if self.details:  # list records are partial: a failed request's detail brings its request/response
+            source = (
+                "(SELECT s.* REPLACE (coalesce(s.request, d.d_request) AS request, "
+                "coalesce(s.response, d.d_response) AS response) FROM read_parquet($path) s LEFT JOIN "
+                "(SELECT request_id AS d_id, request AS d_request, response AS d_response "
+                "FROM read_parquet($details)) d ON s.request_id = d.d_id)"
+            )
+            params["details"] = self.details
         query = (
-            f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM read_parquet($path) s "
+            f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM {source} s "
             f"ANTI JOIN delivered d ON s.request_id = d.request_id WHERE {where})"
         )
         yield from self.con.sql(query, params=params).to_arrow_reader(chunk_rows)
@@ -210,7 +223,15 @@ def sendable_records(storage: Storage, hour: datetime) -> Iterator[str]:
         query.close()
 
 
-def deliver_hour(
+def deliver_hour(sink: Sink, storage: Storage, hour: datetime, transport: Transport, **kw) -> DeliveryReport:
+    """Deliver one hour to one sink. Exclusive per (sink, hour) across runs: the hourly run, the
+    lookback and a webhook-triggered re-ingest delivering the same hour queue, and each reads
+    the ledger only once the one before it has recorded what it sent (no duplicates)."""
+    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour):
+        return _deliver_hour(sink, storage, hour, transport, **kw)
+
+
+def _deliver_hour(
     sink: Sink,
     storage: Storage,
     hour: datetime,
@@ -228,7 +249,8 @@ def deliver_hour(
     ledger = Ledger(storage)
     if force:
         ledger.forget(sink.name, hour)
-    query = HourQuery(path, ledger.delivered_ids(sink.name, hour))
+    details = storage.lake.hour_file(DETAILS, hour) if storage.lake.has_hour(DETAILS, hour) else None
+    query = HourQuery(path, ledger.delivered_ids(sink.name, hour), details=details)
     window = sink.window(now)
     report.already_delivered, report.skipped = query.skipped(window)
     lock = threading.Lock()  # sender threads share the report and the ledger journal

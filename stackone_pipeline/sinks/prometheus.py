@@ -88,7 +88,13 @@ class PrometheusReport:
         return meta
 
 
-def deliver_hour(
+def deliver_hour(sink: PrometheusSink, storage: Storage, hour: datetime, transport: Transport, **kw):
+    """One hour's series; exclusive per hour across runs, like every sink's delivery."""
+    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour):
+        return _deliver_hour(sink, storage, hour, transport, **kw)
+
+
+def _deliver_hour(
     sink: PrometheusSink, storage: Storage, hour: datetime, transport: Transport, *, force: bool = False
 ) -> PrometheusReport:
     started = time.perf_counter()
