@@ -13,7 +13,7 @@ second. Each sink writes its entry as a SQL expression over the stored row's col
 
 from __future__ import annotations
 
-from ..stackone.records import IS_ERROR_SQL
+from ..stackone.records import COLUMN_NAMES, IS_ERROR_SQL
 
 # Header names are stored lower-cased (stackone/redaction.py), so the allowlists match exactly.
 REQUEST_HEADERS = (
@@ -34,27 +34,11 @@ RESPONSE_HEADERS = (
     "x-ratelimit-remaining",
     "x-request-id",
 )
-SCALARS = (
-    "request_id",
-    "account_id",
-    "project_id",
-    "provider",
-    "service",
-    "resource",
-    "child_resource",
-    "sub_resource",
-    "action",
-    "http_method",
-    "path",
-    "url",
-    "status",
-    "success",
-    "duration_ms",
-    "is_worker",
-    "source_type",
-    "source_value",
-    "source_id",
-    "source_ip",
+# Every scalar column of the stored row (records.py's schema): times and JSON are handled below.
+SCALARS = tuple(
+    n
+    for n in COLUMN_NAMES
+    if n not in ("hour", "event_datetime", "start_time", "end_time", "request", "response", "step_requests")
 )
 # One parse of each JSON column: its allowlisted headers (and, for the response, provider_errors).
 _REQUEST_PATHS = "[" + ", ".join(f"'$.headers.\"{h}\"'" for h in REQUEST_HEADERS) + "]"
