@@ -21,10 +21,10 @@ from .partitions import (
     range_tags,
     whole_hours,
 )
-from .settings import Settings
+from .settings import Settings, UsageError
 
 
-class BackfillError(ValueError):
+class BackfillError(UsageError):
     pass
 
 

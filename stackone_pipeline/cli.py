@@ -1,22 +1,78 @@
-"""`stackone-pipeline`: demo, backfill, report, simulate, webhooks, dev."""
+"""`stackone-pipeline`: demo, backfill, report, check, query, simulate, webhooks, dev.
+
+Wrong input (a setting, an option, a date range) is one `error: …` line and exit code 2, before
+anything runs; a run that fails is one `error: …` line per failed step and exit code 1, with
+Dagster's stack traces behind `--verbose` (and always in the run's logs).
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import math
 import os
+import re
 import shutil
 import sys
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .settings import Settings, UsageError, require_api_key
+
 DEMO_MARKER = ".stackone-demo"
+# `dagster._core.errors.`, `stackone_pipeline.stackone.client.`: module paths say nothing to a user
+MODULE_PATH = re.compile(r"\b(?:dagster|stackone_pipeline)\.[\w.]*\.(?=\w+: )")
+CAUSED_BY = "The above exception was caused by the following exception:\n"
 
 
 def _quiet_dagster() -> None:
     for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
+
+
+def short_error(text: str) -> str:
+    """Dagster's failure text (wrapper, stack traces, causes) cut to its deepest cause, on one line."""
+    if CAUSED_BY in text:
+        text = text.rsplit(CAUSED_BY, 1)[1]
+    text = text.split("\nStack Trace:", 1)[0]
+    text = MODULE_PATH.sub("", text).strip().removeprefix("Failure: ")  # dg.Failure carries our own words
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()).replace(":;", ":")
+
+
+class ShortErrorsLogger(logging.Logger):
+    """What Dagster's console logger is made of in this process unless --verbose: each record as
+    it is, but stack traces cut to one line. The run's own logs keep everything."""
+
+    def callHandlers(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "Stack Trace:" in message:
+            head = message.split("\n", 1)[0]
+            record = copy.copy(record)
+            record.msg, record.args = f"{head} {short_error(message.split(chr(10), 1)[1])}", ()
+        super().callHandlers(record)
+
+
+def _settings(*, api_key: bool = False) -> Settings:
+    """Every setting, validated before anything runs (a SettingsError ends in `error:`, exit 2)."""
+    settings = Settings.from_env()
+    if api_key:
+        require_api_key(name=settings.api_key_var)
+    return settings
+
+
+def _run_outcome(result, what: str, verbose: bool) -> int:
+    if result.success:
+        print(f"{what} succeeded (run {result.run_id})")
+        return 0
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            print(f"error: {event.step_key}: {short_error(error.to_string())}", file=sys.stderr)
+    hint = "" if verbose else "; --verbose shows Dagster's stack traces"
+    print(f"{what} failed (run {result.run_id}{hint})", file=sys.stderr)
+    return 1
 
 
 def cmd_simulate(args) -> int:
@@ -36,59 +92,102 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_backfill(args) -> int:
+    settings = _settings(api_key=True)
     _quiet_dagster()
-    from .backfill import BackfillError, parse_time, run_backfill
+    from .backfill import parse_time, partition_keys, run_backfill
 
-    try:
-        result = run_backfill(parse_time(args.start), parse_time(args.end))
-    except BackfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data.error:
-                print(f"error: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
-        print(f"backfill failed (run {result.run_id})", file=sys.stderr)
-        return 1
-    print(f"backfill succeeded (run {result.run_id})")
-    return 0
+    start, end = parse_time(args.start), parse_time(args.end)
+    partition_keys(start, end, retention_days=settings.retention_days)  # a wrong range: exit 2 before Dagster
+    result = run_backfill(start, end, settings=settings)
+    return _run_outcome(result, "backfill", args.verbose)
 
 
 def parse_since(value: str) -> timedelta:
-    """`24h`, `90m`, `7d` -> a timedelta."""
+    """`24h`, `90m`, `7d` -> a positive timedelta."""
     units = {"m": "minutes", "h": "hours", "d": "days"}
     try:
-        return timedelta(**{units[value[-1]]: float(value[:-1])})
-    except (KeyError, ValueError):
-        raise SystemExit(f"error: --since takes a number and a unit m, h or d (e.g. 24h), not {value!r}") from None
+        amount = float(value[:-1])
+        since = timedelta(**{units[value[-1]]: amount})
+    except (KeyError, ValueError, IndexError, OverflowError):
+        raise UsageError(f"--since takes a number and a unit m, h or d (e.g. 24h), not {value!r}") from None
+    if not math.isfinite(amount) or since <= timedelta(0):
+        raise UsageError(f"--since must be a positive length of time (e.g. 24h), not {value!r}")
+    return since
+
+
+def report_window(args, now: datetime) -> tuple[datetime, datetime]:
+    """--since: the closed hours of the last `since` (24h = the last 24 whole hours, never the one
+    still open); --start/--end: the hours holding them."""
+    from .backfill import parse_time
+    from .partitions import HOUR, floor_hour
+
+    if args.start:
+        start = parse_time(args.start)
+        end = parse_time(args.end) if args.end else now
+    else:
+        end = floor_hour(parse_time(args.end) if args.end else now)
+        start = end - math.ceil(parse_since(args.since) / HOUR) * HOUR
+    if end <= start:
+        raise UsageError(f"the report window is empty: --end ({end:%Y-%m-%dT%H:%MZ}) is not after its start")
+    return start, end
 
 
 def cmd_report(args) -> int:
-    from .backfill import BackfillError, parse_time
+    settings = _settings()
     from .reporting import ReportError, run_report
-    from .settings import Settings
 
-    now = datetime.now(timezone.utc)
+    start, end = report_window(args, datetime.now(timezone.utc))
     try:
-        end = parse_time(args.end) if args.end else now
-        start = parse_time(args.start) if args.start else end - parse_since(args.since)
-    except BackfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    data_dir = Settings.from_env().data_dir
-    try:
-        print(run_report(data_dir, start, end, args.html))
+        text = run_report(settings.data_dir, start, end, args.html, settings.thresholds)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(text)
     print(f"\nHTML report (opens offline): {Path(args.html).resolve()}")
+    return 1 if "NO DATA" in text.splitlines()[1] else 0
+
+
+def cmd_check(args) -> int:
+    settings = _settings()
+    from .doctor import DoctorError, run_check
+
+    try:
+        result = run_check(settings.data_dir)
+    except DoctorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines()))
+    return 0 if result.ok else 1
+
+
+def cmd_query(args) -> int:
+    """SQL on query.duckdb (read-only), printed as a table: the `duckdb` shell without installing one."""
+    settings = _settings()
+    import duckdb
+
+    from .storage import Storage
+
+    path = Storage(settings.data_dir).query_path
+    if not path.exists():
+        raise UsageError(f"no {path} yet: ingest some hours first (stackone-pipeline backfill or demo)")
+    sql = args.sql if args.sql != "-" else sys.stdin.read()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        relation = con.sql(sql)
+        if relation is not None:
+            relation.show(max_width=10_000, max_rows=args.max_rows)
+    except duckdb.Error as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        con.close()
     return 0
 
 
 def _fresh_demo_dir(path: Path) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / DEMO_MARKER).exists():
-            raise SystemExit(f"error: {path} exists and was not made by the demo; pass --data-dir to another folder")
+            raise UsageError(f"{path} exists and was not made by the demo; pass --data-dir to another folder")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / DEMO_MARKER).write_text("made by `stackone-pipeline demo`; safe to delete\n")
@@ -96,18 +195,21 @@ def _fresh_demo_dir(path: Path) -> Path:
 
 
 def cmd_demo(args) -> int:
+    settings = _settings()
     _quiet_dagster()
     from .partitions import floor_hour
-    from .settings import Settings
     from .simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 
+    retention = settings.retention_days  # the simulated project keeps what the pipeline expects
+    if args.hours > retention * 24 - 1:  # the oldest hour must lie wholly inside the retention
+        most = retention * 24 - 1
+        raise UsageError(f"--hours must be at most {most} (the {retention}-day retention), got {args.hours}")
     data_dir = _fresh_demo_dir(Path(args.data_dir))
     home = data_dir / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     end = floor_hour(datetime.now(timezone.utc))
     start = end - timedelta(hours=args.hours)
-    retention = Settings.from_env().retention_days  # the simulated project keeps what the pipeline expects
     with start_simulator(SimulatorConfig(seed=args.seed, retention_days=retention), port=args.port) as sim:
         os.environ.update(
             STACKONE_API_KEY=DEFAULT_API_KEY,
@@ -124,28 +226,38 @@ def cmd_demo(args) -> int:
 
         result = run_backfill(start, end)
     if not result.success:
-        print("demo backfill failed; see the log above", file=sys.stderr)
-        return 1
+        return _run_outcome(result, "demo backfill", args.verbose)
     from .reporting.demo import print_summary
 
     print_summary(data_dir, start, end)
     print(
         "\nOpen the same data in the Dagster UI (serves the simulator too):\n"
         f"  DAGSTER_HOME={home} STACKONE_DATA_DIR={data_dir} stackone-pipeline dev\n"
-        f"Query it:  duckdb {data_dir / 'query.duckdb'}"
+        f"Query it (DuckDB views over the lake; any DuckDB {_duckdb_version()} client opens the file):\n"
+        f"  STACKONE_DATA_DIR={data_dir} stackone-pipeline query "
+        '"SELECT provider, count(*) AS requests FROM request_logs GROUP BY 1 ORDER BY 2 DESC"\n'
+        f"  python -c \"import duckdb; print(duckdb.connect('{data_dir / 'query.duckdb'}', read_only=True)"
+        ".sql('FROM request_volume_hourly LIMIT 5'))\""
     )
     return 0
 
 
+def _duckdb_version() -> str:
+    import duckdb
+
+    return f"{duckdb.__version__.split('.')[0]}.x"
+
+
 def cmd_webhooks(args) -> int:
-    from .settings import Settings, WebhookSettings
+    from .settings import WebhookSettings
     from .webhooks import StagingBusyError, WebhookConfigError, serve
 
+    settings = _settings()
     try:
         serve(
             args.host,
             args.port,
-            Settings.from_env().data_dir,
+            settings.data_dir,
             WebhookSettings.from_env().secrets,
             signature_header=args.signature_header,
             tolerance_s=args.tolerance,
@@ -157,41 +269,92 @@ def cmd_webhooks(args) -> int:
 
 
 def cmd_dev(args) -> int:
+    _settings()
     from .dev import run_dev
 
     return run_dev(args.data_dir, args.port, args.sim_port, args.seed)
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other wrong input
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def bounded_int(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, not {raw!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be between {lo} and {hi}, not {value}"
+                if hi is not None
+                else f"must be at least {lo}, not {value}"
+            )
+        return value
+
+    return parse
+
+
+def positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {raw!r}")
+    return value
+
+
+PORT = bounded_int(0, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stackone-pipeline", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="show Dagster's stack traces and debug logs")
+    p = Parser(prog="stackone-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the whole pipeline for the last 24 hours on the built-in simulator")
+    def command(name: str, help: str):
+        return sub.add_parser(name, help=help, parents=[common])
+
+    d = command("demo", "run the whole pipeline for the last 24 hours on the built-in simulator")
     d.add_argument("--data-dir", default="./demo-data")
-    d.add_argument("--hours", type=int, default=24)
+    d.add_argument("--hours", type=bounded_int(1), default=24, help="closed hours to backfill (default 24)")
     d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--port", type=int, default=0, help="simulator port (default: a free one)")
+    d.add_argument("--port", type=PORT, default=0, help="simulator port (default: a free one)")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("backfill", help="materialise [start, end) through Dagster in one run")
+    b = command("backfill", "materialise [start, end) through Dagster in one run")
     b.add_argument("--start", required=True, help="ISO-8601, e.g. 2026-11-25T00:00Z")
     b.add_argument("--end", required=True, help="ISO-8601, exclusive")
     b.set_defaults(func=cmd_backfill)
 
-    r = sub.add_parser("report", help="the guide's key metrics for a window, as text and a self-contained HTML file")
-    r.add_argument("--since", default="24h", help="window ending now, e.g. 24h, 90m, 7d (default 24h)")
+    r = command("report", "the guide's key metrics for a window, as text and a self-contained HTML file")
+    r.add_argument("--since", default="24h", help="the last closed hours, e.g. 24h, 90m, 7d (default 24h)")
     r.add_argument("--start", help="ISO-8601 start (instead of --since)")
     r.add_argument("--end", help="ISO-8601 end (default now)")
     r.add_argument("--html", default="stackone-report.html", help="where to write the HTML report")
     r.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("simulate", help="serve the StackOne request-logs API simulator")
+    c = command("check", "verify the lake, the warehouse and query.duckdb against each other; say what to re-run")
+    c.set_defaults(func=cmd_check)
+
+    q = command("query", "run SQL on query.duckdb (read-only) and print the result")
+    q.add_argument("sql", help="the SQL, or - to read it from stdin")
+    q.add_argument("--max-rows", type=bounded_int(1), default=40)
+    q.set_defaults(func=cmd_query)
+
+    s = command("simulate", "serve the StackOne request-logs API simulator")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--port", type=PORT, default=8765)
     s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--rows-per-hour", type=int, default=1200)
-    s.add_argument("--rate-limit", type=int, default=1000, help="requests per minute per key")
-    s.add_argument("--retention-days", type=int, default=90, help="days of logs the API keeps (default 90)")
+    s.add_argument("--rows-per-hour", type=bounded_int(0), default=1200)
+    s.add_argument("--rate-limit", type=bounded_int(1), default=1000, help="requests per minute per key")
+    s.add_argument("--retention-days", type=bounded_int(1, 3650), default=90, help="days of logs the API keeps")
     s.add_argument(
         "--list-shape",
         choices=("partial", "full"),
@@ -209,21 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_simulate)
 
-    w = sub.add_parser(
+    w = command(
         "webhooks",
-        help="receive signed StackOne webhooks into <data dir>/webhooks/staging "
+        "receive signed StackOne webhooks into <data dir>/webhooks/staging "
         "(needs STACKONE_WEBHOOK_SECRET, or STACKONE_WEBHOOK_SECRETS=old,new while rotating)",
     )
     w.add_argument("--host", default="127.0.0.1")
-    w.add_argument("--port", type=int, default=8780)
+    w.add_argument("--port", type=PORT, default=8780)
     w.add_argument("--signature-header", default="X-StackOne-Signature", help="header carrying the HMAC-SHA256")
-    w.add_argument("--tolerance", type=float, default=300.0, help="seconds an event timestamp may be from now")
+    w.add_argument("--tolerance", type=positive_float, default=300.0, help="seconds an event time may be from now")
     w.set_defaults(func=cmd_webhooks)
 
-    v = sub.add_parser("dev", help="start the simulator and `dagster dev` on the same data directory")
+    v = command("dev", "start the simulator and `dagster dev` on the same data directory")
     v.add_argument("--data-dir", default="./data")
-    v.add_argument("--port", type=int, default=3000)
-    v.add_argument("--sim-port", type=int, default=8765)
+    v.add_argument("--port", type=PORT, default=3000)
+    v.add_argument("--sim-port", type=PORT, default=8765)
     v.add_argument("--seed", type=int, default=42)
     v.set_defaults(func=cmd_dev)
     return p
@@ -232,7 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if not args.verbose:
+        logging.setLoggerClass(ShortErrorsLogger)  # Dagster makes its console logger from this class
+    try:
+        return args.func(args)
+    except UsageError as exc:  # wrong settings, options or ranges: nothing has run
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

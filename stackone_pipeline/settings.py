@@ -27,15 +27,20 @@ when a run starts and never shown in the UI.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 Env = Mapping[str, str]
 
 
-class SettingsError(ValueError):
+class UsageError(ValueError):
+    """A wrong setting, option or range: the CLI prints it as one `error:` line, exit 2, nothing run."""
+
+
+class SettingsError(UsageError):
     pass
 
 
@@ -70,9 +75,40 @@ def env_float(env: Env, name: str, default: float) -> float:
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    return value
+
+
+def env_url(env: Env, name: str, default: str = "") -> str:
+    """An http(s) URL with a host, or `default` when unset: a URL without a scheme would only fail
+    later, on every retry of every request."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname or ''}…" if parts.scheme and parts.hostname else "this value"
+        raise SettingsError(
+            f"{name} must be an http:// or https:// URL with a host name (e.g. https://host:port), not {shown}"
+        )
+    return raw
+
+
+def require_api_key(env: Env | None = None, name: str = "STACKONE_API_KEY") -> None:
+    """Before a run starts: the key is set, and looks like one (a pasted newline or space would
+    only show as a 401 on the first request)."""
+    env = os.environ if env is None else env
+    key = env.get(name)
+    if key is None:
+        raise SettingsError(f"{name} is not set: export {name}=<your StackOne API key>")
+    if not key.strip():
+        raise SettingsError(f"{name} is empty: export {name}=<your StackOne API key>")
+    if key != key.strip() or any(c.isspace() for c in key):
+        raise SettingsError(f"{name} contains spaces or line breaks: set it to the key alone")
 
 
 def _secrets(values: dict[str, str], names: dict[str, str]) -> dict[str, str]:
@@ -102,15 +138,26 @@ class Thresholds:
     volume_score: float = 3.5
     severity: str = "WARN"
 
+    VARS = {
+        "error_rate_5m": "STACKONE_ALERT_ERROR_RATE_5M",
+        "p95_ms": "STACKONE_ALERT_P95_MS",
+        "provider_error_rate": "STACKONE_ALERT_PROVIDER_ERROR_RATE",
+        "volume_score": "STACKONE_ALERT_VOLUME_SCORE",
+        "severity": "STACKONE_ALERT_SEVERITY",
+    }
+
     def __post_init__(self):
+        def named(f):
+            return f"{f} ({self.VARS[f]})"
+
         for name in ("error_rate_5m", "provider_error_rate"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ThresholdsError(f"{name} must be a fraction between 0 and 1, got {getattr(self, name)}")
+                raise ThresholdsError(f"{named(name)} must be a fraction between 0 and 1, got {getattr(self, name)}")
         for name in ("p95_ms", "volume_score"):
             if getattr(self, name) <= 0:
-                raise ThresholdsError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ThresholdsError(f"{named(name)} must be positive, got {getattr(self, name)}")
         if self.severity not in SEVERITIES:
-            raise ThresholdsError(f"severity must be WARN or ERROR, got {self.severity!r}")
+            raise ThresholdsError(f"{named('severity')} must be WARN or ERROR, got {self.severity!r}")
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Thresholds:
@@ -178,8 +225,8 @@ class NotifySettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> NotifySettings:
         env = os.environ if env is None else env
-        urls = {f: env.get(var) or "" for f, var in cls.SECRET_VARS.items()}
-        return cls(**urls, dagster_url=env.get("STACKONE_DAGSTER_URL") or cls.dagster_url)
+        urls = {f: env_url(env, var) for f, var in cls.SECRET_VARS.items()}
+        return cls(**urls, dagster_url=env_url(env, "STACKONE_DAGSTER_URL", cls.dagster_url))
 
     def secret_vars(self) -> dict[str, str]:
         return _secrets(asdict(self), self.SECRET_VARS)
@@ -250,7 +297,7 @@ class LokiSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> LokiSettings | None:
-        url = (env.get("LOKI_URL") or "").strip()
+        url = env_url(env, "LOKI_URL")
         if not url:
             return None
         return cls(
@@ -286,10 +333,10 @@ class DatadogSettings:
         return cls(
             api_key=key,
             site=env.get("DATADOG_SITE") or "datadoghq.com",
-            logs_url=env.get("DATADOG_LOGS_URL") or "",
+            logs_url=env_url(env, "DATADOG_LOGS_URL"),
             env=env.get("STACKONE_ENV") or "prod",
             send_old_as_metrics=env_bool(env, "DATADOG_SEND_OLD_AS_METRICS", False),
-            metrics_url=env.get("DATADOG_METRICS_URL") or "",
+            metrics_url=env_url(env, "DATADOG_METRICS_URL"),
         )
 
     def secret_vars(self) -> dict[str, str]:
@@ -313,9 +360,9 @@ class OtlpSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> OtlpSettings | None:
-        if url := env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+        if url := env_url(env, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
             pass
-        elif base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        elif base := env_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT"):
             url = f"{base.removesuffix('/')}/v1/logs"
         else:
             return None
@@ -344,12 +391,12 @@ class PrometheusSettings:
 
     @classmethod
     def from_env(cls, env: Env) -> PrometheusSettings | None:
-        url = (env.get("PROMETHEUS_REMOTE_WRITE_URL") or "").strip()
+        url = env_url(env, "PROMETHEUS_REMOTE_WRITE_URL")
         if not url:
             return None
         return cls(
             write_url=url,
-            api_url=(env.get("PROMETHEUS_URL") or "").strip().rstrip("/"),
+            api_url=env_url(env, "PROMETHEUS_URL").rstrip("/"),
             username=env.get("PROMETHEUS_USERNAME") or "",
             password=env.get("PROMETHEUS_PASSWORD") or "",
         )
@@ -383,7 +430,7 @@ class Settings:
     def from_env(cls, env: Env | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         return cls(
-            base_url=env.get("STACKONE_BASE_URL") or cls.base_url,
+            base_url=env_url(env, "STACKONE_BASE_URL", cls.base_url),
             data_dir=env.get("STACKONE_DATA_DIR") or cls.data_dir,
             rate_limit_per_minute=env_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
             page_size=env_int(env, "STACKONE_PAGE_SIZE", cls.page_size),

@@ -37,7 +37,10 @@ def test_the_text_report_is_the_key_metrics_table_for_the_window(sim_data, repor
     text, _ = report
     h13, h14, h15 = sim_data.hours
     lines = text.splitlines()
-    assert lines[0] == f"Key metrics {h13:%Y-%m-%d %H:%M} .. {h15 + HOUR:%Y-%m-%d %H:%M} UTC"
+    assert (
+        lines[0]
+        == f"Key metrics for 3 whole hour(s): {h13:%Y-%m-%d %H:%M} .. {h15 + HOUR:%Y-%m-%d %H:%M} UTC (end exclusive)"
+    )
     observed, status, metric = {}, {}, None
     for line in lines[3:]:  # title, header, separator, then rows whose 4th cell may wrap onto more lines
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -168,3 +171,46 @@ def test_every_cookbook_query_runs_on_query_duckdb(sim_data):
     assert abs(p95[1] - float(np.quantile(durations, 0.95))) < 1e-6
     volume = results["6. Request volume per hour, its baseline and anomalies"][0]
     assert [(r[0], r[5]) for r in volume] == [(h13, False), (h14, False), (h15, True)]
+
+
+def test_a_window_without_data_says_no_data_instead_of_ok(sim_data, tmp_path):
+    before = sim_data.hours[0] - 30 * HOUR
+    text = run_report(sim_data.data_dir, before, before + 3 * HOUR, tmp_path / "r.html")
+    lines = text.splitlines()
+    assert lines[1].startswith("NO DATA: nothing is ingested for these hours")
+    assert (
+        f"stackone-pipeline backfill --start {before:%Y-%m-%dT%H:%MZ} --end {before + 3 * HOUR:%Y-%m-%dT%H:%MZ}" in text
+    )
+    assert "| OK " not in text and text.count("| NO DATA |") == 4
+    assert 'class="NO_DATA"' in (tmp_path / "r.html").read_text()
+
+
+def test_a_window_partly_ingested_names_the_missing_hours(sim_data):
+    h13, _, h15 = sim_data.hours
+    text = run_report(sim_data.data_dir, h13 - HOUR, h15 + 2 * HOUR, None)
+    lines = text.splitlines()
+    assert lines[0].startswith(f"Key metrics for 5 whole hour(s): {h13 - HOUR:%Y-%m-%d %H:%M}")
+    assert lines[1] == "2 of 5 hour(s) have no ingested data; ingest them with:"
+    assert lines[2].endswith(f"--start {h13 - HOUR:%Y-%m-%dT%H:%MZ} --end {h13:%Y-%m-%dT%H:%MZ}")
+    assert lines[3].endswith(f"--start {h15 + HOUR:%Y-%m-%dT%H:%MZ} --end {h15 + 2 * HOUR:%Y-%m-%dT%H:%MZ}")
+    assert "| NO DATA |" not in text
+
+
+def test_the_query_command_runs_sql_on_query_duckdb(sim_data):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STACKONE_DATA_DIR": str(sim_data.data_dir)}
+
+    def query(sql: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "stackone_pipeline.cli", "query", sql], env=env, capture_output=True, text=True
+        )
+
+    with Storage(sim_data.data_dir).warehouse.reader() as con:
+        n = con.execute("SELECT count(*) FROM request_logs").fetchone()[0]
+    out = query("SELECT count(*) AS n FROM request_logs")
+    assert out.returncode == 0 and str(n) in out.stdout
+    bad = query("SELECT nope FROM request_logs")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: Binder Error") and len(bad.stderr.splitlines()) == 1

@@ -9,6 +9,7 @@ instead of hanging it.
 from __future__ import annotations
 
 import enum
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,33 @@ def gzip_bytes(*parts: bytes | memoryview) -> bytes:
 
 
 Classifier = Callable[[httpx.Response], Verdict]
+
+# A refused connection is worth a few quick tries (a server restarting), not the whole deadline.
+REFUSED_ATTEMPTS = 3
+
+
+def os_cause(exc: BaseException) -> OSError | None:
+    """The socket error under an httpx exception (httpx wraps httpcore, which wraps the OSError)."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def unanswered(exc: httpx.TransportError) -> Verdict:
+    """No answer came. Retry what may pass (timeouts, resets, a refused port, a busy DNS server);
+    fail at once what never can (no scheme, a host name that does not exist)."""
+    url = exc.request.url
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return Verdict(
+            Action.FAIL, f"{url.copy_with(query=None)} is not a usable URL: it needs http:// or https:// ({exc})"
+        )
+    cause = os_cause(exc)
+    if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
+        return Verdict(Action.FAIL, f"the host name {url.host!r} does not resolve ({exc})")
+    if isinstance(cause, ConnectionRefusedError):
+        return Verdict(Action.RETRY, f"connection refused by {url.host}:{url.port or ''} (is the server running?)")
+    return Verdict(Action.RETRY, f"{type(exc).__name__}: {exc}")
 
 
 def retryable_statuses(statuses) -> Classifier:
@@ -115,7 +143,7 @@ class Transport:
         deadline = self._clock() + policy.deadline_s if deadline is None else deadline
         content = request_kwargs.get("content")
         size = len(content) if content is not None else 0
-        attempt = 0
+        attempt = refused = 0
         while True:
             attempt += 1
             if before_attempt is not None:
@@ -124,12 +152,13 @@ class Transport:
             try:
                 resp = self.http.request(method, url, **request_kwargs)
             except httpx.TransportError as exc:  # no answer: the request may or may not have landed
-                verdict = Verdict(Action.RETRY, f"{type(exc).__name__}: {exc}")
+                verdict = unanswered(exc)
+                refused = refused + 1 if isinstance(os_cause(exc), ConnectionRefusedError) else 0
             else:
-                verdict = classify(resp)
+                verdict, refused = classify(resp), 0
             if verdict.action is not Action.RETRY:
                 return Sent(verdict, attempt, size, None, verdict.reason, resp)
-            if attempt >= policy.max_attempts:
+            if attempt >= policy.max_attempts or refused >= REFUSED_ATTEMPTS:
                 gave_up = "attempts"
             else:
                 delay = policy.delay(attempt, verdict.retry_after)

@@ -8,7 +8,7 @@ from html import escape
 
 from .metrics import HOUR, KeyMetrics
 from .svg import PALETTE, Bar, Chart, Marker, Series, legend
-from .text import rows
+from .text import coverage, rows
 
 FIVE_MIN = timedelta(minutes=5)
 HALF = HOUR / 2  # hourly figures are drawn mid-hour, over their bar
@@ -18,7 +18,7 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.OK{color:#2a7d2a;font-weight:bold}.WARN{color:#b36b00;font-weight:bold}
-.ERROR{color:#c62828;font-weight:bold}.legend span{margin-right:12px;font-size:12px;white-space:nowrap}
+.ERROR{color:#c62828;font-weight:bold}.NO_DATA{color:#666;font-weight:bold}.legend span{margin-right:12px;font-size:12px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:3px;margin-right:4px;vertical-align:middle}
 .note{color:#666;font-size:12px}
 """
@@ -39,10 +39,11 @@ def render(m: KeyMetrics) -> str:
         f"<title>StackOne request logs {d.start:%Y-%m-%d %H:%M} to {d.end:%Y-%m-%d %H:%M} UTC</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>StackOne request logs: {d.start:%Y-%m-%d %H:%M} to {d.end:%Y-%m-%d %H:%M} UTC</h1>",
+        *(f'<p class="note">{escape(line.strip())}</p>' for line in coverage(m)),
         "<h2>Key metrics</h2>",
         _table(
             ("Metric", "Query pattern", "Alert threshold", "This window", "Status"),
-            [(a, b, c, dd, f'<span class="{e}">{escape(e)}</span>') for a, b, c, dd, e in rows(m)],
+            [(a, b, c, dd, f'<span class="{e.replace(" ", "_")}">{escape(e)}</span>') for a, b, c, dd, e in rows(m)],
             raw_last=True,
         ),
     ]

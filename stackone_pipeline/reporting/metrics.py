@@ -50,6 +50,16 @@ class ReportData:
     def window_hours(self) -> int:
         return int((self.end - self.start) / HOUR)
 
+    def missing_hours(self) -> list[datetime]:
+        """Hours of the window with nothing ingested (never backfilled, or not yet)."""
+        have = {h["hour"] for h in self.hours}
+        out, h = [], self.start
+        while h < self.end:
+            if h not in have:
+                out.append(h)
+            h += HOUR
+        return out
+
 
 def load(data_dir: Path | str, start: datetime, end: datetime, thresholds: Thresholds | None = None) -> ReportData:
     """The window's rows of the analytics tables, read through the warehouse reader."""

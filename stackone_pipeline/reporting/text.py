@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 from datetime import datetime
 
-from .metrics import KeyMetrics, volume_note
+from .metrics import HOUR, KeyMetrics, volume_note
+
+NO_DATA = "NO DATA"
 
 
 def _t(dt: datetime) -> str:
@@ -63,6 +65,8 @@ def rows(m: KeyMetrics) -> list[tuple[str, str, str, str, str]]:
     )
 
     def status(bad: bool) -> str:
+        if not m.data.hours:  # "OK" over nothing would be a lie
+            return NO_DATA
         return t.severity if bad else "OK"
 
     return [
@@ -108,15 +112,38 @@ def table(m: KeyMetrics, observed_width: int = 64) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    out = [
-        f"Key metrics {m.data.start:%Y-%m-%d %H:%M} .. {m.data.end:%Y-%m-%d %H:%M} UTC",
-        line(head),
-        sep,
-    ]
+    out = [*coverage(m), line(head), sep]
     for metric, pattern, threshold, observed, status in body:
         out.append(line((metric, pattern, threshold, observed[0], status)))
         out.extend(line(("", "", "", more, "")) for more in observed[1:])
     return "\n".join(out)
+
+
+def hour_ranges(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Consecutive hours merged: [(start, end exclusive), ...]."""
+    out: list[tuple[datetime, datetime]] = []
+    for h in hours:
+        if out and out[-1][1] == h:
+            out[-1] = (out[-1][0], h + HOUR)
+        else:
+            out.append((h, h + HOUR))
+    return out
+
+
+def coverage(m: KeyMetrics) -> list[str]:
+    """Exactly which hours the report covers, and which of them hold no data."""
+    d = m.data
+    lines = [f"Key metrics for {d.window_hours} whole hour(s): {_t(d.start)} .. {_t(d.end)} UTC (end exclusive)"]
+    missing = d.missing_hours()
+    if not d.hours:
+        lines.append(f"{NO_DATA}: nothing is ingested for these hours; ingest them first:")
+    elif missing:
+        lines.append(f"{len(missing)} of {d.window_hours} hour(s) have no ingested data; ingest them with:")
+    for s, e in hour_ranges(missing)[:5]:
+        lines.append(f"  stackone-pipeline backfill --start {s:%Y-%m-%dT%H:%MZ} --end {e:%Y-%m-%dT%H:%MZ}")
+    if len(hour_ranges(missing)) > 5:
+        lines.append(f"  … and {len(hour_ranges(missing)) - 5} more range(s)")
+    return lines
 
 
 def summary(m: KeyMetrics) -> list[str]:

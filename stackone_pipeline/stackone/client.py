@@ -396,6 +396,8 @@ class StackOneClient:
         if sent.verdict.action is Action.OK:
             return parsed[0]
         last_error = self._scrub(sent.last_reason)
+        if sent.gave_up is None:  # failed at once: retrying could never help
+            raise StackOneError(f"StackOne {self._safe_base}{path}: {last_error}")
         if sent.gave_up == "deadline":
             raise StackOneError(
                 f"StackOne {self._safe_base}{path}: deadline of {self.deadline_s:.0f}s reached "
