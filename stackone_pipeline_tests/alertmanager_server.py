@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .needs import unavailable
 from .prometheus_server import free_port
 from .server_process import server_process
 
@@ -57,6 +58,6 @@ def running_alertmanager(workdir: Path):
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory):
     if not Path(ALERTMANAGER).exists():
-        pytest.skip(f"{ALERTMANAGER} is missing: `apt-get install -y prometheus-alertmanager` (CI installs it)")
+        unavailable(f"{ALERTMANAGER} is missing: `apt-get install -y prometheus-alertmanager` (CI installs it)")
     with running_alertmanager(tmp_path_factory.mktemp("alertmanager")) as am:
         yield am

@@ -15,6 +15,7 @@ import cramjam
 import httpx
 import pytest
 
+from .needs import unavailable
 from .server_process import server_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -77,7 +78,7 @@ def running_prometheus(workdir: Path, ooo_window: str = "100d"):
 
 def require_prometheus() -> None:
     if not Path(PROMETHEUS).exists():
-        pytest.skip(f"{PROMETHEUS} is missing: `apt-get install -y prometheus` (CI installs it)")
+        unavailable(f"{PROMETHEUS} is missing: `apt-get install -y prometheus` (CI installs it)")
 
 
 @pytest.fixture(scope="module")

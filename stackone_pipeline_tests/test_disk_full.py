@@ -16,6 +16,7 @@ from stackone_pipeline.storage import Storage, StorageFullError
 from stackone_pipeline.warehouse.schema import REQUEST_LOGS
 
 from .conftest import closed_hour
+from .needs import unavailable
 
 
 @pytest.fixture
@@ -24,10 +25,10 @@ def small_disk(tmp_path):
     mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
     if out.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.decode().strip()}")
+        unavailable(f"cannot mount a tmpfs here: {out.stderr.decode().strip()}")
     try:
         yield mount
     finally:

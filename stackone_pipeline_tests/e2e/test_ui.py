@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ..needs import unavailable
 from .dagster_dev import ARTIFACTS, ROOT
 
 pytest_plugins = ["stackone_pipeline_tests.e2e.dagster_dev"]
@@ -56,7 +57,7 @@ def _why_no_browser() -> str | None:
 def browser():
     reason = _why_no_browser()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT_MS)
