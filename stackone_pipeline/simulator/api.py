@@ -168,6 +168,8 @@ class Simulator:
     def list_logs(self, params: dict[str, str]) -> Response:
         q = parse_query(params, self.config, self.traffic)
         f = self.faults
+        if f.refuse_start_ms and q.start_ms == f.refuse_start_ms:  # one hour of a range fails for good
+            raise ApiError(400, "start_date: this window cannot be served (simulated fault)")
         full = self.config.list_shape == "full"
         view = _View(f.secrets, f.non_utc_offsets, f.camel_case, f.repeat_across_pages, f.boundary_records, full)
         token = params.get("next")

@@ -35,6 +35,7 @@ class Faults:
     non_utc_offsets: bool = False  # same instants rendered at non-UTC offsets
     camel_case: bool = False  # SDK-style camelCase keys instead of snake_case
     secrets: bool = True  # credentials in logged headers / URLs (as in real life)
+    refuse_start_ms: int = 0  # a list request whose start_date is this instant (epoch ms) -> 400
 
     def update(self, values: dict[str, Any]) -> None:
         """Set fields from a JSON-ish mapping, coercing to each field's type; unknown keys raise."""
