@@ -152,7 +152,7 @@ def cmd_check(args) -> int:
     from .doctor import DoctorError, run_check
 
     try:
-        result = run_check(settings.data_dir)
+        result = run_check(settings.data_dir, retention_days=settings.retention_days)
     except DoctorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
