@@ -6,11 +6,11 @@ otherwise in a throw-away instance.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 import dagster as dg
 
+from .instance import pipeline_instance, run_tags
 from .partitions import (
     RETENTION_DAYS,
     expired_hours,
@@ -78,7 +78,7 @@ def run_backfill(
     keys = partition_keys(start, end, retention_days=settings.retention_days)
     defs = build_defs(settings)
     if instance is None:
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        instance = pipeline_instance()
     # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);
     # unpartitioned ones have their own triggers.
     hourly = assets or [
@@ -90,7 +90,7 @@ def run_backfill(
         hourly,
         instance=instance,
         resources=resources or defs.resources,
-        tags=range_tags(hour_of(keys[0]), hour_of(keys[-1])),
+        tags={**range_tags(hour_of(keys[0]), hour_of(keys[-1])), **run_tags()},  # run_tags: see fail_dead_runs
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         raise_on_error=False,
     )

@@ -98,7 +98,13 @@ def cmd_backfill(args) -> int:
 
     start, end = parse_time(args.start), parse_time(args.end)
     partition_keys(start, end, retention_days=settings.retention_days)  # a wrong range: exit 2 before Dagster
-    result = run_backfill(start, end, settings=settings)
+    from .instance import fail_dead_runs, pipeline_instance
+
+    instance = pipeline_instance()
+    failed = fail_dead_runs(instance)
+    if failed:
+        print(f"marked {len(failed)} run(s) failed whose process had been killed: {', '.join(failed)}", file=sys.stderr)
+    result = run_backfill(start, end, settings=settings, instance=instance)
     return _run_outcome(result, "backfill", args.verbose)
 
 
@@ -206,8 +212,9 @@ def cmd_demo(args) -> int:
         raise UsageError(f"--hours must be at most {most} (the {retention}-day retention), got {args.hours}")
     data_dir = _fresh_demo_dir(Path(args.data_dir))
     home = data_dir / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    from .instance import prepare_home
+
+    prepare_home(home)
     end = floor_hour(datetime.now(timezone.utc))
     start = end - timedelta(hours=args.hours)
     with start_simulator(SimulatorConfig(seed=args.seed, retention_days=retention), port=args.port) as sim:
