@@ -19,8 +19,8 @@ of that stage and hour holds its lock is reported as a run in progress, not as a
 
 The warehouse is read through `Warehouse.reader()`, in one short read-only session, so a run
 in progress waits at most a moment. Each problem says whether re-running the hour repairs it (the
-ingest and the derivation rewrite an hour's files atomically; `request_log_details` reads its old
-file, so a corrupt one is removed first); `CheckResult.lines()` ends with the commands to run.
+ingest and the derivation rewrite an hour's files atomically; `request_log_details` fetches
+again what its unreadable old file held); `CheckResult.lines()` ends with the commands to run.
 """
 
 from __future__ import annotations
@@ -354,12 +354,10 @@ def _file_problems(
         elif f.dataset == REQUEST_LOG_DETAILS:
             result.problems.append(
                 Problem(
-                    f"{symptom}; a re-run reads it (to keep details already fetched), so remove it first: "
-                    "the hour's details are fetched again",
+                    f"{symptom}; re-running the hour fetches its details again and rewrites it",
                     f.hour,
                     f.dataset,
                     rerun=True,
-                    remove=f.path,
                 )
             )
         elif f.dataset in STAGES:

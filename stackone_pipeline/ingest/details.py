@@ -87,7 +87,10 @@ def _stored(storage: Storage, hour: datetime, wanted: list[str]) -> pa.Table:
     """Detail rows an earlier run stored for `hour` that are still wanted."""
     if not storage.lake.has_hour(DETAILS, hour):
         return DETAIL_SCHEMA.empty_table()
-    table = pq.read_table(storage.lake.hour_file(DETAILS, hour)).cast(DETAIL_SCHEMA)
+    try:
+        table = pq.read_table(storage.lake.hour_file(DETAILS, hour)).cast(DETAIL_SCHEMA)
+    except (pa.ArrowInvalid, OSError):  # a truncated or corrupt file: fetch them all again
+        return DETAIL_SCHEMA.empty_table()
     return table.filter(pc.is_in(table["request_id"], pa.array(wanted, pa.string())))
 
 
