@@ -1,6 +1,15 @@
-"""Hours: the hourly partitions (UTC, fixed start), StackOne's log retention (90 days by default,
-a project setting: STACKONE_RETENTION_DAYS), and every piece of hour and partition-key
-arithmetic the pipeline does (one place, so they cannot disagree)."""
+"""Hours: the hourly partitions (UTC, a rolling window over StackOne's log retention), the
+retention itself (90 days by default, a project setting: STACKONE_RETENTION_DAYS), and every piece
+of hour and partition-key arithmetic the pipeline does (one place, so they cannot disagree).
+
+The partitions offered are the hours a run can still fetch: from the oldest hour lying wholly
+inside the retention when this module is imported (a code location load, a run worker, the CLI)
+to the last closed hour (Dagster's default end, recomputed whenever it is asked). Dagster has no
+rolling start, so the start stays where the load put it: an hour that leaves the retention after
+the load is still shown until the code location is reloaded, and the asset refuses it (nothing is
+stored); hours older than the start are not offered at all, and Dagster refuses to launch a run
+of one (`DagsterUnknownPartitionError`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +17,10 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from .settings import DEFAULT_RETENTION_DAYS, retention_days_from_env
+
 HOUR = timedelta(hours=1)
-RETENTION_DAYS = 90  # StackOne's default; a project can set another (Settings.retention_days)
-RETENTION = timedelta(days=RETENTION_DAYS)
-# A fixed start (Dagster has no rolling start): hours older than the retention are refused at
-# run time instead of silently disappearing from the UI.
-hourly_partitions = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC")
+RETENTION_DAYS = DEFAULT_RETENTION_DAYS  # StackOne's default; a project can set another (Settings.retention_days)
 # The tags that make one run cover a range of partitions (a single_run backfill does the same).
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
@@ -61,6 +68,22 @@ def expired_hours(
     return [h for h in hours if h < horizon]
 
 
+def rolling_partitions(now: datetime, retention_days: int) -> dg.HourlyPartitionsDefinition:
+    """The hours a run can fetch as seen at `now`: the first is the oldest hour whose whole window
+    is inside the retention (ceil_hour(now - retention)), the last the last closed hour (Dagster
+    computes the end when asked: with end_offset 0 the last partition is the last window that has
+    ended)."""
+    return dg.HourlyPartitionsDefinition(start_date=ceil_hour(retention_horizon(now, retention_days)), timezone="UTC")
+
+
+# Computed once, when this module is imported, from the project's retention: every hourly asset,
+# job and sensor of one code location load shares this object. A load (or a run worker, which
+# imports the definitions again) an hour later starts an hour later; the hours only the earlier
+# one offers have left the retention by then, and are refused either way (see hours_of_run).
+PARTITIONS_RETENTION_DAYS = retention_days_from_env()  # a SettingsError here names the variable
+hourly_partitions = rolling_partitions(datetime.now(timezone.utc), PARTITIONS_RETENTION_DAYS)
+
+
 def partition_key(hour: datetime) -> str:
     return hour.astimezone(timezone.utc).strftime(hourly_partitions.fmt)
 
@@ -75,6 +98,12 @@ def range_tags(first: datetime, last: datetime) -> dict[str, str]:
 
 
 def hours_of_run(context: dg.AssetExecutionContext) -> dict[datetime, str]:
-    """{hour start: partition key}, in order. Works for single partitions, ranges and direct calls."""
-    keys = hourly_partitions.get_partition_keys_in_range(context.partition_key_range)
-    return {hour_of(k): k for k in keys}
+    """{hour start: partition key}, in order. Works for single partitions, ranges and direct calls.
+
+    Read from the run's partition (range) tags as they are, not checked against this process's
+    partitions: a run created while its first hour was offered can start in a process whose
+    partitions begin later (a run worker imports the definitions when the run starts; that hour
+    has left the retention), and then the asset's retention check must be the one that refuses it,
+    with its message (Dagster's `get_partition_keys_in_range` would fail first with a CheckError)."""
+    keys = context.partition_key_range
+    return {h: partition_key(h) for h in hours_between(hour_of(keys.start), hour_of(keys.end) + HOUR)}

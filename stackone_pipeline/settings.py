@@ -111,6 +111,16 @@ def require_api_key(env: Env | None = None, name: str = "STACKONE_API_KEY") -> N
         raise SettingsError(f"{name} contains spaces or line breaks: set it to the key alone")
 
 
+DEFAULT_RETENTION_DAYS = 90  # StackOne's log retention unless the project set another
+
+
+def retention_days_from_env(env: Env | None = None) -> int:
+    """STACKONE_RETENTION_DAYS (1-3650, default 90). Read on its own by partitions.py when it is
+    imported (the hourly partitions start at the retention horizon), and by `Settings.from_env`."""
+    env = os.environ if env is None else env
+    return env_int(env, "STACKONE_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, 3650)
+
+
 def _secrets(values: dict[str, str], names: dict[str, str]) -> dict[str, str]:
     """{field: variable} for the secret fields that are set."""
     return {f: var for f, var in names.items() if values.get(f)}
@@ -413,7 +423,7 @@ class Settings:
     rate_limit_per_minute: int = 1000
     page_size: int = 100
     concurrency: int = 4  # hours fetched at once inside one run (all share the rate limit)
-    retention_days: int = 90  # StackOne's log retention for the project (90 unless the project set another)
+    retention_days: int = DEFAULT_RETENTION_DAYS  # StackOne's log retention for the project
     keep_bodies: bool = False
     redact_names: tuple[str, ...] = ()
     api_key_var: str = "STACKONE_API_KEY"
@@ -435,7 +445,7 @@ class Settings:
             rate_limit_per_minute=env_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
             page_size=env_int(env, "STACKONE_PAGE_SIZE", cls.page_size),
             concurrency=env_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
-            retention_days=env_int(env, "STACKONE_RETENTION_DAYS", cls.retention_days, 1, 3650),
+            retention_days=retention_days_from_env(env),
             keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),
             redact_names=tuple(n.strip() for n in env.get("STACKONE_REDACT_NAMES", "").split(",") if n.strip()),
             thresholds=Thresholds.from_env(env),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -13,13 +14,14 @@ import pytest
 
 from stackone_pipeline.assets.request_logs import request_logs
 from stackone_pipeline.backfill import BackfillError, partition_keys
-from stackone_pipeline.partitions import hourly_partitions
+from stackone_pipeline.partitions import HOUR, PARTITIONS_RETENTION_DAYS, hourly_partitions, range_tags
 from stackone_pipeline.resources import StackOneResource
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SECRET_MARKER
 from stackone_pipeline.storage import Storage
 
 from .conftest import closed_hour, pipeline_resources
 from .conftest import partition_key as key
+from .sim_stats import request_log
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,8 +47,9 @@ def test_definitions_load_and_the_workspace_resolves():
 
 
 def test_hourly_partitions_are_utc_hours():
-    window = hourly_partitions.time_window_for_partition_key("2026-11-25-13:00")
-    assert window.start.isoformat() == "2026-11-25T13:00:00+00:00"
+    hour = closed_hour()
+    window = hourly_partitions.time_window_for_partition_key(key(hour))
+    assert key(hour) == f"{hour:%Y-%m-%d-%H}:00" and window.start == hour and window.start.utcoffset() == timedelta(0)
     assert window.end - window.start == timedelta(hours=1)
 
 
@@ -102,16 +105,38 @@ def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
     assert SECRET_MARKER not in str(result.all_events) and DEFAULT_API_KEY not in str(result.all_events)
 
 
-def test_an_hour_past_retention_is_refused_and_nothing_is_stored(sim, tmp_path):
-    old = closed_hour(24 * 90 + 2)
+def test_an_hour_past_retention_is_not_offered_and_dagster_refuses_a_run_of_it(sim, tmp_path):
+    old = closed_hour(24 * PARTITIONS_RETENTION_DAYS + 2)
+    assert not hourly_partitions.has_partition_key(key(old))
+    with pytest.raises(dg.DagsterUnknownPartitionError, match=key(old)):
+        dg.materialize([request_logs], partition_key=key(old), resources=pipeline_resources(sim.url, tmp_path))
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "warehouse.duckdb").exists()
+    assert request_log(sim) == []  # refused before our code: the API was never asked
+
+
+@pytest.mark.parametrize("shape", ["partition", "range"])
+def test_an_hour_that_left_the_retention_after_its_run_was_made_is_refused_by_the_asset(sim, tmp_path, shape):
+    """A run is made by the process that offered its hours (the code server, the daemon) and runs
+    in one that imports the definitions again (a run worker). The hour before this process's first
+    one was offered by a load an hour earlier and has left the retention since: Dagster does not
+    check the run's tags against its partitions, so the asset's retention check refuses the run,
+    with its message, and stores nothing."""
+    gone = hourly_partitions.start - HOUR
+    assert not hourly_partitions.has_partition_key(key(gone))
+    tags = {"dagster/partition": key(gone)} if shape == "partition" else range_tags(gone, gone + 2 * HOUR)
+    days = PARTITIONS_RETENTION_DAYS
     result = dg.materialize(
-        [request_logs], partition_key=key(old), resources=pipeline_resources(sim.url, tmp_path), raise_on_error=False
+        [request_logs],
+        tags=tags,
+        resources=pipeline_resources(sim.url, tmp_path, retention_days=days),
+        raise_on_error=False,
     )
     assert not result.success
     failure = events(result, "STEP_FAILURE")[0].step_failure_data.error.message
-    assert "90-day" in failure and "retention" in failure
+    assert re.search(rf"\d+ hour\(s\) are older than StackOne's {days}-day log retention", failure), failure
+    assert f"(oldest {gone:%Y-%m-%d %H}:00 UTC)" in failure and f"inside the last {days} days" in failure
     assert not (tmp_path / "lake").exists() and not (tmp_path / "warehouse.duckdb").exists()
-    assert not events(result, "ASSET_MATERIALIZATION")
+    assert not events(result, "ASSET_MATERIALIZATION") and request_log(sim) == []
 
 
 def test_a_wrong_key_fails_the_run_with_a_clear_message(sim, tmp_path):

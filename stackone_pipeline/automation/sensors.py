@@ -22,7 +22,15 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from ..notify.conditions import alert_conditions, event_condition, run_failure_condition
-from ..partitions import HOUR, RANGE_END, RANGE_START, expired_hours, hourly_partitions, partition_key
+from ..partitions import (
+    HOUR,
+    PARTITIONS_RETENTION_DAYS,
+    RANGE_END,
+    RANGE_START,
+    expired_hours,
+    hourly_partitions,
+    partition_key,
+)
 from ..resources import NotifyResource, StorageResource
 from ..settings import AutomationSettings
 from ..storage import Storage
@@ -31,7 +39,7 @@ from .jobs import hourly_job
 from .schedules import TRIGGER
 
 LOCK_TIMEOUT_S = 20  # a sensor tick must finish well inside Dagster's 60 s evaluation timeout
-START = hourly_partitions.start
+START = hourly_partitions.start  # the oldest hour offered: Dagster refuses a run request for an earlier one
 ERROR_PREFIX = re.compile(r"^(?:\w+\.)+(?:Failure: )?")  # dagster._core...Failure: <message>
 
 
@@ -44,7 +52,7 @@ def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
     by_hour: dict[datetime, list[str]] = {}
     for e in events:
         hour = event_hour(e) if e.get("event_type") == "request.failed" else None
-        if hour is None or hour + HOUR > now or hour < START or expired_hours([hour], now):
+        if hour is None or hour + HOUR > now or hour < START or expired_hours([hour], now, PARTITIONS_RETENTION_DAYS):
             continue
         by_hour.setdefault(hour, []).append(e["event_id"])
     return [

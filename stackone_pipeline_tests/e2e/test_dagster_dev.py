@@ -32,7 +32,9 @@ pytest_plugins = ["stackone_pipeline_tests.e2e.dagster_dev"]
 pytestmark = pytest.mark.timeout(480)
 
 HOUR = timedelta(hours=1)
-# The analytics tables this pipeline derives from request_logs (asserted when `defs` has them).
+# The guide's alert thresholds, as asset checks.
+CHECKS = ("overall_error_rate_5m", "p95_latency", "provider_error_rate", "request_volume_anomaly")
+# The analytics tables this pipeline derives from request_logs (every one must be in the backfill).
 ANALYTICS = (
     "error_rate_5m",
     "error_rate_hourly",
@@ -156,55 +158,46 @@ def test_a_backfill_launched_like_the_ui_fills_the_warehouse_with_exactly_the_si
             )
 
         present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        wanted = set(ANALYTICS) & tables_in_defs(e2e_backfill)
-        assert wanted <= present, f"analytics assets in defs without a table: {wanted - present}"
-        if "error_rate_hourly" in wanted:
-            got = dict(con.execute("SELECT hour, sum(requests) FROM error_rate_hourly GROUP BY hour").fetchall())
-            assert got == want["per_hour"]
-            assert con.execute("SELECT sum(errors) FROM error_rate_hourly").fetchone()[0] == want["errors"]
-            bad = con.execute(
-                "SELECT count(*) FROM error_rate_hourly WHERE abs(error_rate - errors / requests) > 1e-9"
-            ).fetchone()[0]
-            assert bad == 0
-        if "error_rate_5m" in wanted:
-            assert con.execute("SELECT sum(requests), sum(errors) FROM error_rate_5m").fetchone() == (
-                want["rows"],
-                want["errors"],
-            )
-        if "request_volume_hourly" in wanted:
-            got = {
-                h: (n, e)
-                for h, n, e in con.execute("SELECT hour, requests, errors FROM request_volume_hourly").fetchall()
-            }
-            assert got == {h: (want["per_hour"][h], want["errors_per_hour"][h]) for h in hours}
-        if "provider_health_hourly" in wanted:
-            got = {
-                (h, p): (n, e)
-                for h, p, n, e in con.execute(
-                    "SELECT hour, provider, requests, errors FROM provider_health_hourly"
-                ).fetchall()
-            }
-            assert got == want["provider"]
-        if "latency_hourly" in wanted:
-            got = dict(con.execute("SELECT hour, max(max_ms) FROM latency_hourly GROUP BY hour").fetchall())
-            assert got.keys() == want["max_ms"].keys()
-            for h, ms in want["max_ms"].items():
-                assert got[h] == pytest.approx(ms, abs=1e-3), h
-            assert con.execute("SELECT sum(requests) FROM latency_hourly").fetchone()[0] == want["rows"]
-        if "account_errors_hourly" in wanted:
-            assert con.execute("SELECT sum(requests), sum(errors) FROM account_errors_hourly").fetchone() == (
-                want["rows"],
-                want["errors"],
-            )
-        if "alert_evaluations" in wanted:
-            got = {r[0] for r in con.execute("SELECT DISTINCT hour FROM alert_evaluations").fetchall()}
-            assert got == set(hours)
+        assert set(ANALYTICS) <= tables_in_defs(e2e_backfill), "an analytics table is missing from the backfill"
+        assert set(ANALYTICS) <= present, f"analytics tables not in the warehouse: {set(ANALYTICS) - present}"
+        got = dict(con.execute("SELECT hour, sum(requests) FROM error_rate_hourly GROUP BY hour").fetchall())
+        assert got == want["per_hour"]
+        assert con.execute("SELECT sum(errors) FROM error_rate_hourly").fetchone()[0] == want["errors"]
+        bad = con.execute(
+            "SELECT count(*) FROM error_rate_hourly WHERE abs(error_rate - errors / requests) > 1e-9"
+        ).fetchone()[0]
+        assert bad == 0
+        assert con.execute("SELECT sum(requests), sum(errors) FROM error_rate_5m").fetchone() == (
+            want["rows"],
+            want["errors"],
+        )
+        got = {
+            h: (n, e) for h, n, e in con.execute("SELECT hour, requests, errors FROM request_volume_hourly").fetchall()
+        }
+        assert got == {h: (want["per_hour"][h], want["errors_per_hour"][h]) for h in hours}
+        got = {
+            (h, p): (n, e)
+            for h, p, n, e in con.execute(
+                "SELECT hour, provider, requests, errors FROM provider_health_hourly"
+            ).fetchall()
+        }
+        assert got == want["provider"]
+        got = dict(con.execute("SELECT hour, max(max_ms) FROM latency_hourly GROUP BY hour").fetchall())
+        assert got.keys() == want["max_ms"].keys()
+        for h, ms in want["max_ms"].items():
+            assert got[h] == pytest.approx(ms, abs=1e-3), h
+        assert con.execute("SELECT sum(requests) FROM latency_hourly").fetchone()[0] == want["rows"]
+        assert con.execute("SELECT sum(requests), sum(errors) FROM account_errors_hourly").fetchone() == (
+            want["rows"],
+            want["errors"],
+        )
+        got = {r[0] for r in con.execute("SELECT DISTINCT hour FROM alert_evaluations").fetchall()}
+        assert got == set(hours)
 
 
 def test_the_asset_checks_ran_in_the_backfill_and_agree_with_the_alert_table(e2e, e2e_backfill):
     check_keys = [(a, c) for a in e2e_backfill.assets for c in a.checks]
-    if not check_keys:
-        return  # no checks on these assets: nothing to run
+    assert {c for _, c in check_keys} == set(CHECKS), check_keys  # the guide's four thresholds
     assert e2e_backfill.result is not None, e2e_backfill.describe(e2e.dev)
     runs = e2e_backfill.result.run_ids
     evaluations = Counter()
@@ -222,17 +215,15 @@ def test_the_asset_checks_ran_in_the_backfill_and_agree_with_the_alert_table(e2e
                 assert x["status"] in ("SUCCEEDED", "FAILED"), x
                 assert x["evaluation"]["success"] == (x["status"] == "SUCCEEDED"), x
                 meta = {m["label"]: m.get("intValue") for m in x["evaluation"]["metadataEntries"]}
-                if "evaluated_hours" in meta:
-                    assert meta["evaluated_hours"] == 6, x
-                if "alert_evaluations" in tables and "failures" in meta:
-                    failures = con.execute(
-                        "SELECT count(*) FILTER (WHERE NOT passed), count(*) FROM alert_evaluations "
-                        "WHERE check_name = ?",
-                        [check],
-                    ).fetchone()
-                    if failures[1]:  # this check is one of the table's evaluations
-                        assert meta["failures"] == failures[0], (check, meta, failures)
-                        assert x["evaluation"]["success"] == (failures[0] == 0), (check, failures)
+                assert meta["evaluated_hours"] == 6, x
+                assert "alert_evaluations" in tables
+                failures = con.execute(
+                    "SELECT count(*) FILTER (WHERE NOT passed), count(*) FROM alert_evaluations WHERE check_name = ?",
+                    [check],
+                ).fetchone()
+                assert failures[1] > 0, check  # every check is evaluated into the table
+                assert meta["failures"] == failures[0], (check, meta, failures)
+                assert x["evaluation"]["success"] == (failures[0] == 0), (check, failures)
     assert set(evaluations) == {c for _, c in check_keys}
 
 
