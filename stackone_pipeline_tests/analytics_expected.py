@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -158,6 +159,7 @@ def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds)
             **c,
             "p95_ms": _q(rs, [0.95])[0],
             "healthy": c["error_rate"] <= thresholds.provider_error_rate,
+            "error_rate_threshold": thresholds.provider_error_rate,
         }
     for (h, a, p), rs in _group(rows, lambda r: (r["hour"], _k(r["account_id"]), _k(r["provider"]))).items():
         out["account_errors_hourly"][(h, a, p)] = _counts(rs)
@@ -187,13 +189,21 @@ def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds)
             "mad": mad,
             "score": score,
             "anomaly": score is not None and abs(score) > thresholds.volume_score,
+            "score_threshold": thresholds.volume_score,
         }
         volume[h] = len(rs)
     out["alert_evaluations"] = expected_evaluations(out, thresholds)
     return out
 
 
+def one_decimal(x: float) -> str:
+    """`x` rounded to one decimal, halves away from zero (as SQL's round does), as text."""
+    return str(float(Decimal(x).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)))
+
+
 def expected_evaluations(t: dict[str, dict], th) -> dict:
+    """{(hour, check, subject): {value, threshold, passed, severity, detail}}, the detail being the
+    human context each evaluation carries (counts; worst accounts; volume history)."""
     ev = {}
     overall = defaultdict(lambda: [0, 0])
     for (h, b, _p), v in t["error_rate_5m"].items():
@@ -204,20 +214,56 @@ def expected_evaluations(t: dict[str, dict], th) -> dict:
             e / n,
             th.error_rate_5m,
             e / n <= th.error_rate_5m,
+            f"{e} errors / {n} requests",
         )
     for (h,), v in t["request_volume_hourly"].items():
         if v["p95_ms"] is not None:
-            ev[(h, "p95_latency", "overall")] = (v["p95_ms"], th.p95_ms, v["p95_ms"] <= th.p95_ms)
-        ev[(h, "request_volume_anomaly", "overall")] = (v["score"], th.volume_score, not v["anomaly"])
+            ev[(h, "p95_latency", "overall")] = (
+                v["p95_ms"],
+                th.p95_ms,
+                v["p95_ms"] <= th.p95_ms,
+                f"{v['requests']} requests",
+            )
+        if v["score"] is None:
+            detail = (
+                f"{v['requests']} requests; not scored: {v['history_days']} of {MIN_HISTORY_DAYS} "
+                "days of same-hour history needed"
+            )
+        else:
+            detail = (
+                f"{v['requests']} requests vs baseline {one_decimal(v['baseline'])} "
+                f"(MAD {one_decimal(v['mad'])}, {v['history_days']} days)"
+            )
+        ev[(h, "request_volume_anomaly", "overall")] = (v["score"], th.volume_score, not v["anomaly"], detail)
     for (h, p), v in t["provider_health_hourly"].items():
         if v["p95_ms"] is not None:
-            ev[(h, "p95_latency", f"provider {p}")] = (v["p95_ms"], th.p95_ms, v["p95_ms"] <= th.p95_ms)
+            ev[(h, "p95_latency", f"provider {p}")] = (
+                v["p95_ms"],
+                th.p95_ms,
+                v["p95_ms"] <= th.p95_ms,
+                f"{v['requests']} requests",
+            )
+        detail = f"{v['errors']} errors / {v['requests']} requests"
+        if v["error_rate"] > th.provider_error_rate:
+            accounts = sorted(
+                (
+                    (a, w["errors"], w["requests"])
+                    for (ah, a, ap), w in t["account_errors_hourly"].items()
+                    if ah == h and ap == p and w["errors"] > 0
+                ),
+                key=lambda x: (-x[1], x[0]),
+            )
+            detail += "; worst accounts: " + ", ".join(f"{a} {e}/{n}" for a, e, n in accounts[:3])
         ev[(h, "provider_error_rate", f"provider {p}")] = (
             v["error_rate"],
             th.provider_error_rate,
             v["error_rate"] <= th.provider_error_rate,
+            detail,
         )
-    return {k: {"value": a, "threshold": b, "passed": c, "severity": th.severity} for k, (a, b, c) in ev.items()}
+    return {
+        k: {"value": a, "threshold": b, "passed": c, "severity": th.severity, "detail": d}
+        for k, (a, b, c, d) in ev.items()
+    }
 
 
 # ---- comparison ---------------------------------------------------------------------------
@@ -253,6 +299,11 @@ def assert_tables_match(actual: dict, expected: dict) -> None:
             f"{table}: missing {sorted(set(exp) - set(act))[:5]}, unexpected {sorted(set(act) - set(exp))[:5]}"
         )
         for key, cols in exp.items():
+            # every column of the table is expected: none is left unchecked
+            assert set(act[key]) - set(KEYS[table]) == set(cols), (
+                f"{table}{key}: columns not expected {sorted(set(act[key]) - set(KEYS[table]) - set(cols))}, "
+                f"expected but absent {sorted(set(cols) - set(act[key]))}"
+            )
             for col, value in cols.items():
                 assert same(act[key][col], value), f"{table}{key}.{col}: got {act[key][col]!r}, expected {value!r}"
 

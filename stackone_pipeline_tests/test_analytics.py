@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import shutil
-from datetime import timedelta
+import statistics
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import duckdb
@@ -20,6 +21,8 @@ from stackone_pipeline.storage import Storage
 from stackone_pipeline.warehouse.schema import CREATE_REQUEST_LOGS
 
 from .analytics_expected import (
+    BASELINE_DAYS,
+    DAY,
     HOUR,
     Window,
     actual_tables,
@@ -27,7 +30,10 @@ from .analytics_expected import (
     edge_rows,
     expected_tables,
     insert_rows,
+    is_error,
+    is_timeout,
     partition_key,
+    row,
     rows_from_records,
     simulated_dataset,
 )
@@ -50,6 +56,11 @@ def edge_data(tmp_path_factory):
         insert_rows(con, rows)
     summaries = derive_hours(storage, w.hours)
     return storage, w, rows, summaries
+
+
+def actual_tables_of(storage, hours) -> dict:
+    with storage.warehouse.reader() as con:
+        return actual_tables(con, hours)
 
 
 def resources(data_dir, **alerts):
@@ -140,8 +151,51 @@ def test_views_reaggregate_counts_not_rates(edge_data):
     in_h0 = [r for r in rows if r["hour"] == w.h0]
     assert sum(r[1] for r in five) == len(in_h0)
     assert [(r[1], r[2]) for r in five][:2] == [(100, 5), (100, 6)]
-    assert hourly[0][1:4] == (len(in_h0), hourly[0][2], hourly[0][2] / len(in_h0))
     assert [h[0] for h in hourly] == w.hours[:2]  # the empty hour has no error-rate row
+    for hour, requests, errors, error_rate, timeouts in hourly:  # counted from the rows, not the view
+        in_hour = [r for r in rows if r["hour"] == hour]
+        want = sum(is_error(r) for r in in_hour)
+        assert (requests, errors, timeouts) == (len(in_hour), want, sum(is_timeout(r) for r in in_hour))
+        assert math.isclose(error_rate, want / len(in_hour), rel_tol=1e-12)
+    # H0's providers have different error rates and sizes: their mean rate is not the overall one
+    by_provider = [v for k, v in actual_tables_of(storage, [w.h0])["error_rate_hourly"].items()]
+    assert not math.isclose(sum(v["error_rate"] for v in by_provider) / len(by_provider), hourly[0][3])
+
+
+def test_the_volume_baseline_is_the_same_hour_on_at_most_28_prior_days(tmp_path):
+    """28 prior days at 10:00 with 10 or 20 requests (median 15, MAD 5); the 29th day back has
+    20, which would make the baseline 20 and the MAD 0 were it read; an hour next to the target
+    on the day before has 500, which would move it too. The target hour has 16."""
+    h = datetime(2026, 2, 1, 10, tzinfo=timezone.utc)
+    counts = {h - k * DAY: 10 if k % 2 else 20 for k in range(1, BASELINE_DAYS + 1)}
+    counts[h - (BASELINE_DAYS + 1) * DAY] = 20
+    counts[h - DAY + HOUR] = 500  # 11:00 the day before: not the same hour of day
+    counts[h] = 16
+    rows = [
+        row(hour + i * timedelta(seconds=7), status=500 if i % 5 == 0 else 200, duration=float(100 + i))
+        for hour, n in counts.items()
+        for i in range(n)
+    ]
+    storage = Storage(tmp_path / "data", lock_timeout_s=30)
+    with storage.warehouse.writer() as con:
+        con.execute(CREATE_REQUEST_LOGS)
+        insert_rows(con, rows)
+    hours = sorted(counts)
+    derive_hours(storage, hours)
+    actual = actual_tables_of(storage, hours)
+    assert_tables_match(actual, expected_tables(rows, hours, Thresholds()))
+
+    history = [counts[h - k * DAY] for k in range(1, BASELINE_DAYS + 1)]
+    assert statistics.median(history) == 15 and statistics.median(history + [20]) == 20  # the 29th day matters
+    vol = actual["request_volume_hourly"][(h,)]
+    assert (vol["history_days"], vol["baseline"], vol["mad"]) == (BASELINE_DAYS, 15.0, 5.0)
+    assert math.isclose(vol["score"], 1 / (1.4826 * 5))
+    ev = actual["alert_evaluations"][(h, "request_volume_anomaly", "overall")]
+    assert ev["detail"] == "16 requests vs baseline 15.0 (MAD 5.0, 28 days)" and ev["threshold"] == 3.5
+    oldest = actual["request_volume_hourly"][(h - (BASELINE_DAYS + 1) * DAY,)]
+    assert oldest["history_days"] == 0 and oldest["score"] is None and oldest["score_threshold"] == 3.5
+    ev = actual["alert_evaluations"][(oldest["hour"], "request_volume_anomaly", "overall")]
+    assert ev["detail"] == "20 requests; not scored: 0 of 7 days of same-hour history needed"
 
 
 # ---- real hours from the simulator, through Dagster ---------------------------------------
@@ -165,6 +219,7 @@ def test_simulated_hours_match_the_simulators_ground_truth(sim_data):
         "threshold": 3.5,
         "passed": True,
         "severity": "WARN",
+        "detail": "400 requests vs baseline 400.0 (MAD 0.0, 7 days)",
     }
     assert ev[(h13, "request_volume_anomaly", "overall")]["value"] is None  # no history for 13:00
     assert any(r["event_datetime"] == h14 for r in sim_data.rows)  # a record on 14:00:00.000

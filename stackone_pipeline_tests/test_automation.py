@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+import httpx
 import orjson
 import pytest
 
@@ -17,6 +18,7 @@ from stackone_pipeline.resources import NotifyResource, StorageResource
 from stackone_pipeline.settings import AutomationSettings, OtlpSettings, Settings, SettingsError
 from stackone_pipeline.simulator import DEFAULT_API_KEY
 from stackone_pipeline.storage import Storage
+from stackone_pipeline.webhooks import load_staged_events, signed_headers, start_receiver
 
 from .conftest import closed_hour
 from .receivers.otlp import OtlpReceiver
@@ -66,16 +68,28 @@ def test_settings_decide_default_status_lag_and_lookback():
             AutomationSettings.from_env(bad)
 
 
-@pytest.mark.parametrize(
-    "at, hourly, lookback",
-    [
-        ("2026-11-25T14:05:00Z", "2026-11-25-13:00", ("2026-11-25-10:00", "2026-11-25-12:00")),
-        ("2026-11-26T00:05:00Z", "2026-11-25-23:00", ("2026-11-25-20:00", "2026-11-25-22:00")),  # day boundary
-        ("2026-12-01T01:05:00Z", "2026-12-01-00:00", ("2026-11-30-21:00", "2026-11-30-23:00")),  # month boundary
-    ],
-)
-def test_schedules_request_the_closed_hour_and_the_lookback_range(at, hourly, lookback):
-    defs, when = make_defs(AutomationSettings()), datetime.fromisoformat(at)
+def recent_ticks() -> dict[str, tuple[datetime, str, tuple[str, str]]]:
+    """(tick time, hour it ingests, lookback range) at an ordinary hour, a day boundary and a month
+    boundary, all in the last few weeks: a tick's partition must be inside the rolling partitions
+    (Dagster checks it at the tick's time against the retention window of this load)."""
+    day = closed_hour(0).replace(hour=0) - timedelta(days=2)  # a midnight at least 2 days ago
+    first = day.replace(day=1)  # the 1st of that month: at most ~33 days ago
+    before, prior = f"{day:%Y-%m-%d}", f"{first - timedelta(days=1):%Y-%m-%d}"
+    return {
+        "hour": (day + timedelta(hours=14, minutes=5), f"{before}-13:00", (f"{before}-10:00", f"{before}-12:00")),
+        "day boundary": (day + timedelta(days=1, minutes=5), f"{before}-23:00", (f"{before}-20:00", f"{before}-22:00")),
+        "month boundary": (
+            first + timedelta(hours=1, minutes=5),
+            f"{first:%Y-%m-%d}-00:00",
+            (f"{prior}-21:00", f"{prior}-23:00"),
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["hour", "day boundary", "month boundary"])
+def test_schedules_request_the_closed_hour_and_the_lookback_range(case):
+    when, hourly, lookback = recent_ticks()[case]
+    defs = make_defs(AutomationSettings())
     (run,) = tick(defs, "hourly_schedule", when).run_requests
     assert (run.run_key, run.partition_key) == (hourly, hourly)
     assert run.tags == {
@@ -168,35 +182,25 @@ def test_the_lookback_finds_late_rows_refreshes_tables_and_delivers_only_new_row
     assert seen == {key(h22): 0, key(h23): expected[h23] - first23}
 
 
-# The documented `webhook_events` columns (stackone_pipeline/webhooks/loading.py), filled as the loader does.
-WEBHOOK_EVENTS = """CREATE TABLE IF NOT EXISTS webhook_events (event_id VARCHAR, event_type VARCHAR,
-  received_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, account_id VARCHAR, provider VARCHAR, request_id VARCHAR,
-  event_datetime TIMESTAMPTZ, event_hour TIMESTAMPTZ, error JSON, payload JSON, loaded_at TIMESTAMPTZ)"""
+WEBHOOK_SECRET = "whsec_automation-test-7Kq2"
 
 
 def load(wh: Storage, *events: tuple) -> None:
-    """Insert (event_id, type, event time, account_id, provider, error) rows, loaded now."""
-    now = datetime.now(timezone.utc)
-    rows = [
-        (
-            i,
-            kind,
-            now,
-            at,
-            account,
-            provider,
-            None,
-            at if kind == "request.failed" else None,
-            at.replace(minute=0, second=0, microsecond=0),
-            orjson.dumps(error).decode() if error else None,
-            orjson.dumps({"id": i, "type": kind}).decode(),
-            now,
-        )
-        for i, kind, at, account, provider, error in events
-    ]
-    with wh.warehouse.writer() as con:
-        con.execute(WEBHOOK_EVENTS)
-        con.executemany("INSERT INTO webhook_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    """Deliver (event_id, type, event time, account_id, provider, error) events, signed and in the
+    documented body format, to a real receiver on the pipeline's data directory, then load what it
+    staged with the loader the `webhook_events` asset runs: the table is the loader's own."""
+    with start_receiver(wh.data_dir, WEBHOOK_SECRET) as receiver:
+        for event_id, kind, at, account, provider, error in events:
+            data = {"account_id": account, "provider": provider, "error": error}
+            if kind == "request.failed":
+                data |= {"request_id": f"req_{event_id}", "event_datetime": at.isoformat()}
+            body = orjson.dumps(
+                {"id": event_id, "type": kind, "created_at": datetime.now(timezone.utc).isoformat(), "data": data}
+            )
+            r = httpx.post(receiver.endpoint, content=body, headers=signed_headers(WEBHOOK_SECRET, body), timeout=30)
+            assert r.status_code == 200 and r.json() == {"status": "stored", "id": event_id}, r.text
+    loaded = load_staged_events(wh)
+    assert sorted(e["event_id"] for e in loaded) == sorted(e[0] for e in events)
 
 
 def test_webhook_events_reingest_their_hour_and_notify_account_problems(sim, pipeline, hooks, instance):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import duckdb
 from stackone_pipeline.ingest import ingest_hour, ingest_hours
 
 from .conftest import closed_hour
+from .sim_stats import request_log
 
 H = timedelta(hours=1)
 
@@ -47,15 +49,21 @@ def test_a_killed_run_leaves_the_previous_state_of_the_hour(sim, make_client, st
     sim.config.faults.late_fraction = 0.3  # the second fetch would bring more rows
     ingest_hours(make_client(), storage, [hour])
     before = snapshot(storage, hour)
+    served = len(request_log(sim))
     proc = worker(sim, storage.data_dir, [hour], rps=10, page_size=10)  # ~40 pages: several seconds
-    deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".partial") for p in storage.data_dir.rglob("*")):  # mid-write
+    deadline = time.monotonic() + 120
+    # Mid-write: the temporary file exists and the simulator has served the worker a few pages
+    # (counted at the simulator, not guessed from a sleep), so rows are being streamed into it.
+    while not (
+        any(p.name.endswith(".partial") for p in storage.data_dir.rglob("*")) and len(request_log(sim)) - served >= 5
+    ):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the worker never started writing"
         time.sleep(0.05)
-    time.sleep(0.5)
     proc.kill()
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished: its hour was never committed
+    assert len(request_log(sim)) - served < 30  # ...and well before its last page
     assert snapshot(storage, hour) == before
     with duckdb.connect(str(storage.data_dir / "query.duckdb"), read_only=True) as con:  # readers ignore it
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == len(before[0])
@@ -97,20 +105,22 @@ def test_two_writers_and_a_user_session_at_once(sim, make_client, storage):
 def test_a_user_holding_the_warehouse_file_delays_a_run_but_does_not_break_it(sim, make_client, storage):
     hour = closed_hour()
     ingest_hour(make_client(), storage, hour)
-    # another process has it open, as `duckdb -readonly warehouse.duckdb` would, for 2 seconds
+    # another process has it open, as `duckdb -readonly warehouse.duckdb` would, for 2 seconds,
+    # then says when it let go (CLOCK_MONOTONIC is one clock for every process on the machine)
     user = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
-            "read_only=True); print('open', flush=True); time.sleep(2)",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); time.sleep(2); c.close(); print(time.monotonic(), flush=True)",
             str(storage.warehouse.path),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert user.stdout.readline().strip() == "open"
-    t0 = time.monotonic()
     res = ingest_hour(make_client(), storage, hour + H)
-    assert time.monotonic() - t0 >= 1.0 and res.rows == 300
-    user.wait()
+    finished = time.monotonic()
+    released = float(user.stdout.readline())
+    assert user.wait() == 0
+    assert res.rows == 300 and finished > released  # it waited for the user to let go, then completed

@@ -3,7 +3,6 @@ receiver (tiny local HTTP servers) and a real Alertmanager, read back through it
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -110,18 +109,21 @@ def test_a_down_channel_is_retried_on_the_next_tick_without_blocking(wh, hooks):
     webhook.status = 503
     dead_alertmanager = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     evaluate(wh, HOUR, [WORKDAY, BUCKETS[0]])
-    started = time.monotonic()
     result = tick(wh, webhook, slack, dead_alertmanager)
-    assert time.monotonic() - started < 5  # one deadline per down channel, not per message
     assert "4 waiting for" in result.skip_message and len(slack.bodies) == 2 and webhook.bodies == []
-    assert 2 <= webhook.attempts <= 3  # retried inside the deadline, then left for the next tick
+    # retried inside the deadline (3 attempts at most), then left for the next tick: the webhook
+    # saw the attempts of one message only (counted by the receiver, not by the wall clock)
+    assert 2 <= webhook.attempts <= 3
     with wh.warehouse.reader() as con:
         pending = con.execute(
-            "SELECT channel, count(*), min(last_error) FROM notify_deliveries "
+            "SELECT channel, count(*), min(last_error), list(attempts ORDER BY attempts) FROM notify_deliveries "
             "WHERE status = 'pending' GROUP BY channel ORDER BY channel"
         ).fetchall()
-    assert [(c, n) for c, n, _ in pending] == [("alertmanager", 2), ("webhook", 2)]
-    assert "HTTP 503" in pending[1][2] and "ConnectError" in pending[0][2]
+    assert [(c, n) for c, n, _, _ in pending] == [("alertmanager", 2), ("webhook", 2)]
+    assert "HTTP 503" in pending[1][2] and "refused" in pending[0][2].lower()  # the cause, in any wording
+    # one deadline per down channel, not per message: of each channel's two messages, the first
+    # was tried and the second not even started this tick
+    assert [tried for *_, tried in pending] == [[0, 1], [0, 1]]
 
     webhook.status = 200
     tick(wh, webhook, slack, dead_alertmanager)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import statistics
 import time
 from datetime import datetime, timedelta, timezone
@@ -23,6 +24,7 @@ from stackone_pipeline.simulator import (
 )
 
 from .conftest import SIM_LIST_SHAPE
+from .sim_stats import request_log
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 H = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)  # a past hour well inside retention
@@ -322,19 +324,39 @@ def test_transport_faults_429_503_truncated_malformed(launch):
 
 
 def test_rate_limit_sliding_window(launch):
+    """30 per sliding 2 s window. Whatever the machine's pace, each answer must be what the window
+    held when the request arrived (the simulator's own arrival times): 429 exactly when 30
+    admitted requests lie within the 2 s before it (a refused one takes no slot), its Retry-After
+    the whole seconds until the oldest of them leaves the window."""
     sim, client = launch(rows_per_hour=100, rate_limit_per_minute=30, rate_limit_window_s=2.0)
     statuses, retry = [], []
-    for _ in range(45):
+    start = time.monotonic()
+    # Requests one after the other for over two windows (so the window slides while it is full),
+    # until a few refusals were seen, however slowly the machine lets them go.
+    while time.monotonic() - start < 4.5 or statuses.count(429) < 5:
+        assert time.monotonic() - start < 60, statuses
         r = client.get("/requests/logs", params={"page_size": 1})
         statuses.append(r.status_code)
         if r.status_code == 429:
             retry.append(int(r.headers["Retry-After"]))
             assert_error_body(r, 429)
+        time.sleep(0.01)
     assert statuses[:30] == [200] * 30 and statuses.count(429) >= 5
-    assert all(1 <= s <= 2 for s in retry)
+    assert 200 in statuses[statuses.index(429) :]  # admitted again once the window moved on
+    events = request_log(sim)
+    assert [s for _, s in events] == statuses
+    admitted: list[float] = []
+    refusals = iter(retry)
+    for t, status in events:
+        inside = [a for a in admitted if a > t - 2.0]
+        if len(inside) >= 30:
+            assert status == 429 and next(refusals) == max(1, math.ceil(inside[0] + 2.0 - t)), t
+        else:
+            assert status == 200, t
+            admitted.append(t)
     stats = sim.simulator.stats
     assert stats.max_in_window(2.0) <= 30 and stats.by_status[429] == statuses.count(429)
-    time.sleep(max(retry))
+    time.sleep(max(retry))  # Retry-After, as told: then there is room again
     assert client.get("/requests/logs", params={"page_size": 1}).status_code == 200
 
 

@@ -372,30 +372,47 @@ def test_sigkill_after_acks_loses_nothing_and_restart_still_deduplicates(data_di
     acked: set[str] = set()
     lock = threading.Lock()
     killed = threading.Event()
+    problems: list[str] = []  # anything but "stored" before the kill, or a sender that broke
 
     def sender(worker: int):
-        with httpx.Client(timeout=10) as client:
-            for i in range(10_000):
-                if killed.is_set():
-                    return
-                body = orjson.dumps(event(f"evt_crash_{worker}_{i}"))
-                try:
-                    r = client.post(url + WEBHOOK_PATH, content=body, headers=signed_headers(SECRET, body))
-                except httpx.TransportError:
-                    return
-                if r.status_code == 200 and r.json()["status"] == "stored":
+        try:
+            with httpx.Client(timeout=10) as client:
+                for i in range(10_000):
+                    if killed.is_set():
+                        return  # the receiver is gone: nothing more to send
+                    event_id = f"evt_crash_{worker}_{i}"
+                    body = orjson.dumps(event(event_id))
+                    try:
+                        r = client.post(url + WEBHOOK_PATH, content=body, headers=signed_headers(SECRET, body))
+                    except httpx.TransportError as exc:
+                        if not killed.is_set():  # set before the kill: an error before it is a failure
+                            problems.append(f"{event_id}: {exc!r} before the kill")
+                        return
+                    if r.status_code != 200 or r.json() != {"status": "stored", "id": event_id}:
+                        problems.append(f"{event_id}: HTTP {r.status_code} {r.text}")
+                        return
                     with lock:
-                        acked.add(f"evt_crash_{worker}_{i}")
+                        acked.add(event_id)
                         if len(acked) >= 300 and not killed.is_set():
-                            proc.kill()  # SIGKILL in the middle of a stream of deliveries
                             killed.set()
+                            proc.kill()  # SIGKILL in the middle of a stream of deliveries
+            problems.append(f"worker {worker} sent everything before the kill")
+        except Exception as exc:  # reported to the test thread below
+            problems.append(f"worker {worker}: {exc!r}")
 
     threads = [threading.Thread(target=sender, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    proc.wait(timeout=10)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a sender never finished"
+        assert problems == []
+    finally:
+        if not killed.is_set():  # the senders stopped early: do not leave the receiver running
+            killed.set()
+            proc.kill()
+        proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and len(acked) >= 300
     staged = set(staged_ids(data_dir))
     assert acked <= staged  # every acknowledged event survived the kill
@@ -532,9 +549,10 @@ def test_sensor_requests_a_run_only_when_events_are_staged(data_dir):
 
     assert isinstance(tick(), dg.SkipReason)
     with start_receiver(data_dir, SECRET) as running:
-        post(running.endpoint, event("evt_s1"))
-        deadline = time.monotonic() + 10
-        while not closed_segments(data_dir) and time.monotonic() < deadline:  # segments close after ~1 s
+        assert post(running.endpoint, event("evt_s1")).json()["status"] == "stored"
+        deadline = time.monotonic() + 60
+        while not closed_segments(data_dir):  # segments close after ~1 s: wait for that, however long
+            assert time.monotonic() < deadline, "the receiver never closed its segment"
             time.sleep(0.1)
         first = tick()
         assert isinstance(first, dg.RunRequest) and first.run_key
