@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from stackone_pipeline.sinks.ledger import Ledger
+from stackone_pipeline.sinks.ledger import NO_EVENT_TIME, TOO_LARGE, Ledger
 
 from .conftest import closed_hour
 
@@ -39,3 +39,21 @@ def test_a_torn_last_line_is_not_taken_as_delivered(storage):
     with open(ledger._journal("otlp", hour), "a") as f:
         f.write("x3\taccep")  # the process died mid-write
     assert ledger.delivered("otlp", hour) == {"x1", "x2"}
+
+
+def test_a_later_outcome_replaces_no_event_time_and_nothing_else(storage):
+    hour = closed_hour()
+    ledger = Ledger(storage)
+    ledger.record("datadog", hour, ["t1", "t2"], outcome=NO_EVENT_TIME)
+    ledger.record("datadog", hour, ["big"], outcome=TOO_LARGE)
+    ledger.record("datadog", hour, ["ok"])
+    # a later run: t1 was given a time and delivered; "big" and "ok" journaled again keep their first outcome
+    ledger.record("datadog", hour, ["t1", "big", "ok"], outcome="partial")
+    assert ledger.outcomes("datadog", hour) == {
+        "t1": "partial",
+        "t2": NO_EVENT_TIME,
+        "big": TOO_LARGE,
+        "ok": "accepted",
+    }
+    with storage.warehouse.reader() as con:
+        assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (4,)

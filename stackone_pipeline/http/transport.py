@@ -2,8 +2,12 @@
 
 Each caller only says how to read an answer (a classifier); the transport owns the loop:
 connection errors and RETRY verdicts are retried under one `RetryPolicy`, and one deadline
-bounds the whole exchange, so a server that is down fails the call after bounded retries
-instead of hanging it.
+bounds the whole exchange (no attempt may wait past it), so a server that is down fails the call
+after bounded retries instead of hanging it.
+
+An attempt that got no answer once the request could have reached the server (a reset, a drop,
+a read timeout) may still have been acted on: `Sent.unanswered` counts them, so a caller whose
+retry could store something twice can say so.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Sent:
     gave_up: str | None = None  # "attempts" or "deadline" when the retries ran out
     last_reason: str = ""  # why the last attempt did not succeed (the classifier's or the error's words)
     response: httpx.Response | None = None  # the last attempt's answer, None if it got none
+    unanswered: int = 0  # attempts that got no answer after the request may have landed (possibly acted on)
 
 
 def gzip_bytes(*parts: bytes | memoryview) -> bytes:
@@ -82,6 +87,22 @@ def unanswered(exc: httpx.TransportError) -> Verdict:
     if isinstance(cause, ConnectionRefusedError):
         return Verdict(Action.RETRY, f"connection refused by {url.host}:{url.port or ''} (is the server running?)")
     return Verdict(Action.RETRY, f"{type(exc).__name__}: {exc}")
+
+
+def may_have_landed(exc: httpx.TransportError) -> bool:
+    """Whether a request that got no answer may still have reached the server whole: anything but
+    a failure to connect (refused, unresolved, connect or pool timeout, an unusable URL) or to
+    write the request out."""
+    return not isinstance(
+        exc,
+        httpx.ConnectError
+        | httpx.ConnectTimeout
+        | httpx.PoolTimeout
+        | httpx.WriteError
+        | httpx.WriteTimeout
+        | httpx.UnsupportedProtocol
+        | httpx.InvalidURL,
+    )
 
 
 def retryable_statuses(statuses) -> Classifier:
@@ -143,21 +164,22 @@ class Transport:
         deadline = self._clock() + policy.deadline_s if deadline is None else deadline
         content = request_kwargs.get("content")
         size = len(content) if content is not None else 0
-        attempt = refused = 0
+        attempt = refused = silent = 0
         while True:
             attempt += 1
             if before_attempt is not None:
                 before_attempt()
             resp = None
             try:
-                resp = self.http.request(method, url, **request_kwargs)
+                resp = self.http.request(method, url, **{"timeout": self._timeout(deadline), **request_kwargs})
             except httpx.TransportError as exc:  # no answer: the request may or may not have landed
                 verdict = unanswered(exc)
                 refused = refused + 1 if isinstance(os_cause(exc), ConnectionRefusedError) else 0
+                silent += may_have_landed(exc)
             else:
                 verdict, refused = classify(resp), 0
             if verdict.action is not Action.RETRY:
-                return Sent(verdict, attempt, size, None, verdict.reason, resp)
+                return Sent(verdict, attempt, size, None, verdict.reason, resp, silent)
             if attempt >= policy.max_attempts or refused >= REFUSED_ATTEMPTS:
                 gave_up = "attempts"
             else:
@@ -166,8 +188,16 @@ class Transport:
             if gave_up:
                 reason = f"gave up after {attempt} attempts ({verdict.reason})"
                 failed = Verdict(Action.FAIL, reason, retry_after=verdict.retry_after)
-                return Sent(failed, attempt, size, gave_up, verdict.reason, resp)
+                return Sent(failed, attempt, size, gave_up, verdict.reason, resp, silent)
             self._sleep(delay)
+
+    def _timeout(self, deadline: float) -> httpx.Timeout:
+        """The client's timeouts, none longer than what is left before `deadline`: an attempt
+        started near the deadline cannot wait a whole timeout past it."""
+        left = max(deadline - self._clock(), 0.001)
+        t = self.http.timeout
+        connect, read, write, pool = (left if s is None else min(s, left) for s in (t.connect, t.read, t.write, t.pool))
+        return httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
 
     def post(self, url: str, body: bytes, headers: dict, classify: Classifier) -> Sent:
         return self.send("POST", url, classify, content=body, headers=headers)

@@ -9,6 +9,8 @@
 - `ddtags` holds only bounded values: env, provider and the API category.
 - Arrays of at most 1000 logs and ~4.25 MB uncompressed (the intake's limits are 1000 and 5 MB).
   413 splits the batch; 408, 429 and 5xx are retried; 400, 401 and 403 fail at once.
+- Datadog has no deduplication: a batch re-sent after a push that got no answer (a reset, a
+  timeout) is stored twice. The delivery counts those records as `possibly_duplicated`.
 - Datadog drops logs older than 18 hours *after* answering 202, so they are not sent at all:
   they are skipped and counted (with a 30-minute margin for the time the push takes).
 - Optionally (`DATADOG_SEND_OLD_AS_METRICS=true`), `after_hour` sends an hour that is wholly
@@ -70,6 +72,7 @@ class DatadogSink:
 
     key_sql = "NULL::VARCHAR"  # one intake: every log can share a batch
     time_ordered = False
+    on_resend = "Datadog stores them again: the logs intake does not deduplicate"
 
     @classmethod
     def from_settings(cls, s: DatadogSettings) -> DatadogSink:

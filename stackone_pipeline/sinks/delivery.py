@@ -5,6 +5,13 @@ what the sink would refuse for its age, and builds each entry (payload.py + the 
 `chunk_rows` at a time, one chunk ahead on its own thread. Python only cuts chunks into batches
 (batching.py) and sends them, `in_flight` at a time, so building, sending and the sink's work
 overlap. Memory is bounded by a few chunks, whatever the size of the hour.
+
+What a run cannot vouch for is said, not hidden: a batch re-sent after an attempt that got no
+answer (the sink may have stored it) is counted as `possibly_duplicated`, next to what the sink
+does with a repeat (`on_resend`: Loki drops exact repeats, Datadog and OTLP store them again).
+Records the ledger could not key before (no request_id: a hash of the row), an entry the sink
+refuses even alone (`rejected: too large`) and rows without an event time (`rejected: no event
+time`) get an outcome in the ledger and a count, and are not sent again.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from queue import Full, Queue
@@ -31,7 +38,7 @@ from ..storage import Storage
 from ..warehouse.schema import REQUEST_LOG_DETAILS as DETAILS
 from ..warehouse.schema import REQUEST_LOGS
 from .batching import batches
-from .ledger import NO_IDS, Ledger
+from .ledger import ACCEPTED, NO_EVENT_TIME, NO_IDS, PARTIAL, RECORD_KEY, REJECTED, ROW_HASH, TOO_LARGE, Ledger
 from .payload import PARSED, RECORD
 
 
@@ -52,12 +59,13 @@ class Sink(Protocol):
     key_sql: str  # SQL over the stored row: the batch key (the destination's natural key)
     time_ordered: bool  # a batch's entries must be in event-time order (Loki's streams)
     entry_sql: str  # SQL over the stored row: one entry (payload.py's RECORD and helpers)
+    on_resend: str  # what the sink does with a batch it gets twice (in the metadata next to possibly_duplicated)
 
     def window(self, now: datetime) -> Window:
         """Which event times the sink accepts at `now`."""
 
     def request(self, key: Hashable, rows: pa.Table) -> tuple[str, bytes, dict]:
-        """Encode one batch (`entry`, `ns`, `request_id` columns):
+        """Encode one batch (`entry`, `ns`, `request_id`, `ledger_key` columns):
         (url, body, headers). Pure apart from reading configuration."""
 
     def classify(self, response) -> Verdict:
@@ -76,27 +84,25 @@ class DeliveryReport:
     accepted: int = 0
     rejected: int = 0
     already_delivered: int = 0
+    already_rejected: int = 0  # refused for good by an earlier run ("rejected: too large"): not sent again
     batches: int = 0
     retries: int = 0
+    unanswered: int = 0  # attempts that got no answer after the request may have landed
+    possibly_duplicated: int = 0  # records in batches re-sent after such an attempt: the sink may hold two
+    possibly_duplicated_batches: int = 0
+    on_resend: str = ""  # what the sink does with those repeats
+    too_large: int = 0  # entries the sink refused even alone: ledger outcome "rejected: too large"
+    unparseable_time: int = 0  # rows without an event time (also skipped): "rejected: no event time"
+    without_request_id: int = 0  # rows the ledger keys by a hash of the row (ledger.RECORD_KEY)
     bytes: int = 0
     seconds: float = 0.0
     skipped: Counter = field(default_factory=Counter)
     rejected_reasons: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict:
-        return {
-            "sent": self.sent,
-            "accepted": self.accepted,
-            "rejected": self.rejected,
-            "skipped": sum(self.skipped.values()),
-            "already_delivered": self.already_delivered,
-            "batches": self.batches,
-            "retries": self.retries,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 3),
-            "skipped_reasons": dict(self.skipped),
-            "rejected_reasons": self.rejected_reasons[:20],
-        }
+        m = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sink", "hour", "skipped")}
+        m.update(skipped=sum(self.skipped.values()), seconds=round(self.seconds, 3), skipped_reasons=dict(self.skipped))
+        return {**m, "rejected_reasons": self.rejected_reasons[:20]}
 
 
 def lake_file(storage: Storage, hour: datetime) -> Path:
@@ -144,23 +150,56 @@ class HourQuery:
             params["newest"] = window.newest
         return " AND ".join(conds), params
 
-    def skipped(self, window: Window) -> tuple[int, Counter]:
-        """(already delivered, Counter of skip reasons) — a scan of two columns."""
+    def _keyed(self, columns: str, where: str = "true") -> str:
+        """The `columns` of the stored rows matching `where`, their ledger key and its outcome
+        (NULL: none yet). Only rows without a request_id read the whole row (to hash it)."""
+        return (
+            f"(SELECT s.*, d.outcome FROM (SELECT {columns}, request_id AS ledger_key FROM read_parquet($path) "
+            f"WHERE request_id IS NOT NULL AND {where} UNION ALL SELECT {columns}, {ROW_HASH} AS ledger_key "
+            f"FROM read_parquet($path) WHERE request_id IS NULL AND {where}) s "
+            "LEFT JOIN delivered d ON s.ledger_key = d.request_id)"
+        )
+
+    def counts(self, window: Window) -> dict:
+        """How the hour's rows stand before anything is sent (DeliveryReport fields): one scan of
+        a few columns."""
         _, params = self._window(window)
         old = "event_datetime < $oldest" if window.oldest is not None else "false"
         new = "event_datetime > $newest" if window.newest is not None else "false"
-        done, none, too_old, too_new = self.con.sql(
-            "SELECT count(*) FILTER (WHERE done), count(*) FILTER (WHERE NOT done AND event_datetime IS NULL), "
-            f"count(*) FILTER (WHERE NOT done AND {old}), count(*) FILTER (WHERE NOT done AND {new}) FROM ("
-            "  SELECT event_datetime, request_id IN (SELECT request_id FROM delivered) AS done"
-            "  FROM read_parquet($path))",
+        # "no event time" is an outcome of the row as stored: a row given a time since is sendable.
+        state = (
+            f"CASE WHEN outcome IS NULL OR outcome = '{NO_EVENT_TIME}' THEN 'new' "
+            f"WHEN starts_with(outcome, '{REJECTED}') THEN 'rejected' ELSE 'delivered' END"
+        )
+        delivered, rejected, no_time, too_old, too_new, without_id = self.con.sql(
+            "SELECT count(*) FILTER (WHERE state = 'delivered'), count(*) FILTER (WHERE state = 'rejected'), "
+            "count(*) FILTER (WHERE state = 'new' AND event_datetime IS NULL), "
+            f"count(*) FILTER (WHERE state = 'new' AND {old}), count(*) FILTER (WHERE state = 'new' AND {new}), "
+            f"count(*) FILTER (WHERE request_id IS NULL) FROM (SELECT *, {state} AS state "
+            f"FROM {self._keyed('request_id, event_datetime')})",
             params=params,
         ).fetchall()[0]
-        reasons = Counter({"no event time": none, window.too_old: too_old, window.too_new: too_new})
-        return done, +reasons
+        reasons = Counter({"no event time": no_time, window.too_old: too_old, window.too_new: too_new})
+        return {
+            "already_delivered": delivered,
+            "already_rejected": rejected,
+            "unparseable_time": no_time,
+            "without_request_id": without_id,
+            "skipped": +reasons,
+        }
+
+    def timeless(self) -> list[str]:
+        """Keys of the rows without an event time that the ledger has no outcome for yet."""
+        rows = self.con.sql(
+            f"SELECT DISTINCT ledger_key FROM {self._keyed('event_datetime', 'event_datetime IS NULL')} "
+            "WHERE outcome IS NULL",
+            params={"path": self.path},
+        ).fetchall()
+        return [key for (key,) in rows]
 
     def rows(self, columns: dict[str, str], window: Window, chunk_rows: int = 5_000) -> Iterator[pa.RecordBatch]:
-        """`columns` (name -> SQL over the stored row) for every row not delivered and inside `window`."""
+        """`columns` (name -> SQL over the stored row; `ledger_key` is the row's key in the ledger)
+        for every row the ledger has no outcome for and inside `window`."""
         where, params = self._window(window)
         select = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
         source = "read_parquet($path)"
@@ -173,8 +212,10 @@ class HourQuery:
             )
             params["details"] = self.details
         query = (
-            f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM {source} s "
-            f"ANTI JOIN delivered d ON s.request_id = d.request_id WHERE {where})"
+            f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM "
+            f"(SELECT *, {RECORD_KEY} AS ledger_key FROM {source} src WHERE {where}) s "
+            f"ANTI JOIN (SELECT request_id FROM delivered WHERE outcome <> '{NO_EVENT_TIME}') d "
+            "ON s.ledger_key = d.request_id)"
         )
         yield from self.con.sql(query, params=params).to_arrow_reader(chunk_rows)
 
@@ -223,6 +264,23 @@ def sendable_records(storage: Storage, hour: datetime) -> Iterator[str]:
         query.close()
 
 
+def _stopped(sink: Sink, hour: datetime, report: DeliveryReport, sent, transport: Transport, in_doubt: int) -> str:
+    """Why the hour stopped, what is on record, and what may have reached the sink unrecorded."""
+    why = sent.verdict.reason
+    if sent.gave_up == "deadline":
+        why += f"; the {transport.policy.deadline_s:g} s deadline ran out"
+    text = (
+        f"{sink.name}: {hour:%Y-%m-%d %H}:00 UTC stopped after {report.accepted} accepted "
+        f"({report.batches} batches): {why}. A later run sends the rest."
+    )
+    if in_doubt:
+        text += (
+            f" An attempt with the {in_doubt} records of that batch got no answer, so the sink may hold "
+            f"them without the ledger knowing: a later run sends them again ({sink.on_resend})."
+        )
+    return text
+
+
 def deliver_hour(sink: Sink, storage: Storage, hour: datetime, transport: Transport, **kw) -> DeliveryReport:
     """Deliver one hour to one sink. Exclusive per (sink, hour) across runs: the hourly run, the
     lookback and a webhook-triggered re-ingest delivering the same hour queue, and each reads
@@ -244,7 +302,6 @@ def _deliver_hour(
 ) -> DeliveryReport:
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
-    report = DeliveryReport(sink.name, hour)
     path = lake_file(storage, hour)
     ledger = Ledger(storage)
     if force:
@@ -252,11 +309,13 @@ def _deliver_hour(
     details = storage.lake.hour_file(DETAILS, hour) if storage.lake.has_hour(DETAILS, hour) else None
     query = HourQuery(path, ledger.delivered_ids(sink.name, hour), details=details)
     window = sink.window(now)
-    report.already_delivered, report.skipped = query.skipped(window)
+    report = DeliveryReport(sink.name, hour, on_resend=sink.on_resend, **query.counts(window))
+    ledger.add(sink.name, hour, query.timeless(), outcome=NO_EVENT_TIME)  # on record, never sendable as stored
     lock = threading.Lock()  # sender threads share the report and the ledger journal
 
     columns = {
         "request_id": "request_id",
+        "ledger_key": "ledger_key",
         "ns": "epoch_ns(event_datetime)",
         "key": sink.key_sql,
         "entry": sink.entry_sql,
@@ -264,38 +323,43 @@ def _deliver_hour(
 
     stopped = threading.Event()  # set by the first failure: nothing more is sent after it
 
-    def send(key, rows: pa.Table) -> None:
+    def send(key, rows: pa.Table, doubt: bool = False) -> None:
+        """`doubt`: an earlier attempt with these rows got no answer, so the sink may hold them."""
         if stopped.is_set():
             return
         url, body, headers = sink.request(key, rows)
         sent = transport.post(url, body, headers, sink.classify)
         verdict, n = sent.verdict, rows.num_rows
+        doubt = doubt or sent.unanswered > 0
         with lock:
             report.batches += 1
             report.retries += sent.attempts - 1
+            report.unanswered += sent.unanswered
             report.bytes += sent.bytes_sent
             report.sent += n
+            ids = [k for k in rows.column("ledger_key").to_pylist() if k is not None]
             if verdict.action in (Action.OK, Action.PARTIAL):
-                ids = [rid for rid in rows.column("request_id").to_pylist() if rid is not None]
                 # PARTIAL: the sink stored what it could; the rest can never go
                 report.accepted += n - verdict.rejected
                 report.rejected += verdict.rejected
                 if verdict.rejected:
                     report.rejected_reasons.append(verdict.reason)
-                ledger.add(sink.name, hour, ids, outcome="accepted" if verdict.action is Action.OK else "partial")
+                if doubt:  # stored by an attempt that got no answer, then again by this one?
+                    report.possibly_duplicated += n
+                    report.possibly_duplicated_batches += 1
+                ledger.add(sink.name, hour, ids, outcome=ACCEPTED if verdict.action is Action.OK else PARTIAL)
                 return
             if verdict.action is not Action.SPLIT:
                 stopped.set()
-                raise DeliveryError(
-                    f"{sink.name}: {hour:%Y-%m-%d %H}:00 UTC stopped after {report.accepted} accepted "
-                    f"({report.batches} batches): {verdict.reason}. A later run sends the rest."
-                )
+                raise DeliveryError(_stopped(sink, hour, report, sent, transport, n if doubt else 0))
             report.sent -= n
-            if n == 1:
+            if n == 1:  # too large even alone: on record, so no later run sends it again
+                report.too_large += 1
                 report.skipped["too large for the sink"] += 1
+                ledger.add(sink.name, hour, ids, outcome=TOO_LARGE)
                 return
-        send(key, rows.slice(0, n // 2))
-        send(key, rows.slice(n // 2))
+        send(key, rows.slice(0, n // 2), doubt)
+        send(key, rows.slice(n // 2), doubt)
 
     pending: deque[Future] = deque()
     chunks = prefetched(query.rows(columns, window, chunk_rows))

@@ -1,4 +1,13 @@
-"""The delivery ledger: per sink and hour, which request_ids the sink has taken, and when.
+"""The delivery ledger: per sink and hour, which records the sink has taken (or will never take), and when.
+
+A record is keyed by its `request_id`; a stored row without one by `row:<sha256>` of its stored
+fields (`RECORD_KEY`), so the same row has the same key on every run and is delivered once like
+any other. The outcome says how its delivery ended: `accepted`, `partial` (its batch was
+partly rejected by the sink), or `rejected: <why>` for records that are never sent again, short
+of a forced resend: `rejected: too large` (the sink refused it even alone) and `rejected: no event
+time` (the stored row has none, so no sink can place it; should a later ingest give the row a
+time, it is delivered and its outcome replaced). The `rejected:` rows are what a dead-letter
+table would hold.
 
 Table `delivery_ledger` in the state store (storage.state). Opening it costs tens of milliseconds,
 too much per batch, so accepted ids first go to a small journal file per (sink, hour), appended
@@ -17,14 +26,32 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..stackone.records import COLUMNS
 from ..storage import Storage
 from ..warehouse import in_transaction
+from .payload import json_object
 
 CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
   sink VARCHAR, hour TIMESTAMPTZ, request_id VARCHAR, outcome VARCHAR, delivered_at TIMESTAMPTZ
 )"""
 
-NO_IDS = pa.schema([("request_id", pa.string())]).empty_table()
+ACCEPTED, PARTIAL = "accepted", "partial"
+REJECTED = "rejected: "  # the prefix of every outcome that ends delivery without the sink having it
+TOO_LARGE = REJECTED + "too large"
+NO_EVENT_TIME = REJECTED + "no event time"
+
+NO_IDS = pa.schema([("request_id", pa.string()), ("outcome", pa.string())]).empty_table()
+
+# The ledger's key of a stored row, as SQL over it: its request_id, else a hash of every other
+# stored field (keys sorted, nulls left out, times as epoch microseconds: the same bytes from the
+# same row on every run, and a column added later as null changes nothing).
+_ROW_FIELDS = {
+    name: f"to_json(epoch_us({name}))" if pa.types.is_timestamp(typ) else f"to_json({name})"
+    for name, typ, _ in sorted(COLUMNS)
+    if name not in ("hour", "request_id")
+}
+ROW_HASH = f"'row:' || sha256({json_object(_ROW_FIELDS)})"
+RECORD_KEY = f"CASE WHEN request_id IS NOT NULL THEN request_id ELSE {ROW_HASH} END"
 
 
 class Ledger:
@@ -36,22 +63,28 @@ class Ledger:
         return self.journal_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', sink)}--{hour:%Y-%m-%dT%H}.tsv"
 
     def delivered_ids(self, sink: str, hour: datetime) -> pa.Table:
-        """Ids already taken by `sink` for `hour` (merging any journal a killed run left), as one
-        Arrow column: half a million ids cost ~20 MB here, several times that as a Python set."""
+        """Keys `sink` has an outcome for in `hour` (merging any journal a killed run left), with
+        the outcome, as Arrow columns: half a million ids cost ~20 MB here, several times that as
+        a Python set."""
         self.flush(sink, hour)
         if not self.state.path.exists():
             return NO_IDS
         with self.state.writer() as con:  # writer: the table may not exist yet
             con.execute(CREATE)
             return con.sql(
-                "SELECT request_id FROM delivery_ledger WHERE sink = $sink AND hour = $hour",
+                "SELECT request_id, outcome FROM delivery_ledger WHERE sink = $sink AND hour = $hour",
                 params={"sink": sink, "hour": hour},
             ).to_arrow_table()
+
+    def outcomes(self, sink: str, hour: datetime) -> dict[str, str]:
+        """key -> outcome, for `sink` and `hour` (small hours and tests)."""
+        table = self.delivered_ids(sink, hour)
+        return dict(zip(table.column("request_id").to_pylist(), table.column("outcome").to_pylist()))
 
     def delivered(self, sink: str, hour: datetime) -> set[str]:
         return set(self.delivered_ids(sink, hour).column("request_id").to_pylist())
 
-    def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
+    def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
         """Journal ids the sink has answered for; durable before the next batch is sent."""
         if not request_ids:
             return
@@ -63,7 +96,9 @@ class Ledger:
             os.fsync(f.fileno())
 
     def flush(self, sink: str, hour: datetime) -> None:
-        """Merge the (sink, hour) journal into the table in one transaction, then drop it."""
+        """Merge the (sink, hour) journal into the table in one transaction, then drop it. A key
+        keeps its first outcome, except `rejected: no event time`, which a later outcome replaces
+        (the row was given a time and delivered)."""
         path = self._journal(sink, hour)
         if not path.exists():
             return
@@ -74,17 +109,26 @@ class Ledger:
             # not parse and is skipped: that batch is not a delivery we can vouch for.
             with in_transaction(con):
                 con.execute(
-                    "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM ("
-                    "  SELECT DISTINCT ON (request_id) * FROM read_csv(?, delim = '\t', header = false, "
-                    "    columns = {'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ'},"
-                    "    ignore_errors = true, auto_detect = false)"
-                    ") j WHERE j.request_id NOT IN "
-                    "(SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
-                    [sink, hour, str(path), sink, hour],
+                    "CREATE OR REPLACE TEMP TABLE journal AS "
+                    "SELECT DISTINCT ON (request_id) * FROM read_csv(?, delim = '\t', header = false, "
+                    "  columns = {'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ'},"
+                    "  ignore_errors = true, auto_detect = false)",
+                    [str(path)],
                 )
+                con.execute(
+                    "DELETE FROM delivery_ledger WHERE sink = ? AND hour = ? AND outcome = ? AND request_id IN "
+                    "(SELECT request_id FROM journal WHERE outcome <> ?)",
+                    [sink, hour, NO_EVENT_TIME, NO_EVENT_TIME],
+                )
+                con.execute(
+                    "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM journal j "
+                    "WHERE j.request_id NOT IN (SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
+                    [sink, hour, sink, hour],
+                )
+                con.execute("DROP TABLE journal")
         path.unlink()
 
-    def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = "accepted") -> None:
+    def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
         """Journal and merge at once (for callers that answer for a whole hour in one go)."""
         self.add(sink, hour, request_ids, outcome)
         self.flush(sink, hour)

@@ -3,7 +3,8 @@
 - Stream labels are few and bounded: `service_name`, `env`, `provider`. `request_id`,
   `account_id`, `status` and `level` travel as structured metadata; the whole redacted record
   is the line (sorted keys), stamped with its event time in nanoseconds, so a resend is an exact
-  repeat that Loki drops.
+  repeat that Loki drops (a batch re-sent after a push that got no answer collapses; only after the
+  stream's chunk was flushed could Loki keep both).
 - One stream per push: a Loki ingester reports only the *last* stream's rejected entries
   (pkg/ingester/instance.go), so a push of several streams could hide rejects. Entries are
   sorted by time within the push, which is what Loki's per-stream window expects.
@@ -69,6 +70,10 @@ class LokiSink:
 
     key_sql = "coalesce(provider, 'unknown')"  # the stream's one variable label
     time_ordered = True  # Loki's per-stream window moves forward
+    on_resend = (
+        "Loki drops the repeats: a resend has the same stream, timestamps, lines and structured "
+        "metadata byte for byte, and Loki ignores an entry identical to one it holds"
+    )
     # Loki's push entry: [ns as a string, the record as one sorted-key JSON line, structured metadata]
     entry_sql = (
         """encode('["' || epoch_ns(event_datetime) || '",' || to_json("""

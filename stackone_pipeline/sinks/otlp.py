@@ -7,6 +7,8 @@ Batching (≤ 512 records per export), retries and the ledger are the shared del
 this module only encodes and reads the answer (open-telemetry/opentelemetry-proto
 docs/specification.md): 200 ok, unless `partial_success.rejected_log_records` > 0, which must
 not be retried; retry only 429/502/503/504 (honouring Retry-After); 413 split; anything else fails.
+An export that got no answer is retried too, and may then be stored twice (the spec's "Duplicate
+Data" limitation): the delivery counts such records as `possibly_duplicated`.
 
 Configuration is the SDK's (read by settings.OtlpSettings): `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as given,
 `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/logs` appended; headers from
@@ -97,6 +99,8 @@ class OtlpSink:
 
     key_sql = "'logs'"
     time_ordered = False
+    # open-telemetry/opentelemetry-proto docs/specification.md, "Known Limitations / Duplicate Data"
+    on_resend = "the collector may store them again: OTLP does not deduplicate a resent export"
     entry_sql = RECORD  # parsed back here: the SDK's encoder wants Python values
 
     def window(self, now: datetime) -> Window:

@@ -7,6 +7,12 @@ demand: `force(429, 500)` answers the next requests with those statuses before t
 sees them, and `fail_from(n)` answers every request after the n-th handled one with a 500 until
 `recover()` (a sink that goes down mid-push).
 
+Requests that get no answer, the case a client cannot tell from "not stored": `drop_after_storing(n)`
+lets the protocol store the next `n` requests, then drops the connection without a word (a TCP
+reset, or `reset=False` a plain close); `stall_after_storing(n, seconds)` stores them, then waits
+`seconds` before answering (past a client's read timeout, it gives up first). `n=None`: every
+request until `recover()`. Such requests are recorded with `answered=False`.
+
 `latency_s` delays every answer, standing for a network round trip. Out of process (benchmarks):
 `python -m stackone_pipeline_tests.receivers.server module:Class --port P --kwargs '{...}'`;
 `GET /_receiver/stats` returns `stats()` as JSON and `GET /_receiver/reset` calls `reset()`.
@@ -18,6 +24,7 @@ import argparse
 import gc
 import importlib
 import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -33,7 +40,9 @@ class Received:
     path: str
     headers: dict[str, str]  # names lowercased
     body: bytes  # as sent (still compressed); empty when the receiver does not keep bodies
-    status: int = 0  # what the receiver answered
+    status: int = 0  # what the receiver answered (or would have: see `answered`)
+    answered: bool = True  # False: stored, then the connection dropped or the answer came too late
+    fate: str = ""  # "reset", "close" or "stall" when not answered
 
 
 @dataclass
@@ -55,6 +64,9 @@ class Receiver:
         self.forced: deque[Answer] = deque()
         self.failing_from: int | None = None
         self.fail_status = 500
+        self.unanswered_left: int | float = 0  # requests still to store and leave unanswered
+        self.unanswered_fate = "reset"
+        self.stall_s = 0.0
         self.handled = 0  # requests that reached `handle`
         self.lock = threading.Lock()
         self._server = _Server((host, port), self)
@@ -85,9 +97,26 @@ class Receiver:
         """After `n` more handled requests, answer `status` to everything until `recover()`."""
         self.failing_from, self.fail_status = self.handled + n, status
 
+    def drop_after_storing(self, n: int | None = 1, *, reset: bool = True) -> None:
+        """The next `n` requests (None: all, until `recover()`) are handled, so whatever they carry
+        is stored, and then the connection is dropped without an answer: a reset, or a close."""
+        self.unanswered_left = float("inf") if n is None else n
+        self.unanswered_fate = "reset" if reset else "close"
+
+    def stall_after_storing(self, n: int | None = 1, seconds: float = 5.0) -> None:
+        """The next `n` requests (None: all, until `recover()`) are handled, then answered only
+        after `seconds`: a client whose read timeout is shorter hears nothing."""
+        self.unanswered_left = float("inf") if n is None else n
+        self.unanswered_fate, self.stall_s = "stall", seconds
+
+    def unanswered(self) -> list[Received]:
+        """The requests that were stored but got no answer (in time)."""
+        return [r for r in self.requests if not r.answered]
+
     def recover(self) -> None:
         self.failing_from = None
         self.forced.clear()
+        self.unanswered_left = 0
 
     def _dispatch(self, req: Received) -> Answer:
         with self.lock:
@@ -98,6 +127,9 @@ class Receiver:
             else:
                 self.handled += 1
                 answer = self.handle(req)
+                if self.unanswered_left > 0:
+                    self.unanswered_left -= 1
+                    req.answered, req.fate = False, self.unanswered_fate
             req.status = answer.status
             if not self.keep_bodies:
                 req.body = b""
@@ -137,7 +169,15 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr, receiver: Receiver):
         self.receiver = receiver
         self.sockets: set[socket.socket] = set()
+        self.aborted: set[socket.socket] = set()
         super().__init__(addr, _Handler)
+
+    def shutdown_request(self, request) -> None:
+        if request in self.aborted:  # no FIN first: with SO_LINGER 0, close() sends a reset
+            self.aborted.discard(request)
+            request.close()
+            return
+        super().shutdown_request(request)
 
     def close_connections(self) -> None:
         for s in list(self.sockets):  # idle keep-alive connections would keep handler threads alive
@@ -176,15 +216,28 @@ class _Handler(BaseHTTPRequestHandler):
             answer = Answer(200, b"{}")
         else:
             headers = {k.lower(): v for k, v in self.headers.items()}
-            answer = self.server.receiver._dispatch(Received(self.command, self.path, headers, body))
+            req = Received(self.command, self.path, headers, body)
+            answer = self.server.receiver._dispatch(req)
             if self.server.receiver.latency_s:
                 time.sleep(self.server.receiver.latency_s)
-        self.send_response(answer.status)
-        for k, v in answer.headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        self.wfile.write(answer.body)
+            if req.fate in ("reset", "close"):  # stored, and not a byte of answer
+                self.close_connection = True
+                if req.fate == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.server.aborted.add(self.connection)
+                return
+            if req.fate == "stall":
+                time.sleep(self.server.receiver.stall_s)
+                self.close_connection = True
+        try:
+            self.send_response(answer.status)
+            for k, v in answer.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+        except OSError:  # the client gave up waiting (a stalled answer)
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = _serve
 
