@@ -14,12 +14,32 @@
   rest. 429 and 5xx are retried with our own backoff (Loki sends no Retry-After).
 - Entries older than `LOKI_MAX_AGE_HOURS` (Loki's `reject_old_samples_max_age`, 168 h by
   default) or more than 10 minutes ahead are skipped and counted, never sent to be refused.
+- Late arrivals go to a time shard (`LokiSink.late_shard`, on), as Loki's own
+  `shard_streams.time_sharding_enabled` does on the server side. A Loki stream refuses an entry
+  older than its newest entry minus `max_chunk_age`/2 (1 h by default: `too_far_behind`), so the
+  rows of hour H found by the lookback after hours H+1.. were delivered would be refused from the
+  plain stream. The rule: the *first* delivery of an hour (the ledger has no accepted record of
+  that sink and hour) goes to the plain stream, as before; every later delivery of that hour (its
+  late arrivals, a crash's rest) goes to the stream with one more label,
+  `late_shard="<YYYY-MM-DDTHH>"`, the UTC hour of the entry's own event time. Such a stream only
+  ever holds entries of one hour, so its newest entry is < H+1h and every entry it is sent is
+  >= H > newest - 1 h: no push into it can be too far behind, whatever the order or number of
+  the runs. Cardinality: at most one extra stream per (env, provider, hour that had late
+  arrivals), written to only while that hour is re-delivered (the lookback:
+  STACKONE_LOOKBACK_HOURS, 3 by default), so at most that many active shard streams per provider.
+  Selectors on `service_name`, `env`, `provider` match both streams. A resend lands in the
+  same stream (so Loki drops the repeat) except in two cases, where Loki may hold a record twice:
+  a hard kill during an hour's first delivery (its at most `in_flight` unrecorded batches went to
+  the plain stream, their resend goes to the shard), and a forced resend (the ledger is forgotten,
+  so all goes to the plain stream; late rows already in a shard are stored again there unless the
+  plain stream has moved more than 1 h past them, when Loki refuses them as too far behind).
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -36,6 +56,10 @@ PUSH_PATH = "/loki/api/v1/push"
 SERVICE_NAME = "stackone-requests"
 GRACE = timedelta(minutes=10)  # Loki's creation_grace_period: later entries are "too far in future"
 MARGIN = timedelta(minutes=10)  # an entry right at the max age would be too old by the time it lands
+LATE_LABEL = "late_shard"
+_SHARD_SEP = "\x1f"  # between provider and shard hour in the batch key
+# The hour already has a delivery to this sink: what is sent now is late, and goes to its hour's shard.
+_HAD_DELIVERY = "EXISTS (SELECT 1 FROM delivered WHERE outcome IN ('accepted', 'partial'))"
 # Rejects of single entries (permanent for that entry). Anything else in a 400 is about the push
 # or the server's configuration, e.g. structured metadata disallowed (Loki 2.x): fail, send later.
 _ENTRY_ERROR = re.compile(
@@ -67,8 +91,21 @@ class LokiSink:
     name: str = "loki"
     max_entries: int = 10_000
     max_bytes: int = 1_000_000  # uncompressed JSON per push
+    late_shard: bool = True  # re-deliveries of an hour go to its `late_shard` stream (see above)
+    pushed: set = field(default_factory=set, repr=False, compare=False)  # label sets since `streams_report`
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    key_sql = "coalesce(provider, 'unknown')"  # the stream's one variable label
+    @property
+    def key_sql(self) -> str:
+        """The batch key: the stream's variable labels (provider, and the shard hour if late)."""
+        provider = "coalesce(provider, 'unknown')"
+        if not self.late_shard:
+            return provider
+        return (
+            f"CASE WHEN {_HAD_DELIVERY} THEN {provider} || chr({ord(_SHARD_SEP)}) || "
+            f"strftime(event_datetime, '%Y-%m-%dT%H') ELSE {provider} END"
+        )
+
     time_ordered = True  # Loki's per-stream window moves forward
     on_resend = (
         "Loki drops the repeats: a resend has the same stream, timestamps, lines and structured "
@@ -109,10 +146,28 @@ class LokiSink:
             too_new="more than 10 minutes in the future (Loki's creation_grace_period)",
         )
 
+    def labels(self, key: str) -> dict:
+        provider, _, shard = key.partition(_SHARD_SEP)
+        labels = {"env": self.env, "provider": provider, "service_name": SERVICE_NAME}
+        if shard:
+            labels[LATE_LABEL] = shard
+        return labels
+
+    def streams_report(self) -> dict:
+        """The label sets pushed since the last call (one delivery of an hour): `streams`, and
+        how many of them are `late_shard` streams, with their shard hours. Resets the count."""
+        with self._lock:
+            pushed, self.pushed = self.pushed, set()
+        shards = sorted({dict(p)[LATE_LABEL] for p in pushed if LATE_LABEL in dict(p)})
+        late = sum(1 for p in pushed if LATE_LABEL in dict(p))
+        return {"streams": len(pushed), "late_shard_streams": late, "late_shard_hours": ", ".join(shards)}
+
     def request(self, key: str, rows) -> tuple[str, bytes, dict]:
         """One stream per push (the batch key); rows come in event-time order, as Loki's
         per-stream window wants."""
-        labels = {"env": self.env, "provider": key, "service_name": SERVICE_NAME}
+        labels = self.labels(key)
+        with self._lock:
+            self.pushed.add(tuple(sorted(labels.items())))
         head = b'{"streams":[{"stream":' + orjson.dumps(labels) + b',"values":['
         headers = {**self.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
         return self.url, gzip_bytes(head, *joined(rows.column("entry")), b"]}]}"), headers
@@ -150,3 +205,8 @@ class LokiSink:
         if code in (408, 429) or (code >= 500 and code != 501):
             return Verdict(Action.RETRY, f"Loki answered {code}: {text}")
         return Verdict(Action.FAIL, f"Loki answered {code}: {text}")
+
+
+def after_hour(sink: LokiSink, storage, hour, transport) -> dict:
+    """Extra delivery metadata (the SinkSpec `after_hour` hook): the streams the hour went to."""
+    return sink.streams_report()

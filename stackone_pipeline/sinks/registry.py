@@ -55,6 +55,7 @@ SINKS: tuple[SinkSpec, ...] = (
         "LOKI_URL is not set",
         LokiSettings,
         loki.LokiSink.from_settings,
+        after_hour=loki.after_hour,  # the streams the hour went to (late arrivals: late_shard)
     ),
     SinkSpec(
         "datadog",

@@ -13,9 +13,13 @@ pkg/ingester (stream.go, instance.go) and pkg/validation/validate.go:
   in the future, lines over `max_line_size`, structured metadata when not allowed (Loki 2.x);
   the 400 body is Loki's grouped error text;
 - a push whose valid lines exceed `burst_bytes` -> 429 and nothing stored (it can never pass);
-- per stream, in push order: an entry older than the stream's newest - max_chunk_age/2 is
-  `too_far_behind`; an exact repeat of (timestamp, line, structured metadata) is dropped
-  silently. As in instance.go, only the last stream's ingester error is returned;
+- per stream (tenant and label set), in push order: an entry older than the stream's newest
+  - max_chunk_age/2 is `too_far_behind` (strictly older, as stream.go's `cutoff.After(ts)`; the
+  newest is the highest timestamp accepted so far, this push's earlier entries included; an
+  empty stream takes anything; the receiver never forgets a stream, where an ingester forgets an
+  idle, flushed one, which only makes Loki more lenient); an exact repeat of (timestamp, line,
+  structured metadata) is dropped silently. As in instance.go, only the last stream's ingester
+  error is returned;
 - `service_name` is added to a stream that lacks one, as Loki 3 does.
 """
 
@@ -148,7 +152,7 @@ class LokiReceiver(Receiver):
 
     def reset(self) -> None:
         super().reset()
-        self.streams: dict[tuple, _Stream] = {}
+        self.streams: dict[tuple, _Stream] = {}  # (tenant, sorted label items) -> stream
         self.arrivals: Counter = Counter()  # (labels, ts, line) -> times it arrived, duplicates included
         self.arrived = self.stored = self.duplicates = self.rejected = self.largest = 0
 
@@ -163,7 +167,11 @@ class LokiReceiver(Receiver):
         }
 
     def entries(self) -> list[Stored]:
-        return [Stored(dict(k), ts, line, dict(meta)) for k, s in self.streams.items() for ts, line, meta in s.entries]
+        return [
+            Stored(dict(k), ts, line, dict(meta))
+            for (_tenant, k), s in self.streams.items()
+            for ts, line, meta in s.entries
+        ]
 
     def handle(self, req: Received) -> Answer:
         if req.path != PUSH_PATH or req.method != "POST":
@@ -257,7 +265,7 @@ class LokiReceiver(Receiver):
 
     def _append(self, labels: dict, entries, tenant: str) -> str | None:
         key = tuple(sorted(labels.items()))
-        stream = self.streams.setdefault(key, _Stream())
+        stream = self.streams.setdefault((tenant, key), _Stream())  # a stream is per tenant, as in Loki
         failed = []
         behind = int(self.behind.total_seconds() * 1e9)
         for ts, line, meta in entries:
