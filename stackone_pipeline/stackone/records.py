@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import orjson
 import pyarrow as pa
 
-from .redaction import Redactor
+from .redaction import REDACTED, Redactor
 
 UTC = timezone.utc
 _TS = pa.timestamp("us", tz="UTC")
@@ -140,16 +140,17 @@ def parse_timestamp(value) -> datetime | None:
     """ISO-8601 with any offset (or Z) -> aware UTC datetime; naive values are taken as UTC."""
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, (int, float)):  # epoch milliseconds
-        return datetime.fromtimestamp(value / 1000, UTC)
-    else:
-        try:
+    # What cannot be a time (garbage, an epoch past 9999, year 1 at an offset) is None: counted, not fatal.
+    try:
+        if isinstance(value, datetime):
+            dt = value
+        elif isinstance(value, (int, float)):  # epoch milliseconds
+            return datetime.fromtimestamp(value / 1000, UTC)
+        else:
             dt = datetime.fromisoformat(str(value))
-        except ValueError:
-            return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -195,7 +196,9 @@ def _bool(value):
 def _str(value):
     if value is None or isinstance(value, str):
         return value
-    return str(value)
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    return REDACTED  # an object where a plain value belongs: it could hold anything, so fail closed
 
 
 def _json(value) -> str | None:
@@ -223,6 +226,7 @@ def normalise(raw: dict, redactor: Redactor) -> dict:
     row["duration_ms"] = _float(rec.get("duration"))
     row["is_worker"] = _bool(rec.get("is_worker"))
     row["url"] = redactor.url(row["url"])
+    row["path"] = redactor.url(row["path"])  # a path is a URL too: `/x;jsessionid=`, `/x?token=`
     if row["http_method"] is not None:
         row["http_method"] = row["http_method"].upper()
     row["request"] = _json(redactor.request(nested(rec.get("request"))))
