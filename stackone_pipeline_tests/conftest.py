@@ -39,6 +39,16 @@ def closed_hour(hours_ago: int = 2) -> datetime:
     return now - timedelta(hours=hours_ago)
 
 
+def closed_hour_with_errors(sim, hours_ago: int = 2) -> datetime:
+    """The newest closed hour at least `hours_ago` back whose simulated traffic has an HTTP error
+    (a quiet hour may have none, and a test about errors must not depend on the clock)."""
+    for ago in range(hours_ago, hours_ago + 48):
+        hour = closed_hour(ago)
+        if any((r["status"] or 0) >= 400 for r in sim.simulator.expected_records(hour, hour + timedelta(hours=1))):
+            return hour
+    raise AssertionError("two days of simulated traffic without one HTTP error")
+
+
 def partition_key(hour: datetime) -> str:
     return hourly_partitions.get_partition_key_for_timestamp(hour.timestamp())
 

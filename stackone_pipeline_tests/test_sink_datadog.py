@@ -20,7 +20,7 @@ from stackone_pipeline.sinks.datadog import DatadogSink, after_hour
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.registry import BY_NAME
 
-from .conftest import closed_hour, partition_key, pipeline_resources, sink_resources
+from .conftest import closed_hour, closed_hour_with_errors, partition_key, pipeline_resources, sink_resources
 from .receivers.datadog import DatadogReceiver
 
 from_env = BY_NAME["datadog"].from_env
@@ -56,7 +56,7 @@ def once(ids) -> Counter:
 def test_an_hour_lands_once_with_datadogs_reserved_attributes_set_deliberately(
     sim, make_client, storage, datadog, transport
 ):
-    hour = closed_hour(2)
+    hour = closed_hour_with_errors(sim)
     ingest_hour(make_client(), storage, hour)
     rows = rows_by_id(storage, hour)
     report = deliver_hour(sink_for(datadog, STACKONE_ENV="Staging"), storage, hour, transport)

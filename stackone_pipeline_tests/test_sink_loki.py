@@ -20,7 +20,7 @@ from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.sinks.delivery import DeliveryError, deliver_hour, stored_rows
 from stackone_pipeline.sinks.registry import BY_NAME
 
-from .conftest import closed_hour, partition_key, pipeline_resources, sink_resources
+from .conftest import closed_hour, closed_hour_with_errors, partition_key, pipeline_resources, sink_resources
 from .expected_payload import expected_record
 from .receivers.loki import LokiReceiver, basic_header
 
@@ -63,7 +63,7 @@ def ns(dt: datetime) -> int:
 
 
 def test_an_hour_lands_once_as_bounded_streams_of_deterministic_lines(sim, make_client, storage, loki, transport):
-    hour = closed_hour(2)
+    hour = closed_hour_with_errors(sim)
     ingest_hour(make_client(), storage, hour)
     rows = rows_by_id(storage, hour)
     report = deliver_hour(sink_for(loki, STACKONE_ENV="staging"), storage, hour, transport)
