@@ -39,14 +39,20 @@ def closed_hour(hours_ago: int = 2) -> datetime:
     return now - timedelta(hours=hours_ago)
 
 
-def closed_hour_with_errors(sim, hours_ago: int = 2) -> datetime:
-    """The newest closed hour at least `hours_ago` back whose simulated traffic has an HTTP error
-    (a quiet hour may have none, and a test about errors must not depend on the clock)."""
+def http_error(record: dict) -> bool:
+    return (record["status"] or 0) >= 400
+
+
+def closed_hour_with_errors(sim, hours_ago: int = 2, at_least: int = 1, error=http_error) -> datetime:
+    """The newest closed hour at least `hours_ago` back whose simulated traffic has `at_least`
+    errors (`error` says what counts; a quiet hour may have none, and a test about errors must
+    not depend on the clock)."""
     for ago in range(hours_ago, hours_ago + 48):
         hour = closed_hour(ago)
-        if any((r["status"] or 0) >= 400 for r in sim.simulator.expected_records(hour, hour + timedelta(hours=1))):
+        records = sim.simulator.expected_records(hour, hour + timedelta(hours=1))
+        if sum(1 for r in records if error(r)) >= at_least:
             return hour
-    raise AssertionError("two days of simulated traffic without one HTTP error")
+    raise AssertionError(f"two days of simulated traffic without an hour of {at_least} errors")
 
 
 def partition_key(hour: datetime) -> str:

@@ -22,7 +22,7 @@ from stackone_pipeline.stackone.redaction import Redactor
 from stackone_pipeline.warehouse.schema import REQUEST_LOGS
 
 from .analytics_expected import is_error
-from .conftest import closed_hour, partition_key, pipeline_resources
+from .conftest import closed_hour_with_errors, partition_key, pipeline_resources
 
 FAST = RateLimiter(100_000)
 
@@ -32,15 +32,15 @@ def detail_requests(sim) -> list[tuple[float, str, int]]:
     return [(t, p, s) for t, _w, p, s in sim.simulator.stats.events if p.startswith("/requests/logs/")]
 
 
+def failing(record: dict) -> bool:
+    return is_error({"status": record.get("status"), "success": record.get("success")})
+
+
 def test_details_of_the_failed_requests_match_the_api_and_keep_no_secret(sim, make_client, storage):
-    hour = closed_hour(3)
+    hour = closed_hour_with_errors(sim, 3, at_least=6, error=failing)
     client = make_client()
     ingest_hour(client, storage, hour)
-    expected = [
-        r
-        for r in sim.simulator.expected_records(hour, hour + HOUR)
-        if is_error({"status": r.get("status"), "success": r.get("success")})
-    ]
+    expected = [r for r in sim.simulator.expected_records(hour, hour + HOUR) if failing(r)]
     assert 3 < len(expected) < 300, "the simulated hour should have some, not only, failures"
     result = fetch_details(client, storage, hour, DetailsSettings(max_per_hour=1000), FAST)
     assert (result.selected, result.fetched, result.not_found, result.over_cap) == (len(expected), len(expected), 0, 0)
@@ -65,7 +65,7 @@ def test_details_of_the_failed_requests_match_the_api_and_keep_no_secret(sim, ma
 
 
 def test_a_rerun_keeps_what_it_has_a_cap_counts_the_rest_and_a_404_is_counted(sim, make_client, storage):
-    hour = closed_hour(3)
+    hour = closed_hour_with_errors(sim, 3, at_least=6, error=failing)
     client = make_client()
     ingest_hour(client, storage, hour)
     failed = selected_ids(storage, hour)
@@ -90,7 +90,7 @@ def test_a_rerun_keeps_what_it_has_a_cap_counts_the_rest_and_a_404_is_counted(si
 
 
 def test_detail_fetches_stay_inside_their_share_of_the_rate_limit(sim, make_client, storage):
-    hour = closed_hour(4)
+    hour = closed_hour_with_errors(sim, 4, at_least=4, error=failing)
     client = make_client()
     ingest_hour(client, storage, hour)
     n = min(8, len(selected_ids(storage, hour)))
@@ -107,7 +107,7 @@ def test_detail_fetches_stay_inside_their_share_of_the_rate_limit(sim, make_clie
 
 
 def test_the_asset_materialises_details_or_skips_when_off(sim, tmp_path):
-    hour = closed_hour(2)
+    hour = closed_hour_with_errors(sim, 2, error=failing)
     resources = {**pipeline_resources(sim.url, tmp_path), "details": DetailsResource(max_per_hour=1000)}
     result = dg.materialize([request_logs, request_log_details], partition_key=partition_key(hour), resources=resources)
     (meta,) = [m.metadata for m in result.asset_materializations_for_node(DETAILS)]
