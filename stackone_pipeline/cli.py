@@ -1,4 +1,4 @@
-"""`stackone-pipeline`: demo, backfill, report, check, query, simulate, webhooks, dev.
+"""`stackone-pipeline`: demo, backfill, report, check, query, sinks, simulate, webhooks, dev.
 
 Wrong input (a setting, an option, a date range) is one `error: …` line and exit code 2, before
 anything runs; a run that fails is one `error: …` line per failed step and exit code 1, with
@@ -190,6 +190,63 @@ def cmd_query(args) -> int:
     return 0
 
 
+def _replay_hours(args) -> tuple[datetime | None, datetime | None]:
+    from .backfill import parse_time
+    from .partitions import HOUR, floor_hour
+
+    if args.hour and (args.start or args.end):
+        raise UsageError("give --hour or --start/--end, not both")
+    if args.hour:
+        hour = floor_hour(parse_time(args.hour))
+        return hour, hour + HOUR
+    start = floor_hour(parse_time(args.start)) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    if start and end and end <= start:
+        raise UsageError(f"--end ({end:%Y-%m-%dT%H:%MZ}) is not after --start ({start:%Y-%m-%dT%H:%MZ})")
+    return start, end
+
+
+def cmd_sinks(args) -> int:
+    """`sinks dead-letters` and `sinks replay`: what the sinks refused, and sending it again."""
+    settings = _settings()
+    from .http import Transport
+    from .sinks import dead_letters
+    from .sinks.delivery import DeliveryError
+    from .sinks.registry import BY_NAME
+    from .sinks.replay import replay, replay_line, summary_lines
+    from .storage import Storage
+
+    storage = Storage(settings.data_dir)
+    start, end = _replay_hours(args)
+    if args.action == "replay" and not args.sink:
+        raise UsageError("sinks replay needs --sink (loki, datadog or otlp)")
+    if args.action == "dead-letters":
+        print("\n".join(summary_lines(storage, args.sink, start, end)))
+        return 0
+    spec = BY_NAME[args.sink]
+    if spec.family != "logs":
+        raise UsageError(f"{spec.name} has no dead letters: it is sent aggregates, not records")
+    configured = getattr(settings, spec.name)
+    if configured is None:
+        raise UsageError(f"{spec.name} is not configured here ({spec.not_configured}): nothing to replay to")
+    hours = dead_letters.hours(storage, spec.name, start, end)
+    if not hours:
+        print(f"no dead letters for {spec.name}{' of reason ' + repr(args.reason) if args.reason else ''}.")
+        return 0
+    transport = Transport()
+    left = 0
+    try:
+        for report in replay(spec.build(configured), storage, hours, transport, args.reason):
+            print(replay_line(report))
+            left += sum(report.dead_letters.values())
+    except DeliveryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        transport.close()
+    return 1 if left else 0
+
+
 def _fresh_demo_dir(path: Path) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / DEMO_MARKER).exists():
@@ -354,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sql", help="the SQL, or - to read it from stdin")
     q.add_argument("--max-rows", type=bounded_int(1), default=40)
     q.set_defaults(func=cmd_query)
+
+    k = command("sinks", "list what the sinks refused (dead-letters), or send it again (replay)")
+    k.add_argument("action", choices=("dead-letters", "replay"))
+    k.add_argument("--sink", choices=("loki", "datadog", "otlp"), help="required for replay")
+    k.add_argument("--hour", help="one hour, ISO-8601 (e.g. 2026-11-25T13:00Z)")
+    k.add_argument("--start", help="ISO-8601, the first hour")
+    k.add_argument("--end", help="ISO-8601, exclusive")
+    k.add_argument("--reason", help="replay only the dead letters of this reason (as `dead-letters` shows it)")
+    k.set_defaults(func=cmd_sinks)
 
     s = command("simulate", "serve the StackOne request-logs API simulator")
     s.add_argument("--host", default="127.0.0.1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
+
 from stackone_pipeline.sinks.ledger import NO_EVENT_TIME, TOO_LARGE, Ledger
 
 from .conftest import closed_hour
@@ -41,19 +43,28 @@ def test_a_torn_last_line_is_not_taken_as_delivered(storage):
     assert ledger.delivered("otlp", hour) == {"x1", "x2"}
 
 
-def test_a_later_outcome_replaces_no_event_time_and_nothing_else(storage):
+def test_a_later_outcome_replaces_a_refusal_never_an_acceptance(storage):
     hour = closed_hour()
     ledger = Ledger(storage)
     ledger.record("datadog", hour, ["t1", "t2"], outcome=NO_EVENT_TIME)
-    ledger.record("datadog", hour, ["big"], outcome=TOO_LARGE)
+    ledger.record("datadog", hour, ["big", "big2"], outcome=TOO_LARGE)
     ledger.record("datadog", hour, ["ok"])
-    # a later run: t1 was given a time and delivered; "big" and "ok" journaled again keep their first outcome
-    ledger.record("datadog", hour, ["t1", "big", "ok"], outcome="partial")
+    # a later run: t1 was given a time and delivered, a replay delivered "big" (the limit was raised);
+    # "ok", journaled again, keeps its first outcome
+    ledger.record("datadog", hour, ["t1", "big"])
+    ledger.record("datadog", hour, ["ok"], outcome=TOO_LARGE)
     assert ledger.outcomes("datadog", hour) == {
-        "t1": "partial",
+        "t1": "accepted",
         "t2": NO_EVENT_TIME,
-        "big": TOO_LARGE,
+        "big": "accepted",
+        "big2": TOO_LARGE,
         "ok": "accepted",
     }
+    # the dead letters are exactly the refused ones, in the state store and the lake
     with storage.warehouse.reader() as con:
-        assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (4,)
+        letters = con.execute("SELECT request_id, reason, refusals FROM sink_dead_letters ORDER BY 1").fetchall()
+    assert letters == [("big2", "too large", 1), ("t2", "no event time", 1)]
+    lake = pq.read_table(storage.lake.part_file("sink_dead_letters", hour, "datadog"))
+    assert sorted(lake.column("request_id").to_pylist()) == ["big2", "t2"]
+    with storage.warehouse.reader() as con:
+        assert con.execute("SELECT count(*) FROM delivery_ledger").fetchone() == (5,)

@@ -12,6 +12,7 @@ there a single PUT is already atomic, so `publishing` writes to the final key di
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,6 +144,25 @@ class Lake:
         with self.publishing(dataset, hour) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return self.hour_file(dataset, hour)
+
+    def part_file(self, dataset: str, hour: datetime, part: str) -> Path:
+        """A dataset whose hour is written by several independent writers (one per sink) keeps one
+        file per writer: `<part>.parquet` beside where `part-0.parquet` would be."""
+        return self.hour_dir(dataset, hour) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', part)}.parquet"
+
+    def has_part(self, dataset: str, hour: datetime, part: str) -> bool:
+        return self.part_file(dataset, hour, part).exists()
+
+    def publish_part(self, dataset: str, hour: datetime, part: str, table: pa.Table) -> Path:
+        """Replace one writer's file of the hour with `table` (even an empty one)."""
+        final = self.part_file(dataset, hour, part)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            return replace_durably(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def writer(self, dataset: str, hour: datetime, schema: pa.Schema, row_group_rows: int = 5_000) -> HourWriter:
         """Stream an hour page by page; `commit()` publishes it."""

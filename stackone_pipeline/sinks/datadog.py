@@ -73,6 +73,7 @@ class DatadogSink:
     key_sql = "NULL::VARCHAR"  # one intake: every log can share a batch
     time_ordered = False
     on_resend = "Datadog stores them again: the logs intake does not deduplicate"
+    drops_repeats = False
 
     @classmethod
     def from_settings(cls, s: DatadogSettings) -> DatadogSink:
@@ -131,6 +132,9 @@ class DatadogSink:
     def request(self, key, rows) -> tuple[str, bytes, dict]:
         headers = {"DD-API-KEY": self.api_key, "Content-Type": "application/json", "Content-Encoding": "gzip"}
         return self.url, gzip_bytes(b"[", *joined(rows.column("entry")), b"]"), headers
+
+    def refused(self, detail: str) -> str:
+        return "refused"  # Datadog refuses a payload whole (a 400 fails the run); only "too large" is per entry
 
     def classify(self, resp: httpx.Response) -> Verdict:
         verdict = _classify(resp)

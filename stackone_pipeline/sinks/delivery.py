@@ -12,6 +12,15 @@ does with a repeat (`on_resend`: Loki drops exact repeats, Datadog and OTLP stor
 Records the ledger could not key before (no request_id: a hash of the row), an entry the sink
 refuses even alone (`rejected: too large`) and rows without an event time (`rejected: no event
 time`) get an outcome in the ledger and a count, and are not sent again.
+
+Nothing refused is dropped: an entry the sink refuses for good, a row too old for it or without
+an event time becomes a dead letter (dead_letters.py) with the sink's reason, and
+`replay_hour` sends the dead letters again through this same path once the user has fixed the
+sink. When Loki refuses some entries of a push (its 400 names at most ten), the push is sent
+again in halves until each refused entry stands alone: Loki drops the exact repeats of what it
+stored, so only the refused entries are dead letters. OTLP's `partial_success` says how many were
+refused, never which, and a resend stores the rest twice: all records of that batch are kept as
+dead letters `in doubt`, and a replay counts them as possibly duplicated.
 """
 
 from __future__ import annotations
@@ -37,8 +46,21 @@ from ..lake import HourNotIngested
 from ..storage import Storage
 from ..warehouse.schema import REQUEST_LOG_DETAILS as DETAILS
 from ..warehouse.schema import REQUEST_LOGS
+from . import dead_letters
 from .batching import batches
-from .ledger import ACCEPTED, NO_EVENT_TIME, NO_IDS, PARTIAL, RECORD_KEY, REJECTED, ROW_HASH, TOO_LARGE, Ledger
+from .ledger import (
+    ACCEPTED,
+    NO_EVENT_TIME,
+    NO_IDS,
+    PARTIAL,
+    RECHECKED_SQL,
+    RECORD_KEY,
+    REJECTED,
+    ROW_HASH,
+    TOO_LARGE,
+    TOO_OLD,
+    Ledger,
+)
 from .payload import PARSED, RECORD
 
 
@@ -60,6 +82,10 @@ class Sink(Protocol):
     time_ordered: bool  # a batch's entries must be in event-time order (Loki's streams)
     entry_sql: str  # SQL over the stored row: one entry (payload.py's RECORD and helpers)
     on_resend: str  # what the sink does with a batch it gets twice (in the metadata next to possibly_duplicated)
+    drops_repeats: bool  # an exact resend is dropped (Loki): a partly refused push may be re-sent in halves
+
+    def refused(self, detail: str) -> str:
+        """A short, bounded reason (the dead letters' `reason`) for entries refused with `detail`."""
 
     def window(self, now: datetime) -> Window:
         """Which event times the sink accepts at `now`."""
@@ -92,16 +118,25 @@ class DeliveryReport:
     possibly_duplicated_batches: int = 0
     on_resend: str = ""  # what the sink does with those repeats
     too_large: int = 0  # entries the sink refused even alone: ledger outcome "rejected: too large"
+    dead_lettered: int = 0  # records this delivery kept as dead letters (refused, too old, no event time)
+    halved: int = 0  # partly refused pushes re-sent in halves to find the refused entries (Loki)
+    replayed: int = 0  # dead letters a replay sent again
     unparseable_time: int = 0  # rows without an event time (also skipped): "rejected: no event time"
     without_request_id: int = 0  # rows the ledger keys by a hash of the row (ledger.RECORD_KEY)
     bytes: int = 0
     seconds: float = 0.0
     skipped: Counter = field(default_factory=Counter)
     rejected_reasons: list[str] = field(default_factory=list)
+    dead_letters: dict = field(default_factory=dict)  # reason -> records, the hour's dead letters after this run
 
     def metadata(self) -> dict:
-        m = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sink", "hour", "skipped")}
+        m = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("sink", "hour", "skipped", "dead_letters")
+        }
         m.update(skipped=sum(self.skipped.values()), seconds=round(self.seconds, 3), skipped_reasons=dict(self.skipped))
+        m.update(dead_letters=sum(self.dead_letters.values()), dead_letter_reasons=self.dead_letters)
         return {**m, "rejected_reasons": self.rejected_reasons[:20]}
 
 
@@ -126,8 +161,14 @@ class HourQuery:
     """The sendable rows of one stored hour, as DuckDB computes them (in-memory, UTC session)."""
 
     def __init__(
-        self, path: Path, delivered: pa.Table = NO_IDS, memory_limit: str = "128MB", details: Path | None = None
+        self,
+        path: Path,
+        delivered: pa.Table = NO_IDS,
+        memory_limit: str = "128MB",
+        details: Path | None = None,
+        only: pa.Table | None = None,
     ):
+        """`only` (a replay): just the rows whose ledger key is in its `request_id` column."""
         self.path = str(path)
         self.details = str(details) if details else None
         self.con = duckdb.connect(config={"memory_limit": memory_limit})
@@ -136,6 +177,12 @@ class HourQuery:
         # more CPU for the same rows, and the cores are better spent on sending.
         self.con.execute("SET threads = 1")
         self.con.register("delivered", delivered)
+        self.only = only is not None
+        if self.only:
+            self.con.register("only_keys", only)
+
+    def _only(self, key: str = "ledger_key") -> str:
+        return f" AND {key} IN (SELECT request_id FROM only_keys)" if self.only else ""
 
     def close(self) -> None:
         self.con.close()
@@ -157,7 +204,7 @@ class HourQuery:
             f"(SELECT s.*, d.outcome FROM (SELECT {columns}, request_id AS ledger_key FROM read_parquet($path) "
             f"WHERE request_id IS NOT NULL AND {where} UNION ALL SELECT {columns}, {ROW_HASH} AS ledger_key "
             f"FROM read_parquet($path) WHERE request_id IS NULL AND {where}) s "
-            "LEFT JOIN delivered d ON s.ledger_key = d.request_id)"
+            f"LEFT JOIN delivered d ON s.ledger_key = d.request_id WHERE true{self._only('s.ledger_key')})"
         )
 
     def counts(self, window: Window) -> dict:
@@ -166,9 +213,10 @@ class HourQuery:
         _, params = self._window(window)
         old = "event_datetime < $oldest" if window.oldest is not None else "false"
         new = "event_datetime > $newest" if window.newest is not None else "false"
-        # "no event time" is an outcome of the row as stored: a row given a time since is sendable.
+        # "no event time" and "too old" are checked again: a row given a time since, or inside a
+        # raised age limit, is sendable.
         state = (
-            f"CASE WHEN outcome IS NULL OR outcome = '{NO_EVENT_TIME}' THEN 'new' "
+            f"CASE WHEN outcome IS NULL OR outcome IN ({RECHECKED_SQL}) THEN 'new' "
             f"WHEN starts_with(outcome, '{REJECTED}') THEN 'rejected' ELSE 'delivered' END"
         )
         delivered, rejected, no_time, too_old, too_new, without_id = self.con.sql(
@@ -187,6 +235,19 @@ class HourQuery:
             "without_request_id": without_id,
             "skipped": +reasons,
         }
+
+    def too_old(self, window: Window, chunk_rows: int = 10_000) -> Iterator[list[str]]:
+        """Keys of the rows older than the sink accepts that the ledger has no outcome for yet,
+        `chunk_rows` at a time."""
+        if window.oldest is None:
+            return
+        reader = self.con.sql(
+            f"SELECT DISTINCT ledger_key FROM {self._keyed('event_datetime', 'event_datetime < $oldest')} "
+            f"WHERE outcome IS NULL OR outcome = '{NO_EVENT_TIME}'",
+            params={"path": self.path, "oldest": window.oldest},
+        ).to_arrow_reader(chunk_rows)
+        for batch in reader:
+            yield batch.column(0).to_pylist()
 
     def timeless(self) -> list[str]:
         """Keys of the rows without an event time that the ledger has no outcome for yet."""
@@ -213,8 +274,9 @@ class HourQuery:
             params["details"] = self.details
         query = (
             f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM "
-            f"(SELECT *, {RECORD_KEY} AS ledger_key FROM {source} src WHERE {where}) s "
-            f"ANTI JOIN (SELECT request_id FROM delivered WHERE outcome <> '{NO_EVENT_TIME}') d "
+            f"(SELECT * FROM (SELECT *, {RECORD_KEY} AS ledger_key FROM {source} src WHERE {where}) "
+            f"WHERE true{self._only()}) s "
+            f"ANTI JOIN (SELECT request_id FROM delivered WHERE outcome NOT IN ({RECHECKED_SQL})) d "
             "ON s.ledger_key = d.request_id)"
         )
         yield from self.con.sql(query, params=params).to_arrow_reader(chunk_rows)
@@ -289,6 +351,17 @@ def deliver_hour(sink: Sink, storage: Storage, hour: datetime, transport: Transp
         return _deliver_hour(sink, storage, hour, transport, **kw)
 
 
+def replay_hour(
+    sink: Sink, storage: Storage, hour: datetime, transport: Transport, reason: str | None = None, **kw
+) -> DeliveryReport:
+    """Send the (sink, hour) dead letters (only those of `reason`, if given) again, as a delivery
+    does, under the same lock: what the sink takes now leaves the dead letters, what it refuses
+    again stays (its refusals counted)."""
+    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour):
+        Ledger(storage).flush(sink.name, hour)  # a killed run's journal first: it may settle some
+        return _deliver_hour(sink, storage, hour, transport, replay=dead_letters.keys(storage, sink.name, hour, reason))
+
+
 def _deliver_hour(
     sink: Sink,
     storage: Storage,
@@ -296,6 +369,7 @@ def _deliver_hour(
     transport: Transport,
     *,
     force: bool = False,
+    replay: pa.Table | None = None,
     now: datetime | None = None,
     in_flight: int = 2,
     chunk_rows: int = 10_000,
@@ -307,10 +381,22 @@ def _deliver_hour(
     if force:
         ledger.forget(sink.name, hour)
     details = storage.lake.hour_file(DETAILS, hour) if storage.lake.has_hour(DETAILS, hour) else None
-    query = HourQuery(path, ledger.delivered_ids(sink.name, hour), details=details)
+    delivered = ledger.delivered_ids(sink.name, hour)
+    if replay is not None:  # the dead letters to send are, for this run, as if never sent
+        keep = pc.invert(pc.is_in(delivered.column("request_id"), value_set=replay.column("request_id")))
+        delivered = delivered.filter(keep)
+    query = HourQuery(path, delivered, details=details, only=replay)
     window = sink.window(now)
     report = DeliveryReport(sink.name, hour, on_resend=sink.on_resend, **query.counts(window))
-    ledger.add(sink.name, hour, query.timeless(), outcome=NO_EVENT_TIME)  # on record, never sendable as stored
+    if replay is not None:
+        report.replayed = replay.num_rows
+        in_doubt = set(replay.filter(replay.column("in_doubt")).column("request_id").to_pylist())
+    timeless = query.timeless()
+    ledger.add(sink.name, hour, timeless, outcome=NO_EVENT_TIME)  # on record, never sendable as stored
+    report.dead_lettered += len(timeless)
+    for keys in query.too_old(window):  # kept, so that a sink whose limit is raised can be sent them
+        ledger.add(sink.name, hour, keys, outcome=TOO_OLD, detail=window.too_old)
+        report.dead_lettered += len(keys)
     lock = threading.Lock()  # sender threads share the report and the ledger journal
 
     columns = {
@@ -323,6 +409,10 @@ def _deliver_hour(
 
     stopped = threading.Event()  # set by the first failure: nothing more is sent after it
 
+    def refuse(ids: list[str], outcome: str, detail: str, batch: tuple[int, int] | None = None) -> None:
+        ledger.add(sink.name, hour, ids, outcome=outcome, detail=detail, batch=batch)
+        report.dead_lettered += len(ids)
+
     def send(key, rows: pa.Table, doubt: bool = False) -> None:
         """`doubt`: an earlier attempt with these rows got no answer, so the sink may hold them."""
         if stopped.is_set():
@@ -331,6 +421,7 @@ def _deliver_hour(
         sent = transport.post(url, body, headers, sink.classify)
         verdict, n = sent.verdict, rows.num_rows
         doubt = doubt or sent.unanswered > 0
+        halves = False
         with lock:
             report.batches += 1
             report.retries += sent.attempts - 1
@@ -338,28 +429,43 @@ def _deliver_hour(
             report.bytes += sent.bytes_sent
             report.sent += n
             ids = [k for k in rows.column("ledger_key").to_pylist() if k is not None]
-            if verdict.action in (Action.OK, Action.PARTIAL):
+            refused = verdict.rejected
+            if verdict.action is Action.PARTIAL and sink.drops_repeats and 0 < refused < n:
+                # which ones? The halves again: the sink drops what it already stored
+                report.sent -= n
+                report.halved += 1
+                halves = True
+            elif verdict.action in (Action.OK, Action.PARTIAL):
                 # PARTIAL: the sink stored what it could; the rest can never go
-                report.accepted += n - verdict.rejected
-                report.rejected += verdict.rejected
-                if verdict.rejected:
+                report.accepted += n - refused
+                report.rejected += refused
+                if refused:
                     report.rejected_reasons.append(verdict.reason)
                 if doubt:  # stored by an attempt that got no answer, then again by this one?
                     report.possibly_duplicated += n
                     report.possibly_duplicated_batches += 1
-                ledger.add(sink.name, hour, ids, outcome=ACCEPTED if verdict.action is Action.OK else PARTIAL)
+                elif replay is not None and verdict.action is Action.OK:  # the first time, some were stored
+                    report.possibly_duplicated += sum(1 for k in ids if k in in_doubt)
+                if not refused:
+                    ledger.add(sink.name, hour, ids, outcome=ACCEPTED)
+                elif refused >= n:  # every one of them: each is certainly refused
+                    refuse(ids, REJECTED + sink.refused(verdict.reason), verdict.reason)
+                else:  # some, not said which, and a resend would store the rest again
+                    refuse(ids, PARTIAL, verdict.reason, batch=(refused, n))
                 return
-            if verdict.action is not Action.SPLIT:
+            elif verdict.action is not Action.SPLIT:
                 stopped.set()
                 raise DeliveryError(_stopped(sink, hour, report, sent, transport, n if doubt else 0))
-            report.sent -= n
-            if n == 1:  # too large even alone: on record, so no later run sends it again
-                report.too_large += 1
-                report.skipped["too large for the sink"] += 1
-                ledger.add(sink.name, hour, ids, outcome=TOO_LARGE)
-                return
-        send(key, rows.slice(0, n // 2), doubt)
-        send(key, rows.slice(n // 2), doubt)
+            else:
+                report.sent -= n
+                if n == 1:  # too large even alone: on record, so no later run sends it again
+                    report.too_large += 1
+                    report.skipped["too large for the sink"] += 1
+                    refuse(ids, TOO_LARGE, verdict.reason)
+                    return
+        if halves or n > 1:
+            send(key, rows.slice(0, n // 2), doubt)
+            send(key, rows.slice(n // 2), doubt)
 
     pending: deque[Future] = deque()
     chunks = prefetched(query.rows(columns, window, chunk_rows))
@@ -383,4 +489,5 @@ def _deliver_hour(
         query.close()
         ledger.flush(sink.name, hour)  # whatever happened, what the sink took is on record
         report.seconds = time.perf_counter() - started
+    report.dead_letters = dead_letters.count(storage, sink.name, hour)
     return report

@@ -6,15 +6,20 @@ any other. The outcome says how its delivery ended: `accepted`, `partial` (its b
 partly rejected by the sink), or `rejected: <why>` for records that are never sent again, short
 of a forced resend: `rejected: too large` (the sink refused it even alone) and `rejected: no event
 time` (the stored row has none, so no sink can place it; should a later ingest give the row a
-time, it is delivered and its outcome replaced). The `rejected:` rows are what a dead-letter
-table would hold.
+time, it is delivered and its outcome replaced), `rejected: too old` (older than the sink
+accepts), or the sink's own reason for an entry it refused (`rejected: too far behind`, ...).
+Refused records (`rejected: ...`, `partial`) are the sink's dead letters (dead_letters.py): a
+replay sends them again, and the outcome it gets replaces theirs.
 
 Table `delivery_ledger` in the state store (storage.state). Opening it costs tens of milliseconds,
 too much per batch, so accepted ids first go to a small journal file per (sink, hour), appended
 and fsync'd after every answered batch, and are merged into the table in one transaction when
 the hour's delivery stops (success or failure). A journal left by a killed run is merged before
 the next delivery of that hour reads the ledger, so a crash mid-push resumes exactly where it
-stopped, and a re-run of a delivered hour sends only what is new (late arrivals).
+stopped, and a re-run of a delivered hour sends only what is new (late arrivals). A journal
+line is `key, outcome, time, reason, detail, batch_refused, batch_size, "."`: the final "."
+tells a whole line from one torn by a kill, which is skipped (that batch is not a delivery we
+can vouch for, so it is sent again).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pyarrow as pa
 from ..stackone.records import COLUMNS
 from ..storage import Storage
 from ..warehouse import in_transaction
+from . import dead_letters
 from .payload import json_object
 
 CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
@@ -39,6 +45,23 @@ ACCEPTED, PARTIAL = "accepted", "partial"
 REJECTED = "rejected: "  # the prefix of every outcome that ends delivery without the sink having it
 TOO_LARGE = REJECTED + "too large"
 NO_EVENT_TIME = REJECTED + "no event time"
+TOO_OLD = REJECTED + "too old"
+# Outcomes about the stored row or the sink's window, not the sink's answer: every delivery checks
+# them again (the row may have been given a time, the sink's age limit raised).
+RECHECKED = (NO_EVENT_TIME, TOO_OLD)
+RECHECKED_SQL = ", ".join(f"'{o}'" for o in RECHECKED)
+# SQL over a journal or ledger row `j`: the record is not in the sink (a dead letter), and an outcome a
+# later one (a replay's, or a delivery's once the row has a time) replaces.
+REFUSED = f"(starts_with(j.outcome, '{REJECTED}') OR j.outcome = '{PARTIAL}')"
+JOURNAL_COLUMNS = (
+    "{'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ', 'reason': 'VARCHAR', "
+    "'detail': 'VARCHAR', 'batch_refused': 'INTEGER', 'batch_size': 'INTEGER', 'end': 'VARCHAR'}"
+)
+
+
+def _field(text: str) -> str:
+    return " ".join(text.split())[:500]  # one journal field: no tab or newline
+
 
 NO_IDS = pa.schema([("request_id", pa.string()), ("outcome", pa.string())]).empty_table()
 
@@ -56,6 +79,7 @@ RECORD_KEY = f"CASE WHEN request_id IS NOT NULL THEN request_id ELSE {ROW_HASH} 
 
 class Ledger:
     def __init__(self, storage: Storage):
+        self.storage = storage
         self.state = storage.state
         self.journal_dir = storage.data_dir / "ledger-journal"
 
@@ -84,48 +108,74 @@ class Ledger:
     def delivered(self, sink: str, hour: datetime) -> set[str]:
         return set(self.delivered_ids(sink, hour).column("request_id").to_pylist())
 
-    def add(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
-        """Journal ids the sink has answered for; durable before the next batch is sent."""
+    def add(
+        self,
+        sink: str,
+        hour: datetime,
+        request_ids: list[str],
+        outcome: str = ACCEPTED,
+        detail: str = "",
+        batch: tuple[int, int] | None = None,
+    ) -> None:
+        """Journal ids the sink has answered for; durable before the next batch is sent. A refusal
+        (`rejected: <why>`, `partial`) carries the sink's words (`detail`) and, for a partly refused
+        batch, (refused, size)."""
         if not request_ids:
             return
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         now = datetime.now(timezone.utc).isoformat()
+        reason = outcome.removeprefix(REJECTED) if outcome.startswith(REJECTED) else dead_letters.PARTIAL_REASON
+        refused, size = batch or (1, 1)
+        tail = f"{now}\t{_field(reason)}\t{_field(detail)}\t{refused}\t{size}\t.\n"
         with open(self._journal(sink, hour), "a", encoding="utf-8") as f:
-            f.write("".join(f"{rid}\t{outcome}\t{now}\n" for rid in request_ids))
+            f.write("".join(f"{rid}\t{outcome}\t{tail}" for rid in request_ids))
             f.flush()
             os.fsync(f.fileno())
 
     def flush(self, sink: str, hour: datetime) -> None:
         """Merge the (sink, hour) journal into the table in one transaction, then drop it. A key
-        keeps its first outcome, except `rejected: no event time`, which a later outcome replaces
-        (the row was given a time and delivered)."""
+        keeps its first outcome, unless that was a refusal (`REFUSED`): a later outcome replaces it
+        (a replay delivered it, or the row was given a time). The dead letters follow in the same
+        transaction, and their lake copy after it."""
         path = self._journal(sink, hour)
         if not path.exists():
             return
         with self.state.writer() as con:
             con.execute(CREATE)
             con.execute("SET preserve_insertion_order = false")  # lets the de-duplication spill
-            # DuckDB reads the journal itself: no Python object per id. A line torn by a kill does
-            # not parse and is skipped: that batch is not a delivery we can vouch for.
+            # DuckDB reads the journal itself: no Python object per id. A line torn by a kill lacks
+            # its final "." (or does not parse) and is skipped.
             with in_transaction(con):
                 con.execute(
                     "CREATE OR REPLACE TEMP TABLE journal AS "
-                    "SELECT DISTINCT ON (request_id) * FROM read_csv(?, delim = '\t', header = false, "
-                    "  columns = {'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ'},"
-                    "  ignore_errors = true, auto_detect = false)",
+                    "SELECT DISTINCT ON (request_id) * EXCLUDE (\"end\") FROM read_csv(?, delim = '\t', "
+                    f"header = false, quote = '', escape = '', null_padding = true, columns = {JOURNAL_COLUMNS}, "
+                    "ignore_errors = true, auto_detect = false) "
+                    "WHERE \"end\" = '.' AND delivered_at IS NOT NULL ORDER BY request_id, delivered_at DESC",
                     [str(path)],
                 )
                 con.execute(
-                    "DELETE FROM delivery_ledger WHERE sink = ? AND hour = ? AND outcome = ? AND request_id IN "
-                    "(SELECT request_id FROM journal WHERE outcome <> ?)",
-                    [sink, hour, NO_EVENT_TIME, NO_EVENT_TIME],
+                    "DELETE FROM delivery_ledger j WHERE sink = ? AND hour = ? AND "
+                    f"{REFUSED} AND request_id IN (SELECT request_id FROM journal)",
+                    [sink, hour],
                 )
                 con.execute(
                     "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM journal j "
                     "WHERE j.request_id NOT IN (SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
                     [sink, hour, sink, hour],
                 )
+                # a key the ledger already had accepted keeps that outcome: drop its line before the
+                # dead letters read the journal
+                con.execute(
+                    "DELETE FROM journal WHERE request_id IN (SELECT l.request_id FROM delivery_ledger l "
+                    "WHERE l.sink = ? AND l.hour = ? AND l.outcome IS DISTINCT FROM journal.outcome)",
+                    [sink, hour],
+                )
+                changed = dead_letters.merge(con, sink, hour, refused=REFUSED)
+                letters = dead_letters.rows(con, sink, hour) if changed else None
                 con.execute("DROP TABLE journal")
+        if letters is not None:
+            self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)
         path.unlink()
 
     def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
@@ -140,4 +190,10 @@ class Ledger:
             return
         with self.state.writer() as con:
             con.execute(CREATE)
-            con.execute("DELETE FROM delivery_ledger WHERE sink = ? AND hour = ?", [sink, hour])
+            con.execute(dead_letters.CREATE)
+            with in_transaction(con):
+                con.execute("DELETE FROM delivery_ledger WHERE sink = ? AND hour = ?", [sink, hour])
+                con.execute(f"DELETE FROM {dead_letters.TABLE} WHERE sink = ? AND hour = ?", [sink, hour])
+            letters = dead_letters.rows(con, sink, hour)
+        if self.storage.lake.has_part(dead_letters.TABLE, hour, sink):
+            self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)

@@ -67,6 +67,23 @@ _ENTRY_ERROR = re.compile(
 )
 
 
+# Loki's words for an entry it refuses -> the dead letter's reason (bounded: one of these, or "refused")
+_REASONS = (
+    ("too far behind", "too far behind"),
+    ("has timestamp too old", "timestamp too old"),
+    ("has timestamp too new", "timestamp too new"),
+    ("Max entry size", "line too long"),
+    ("structured metadata too large", "structured metadata too large"),
+    ("too many structured metadata", "too many structured metadata"),
+    ("label names; limit", "too many labels"),
+)
+
+
+def refusal_reason(text: str) -> str:
+    found = [reason for words, reason in _REASONS if words in text]
+    return ", ".join(found) or "refused"
+
+
 def rejected_entries(body: str) -> int:
     """How many entries a Loki 400 rejected: ingester "total ignored: N out of M", or the
     distributor's grouped validation errors ("N errors like: ...; ..."). 0 if neither (the push
@@ -107,6 +124,7 @@ class LokiSink:
         )
 
     time_ordered = True  # Loki's per-stream window moves forward
+    drops_repeats = True
     on_resend = (
         "Loki drops the repeats: a resend has the same stream, timestamps, lines and structured "
         "metadata byte for byte, and Loki ignores an entry identical to one it holds"
@@ -171,6 +189,9 @@ class LokiSink:
         head = b'{"streams":[{"stream":' + orjson.dumps(labels) + b',"values":['
         headers = {**self.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
         return self.url, gzip_bytes(head, *joined(rows.column("entry")), b"]}]}"), headers
+
+    def refused(self, detail: str) -> str:
+        return refusal_reason(detail)
 
     def classify(self, resp: httpx.Response) -> Verdict:
         code = resp.status_code

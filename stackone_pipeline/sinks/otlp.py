@@ -40,6 +40,7 @@ from opentelemetry.util.re import parse_env_headers
 from ..http import Action, Verdict, gzip_bytes, retry_after_seconds
 from ..settings import DEFAULT_OTEL_SERVICE_NAME, OtlpSettings
 from ..stackone.records import is_error
+from .dead_letters import PARTIAL_REASON
 from .delivery import Window
 from .payload import RECORD
 
@@ -101,6 +102,7 @@ class OtlpSink:
     time_ordered = False
     # open-telemetry/opentelemetry-proto docs/specification.md, "Known Limitations / Duplicate Data"
     on_resend = "the collector may store them again: OTLP does not deduplicate a resent export"
+    drops_repeats = False
     entry_sql = RECORD  # parsed back here: the SDK's encoder wants Python values
 
     def window(self, now: datetime) -> Window:
@@ -123,6 +125,9 @@ class OtlpSink:
             attributes=attributes_of(record),
         )
         return ReadableLogRecord(log, self.resource, self.scope)
+
+    def refused(self, detail: str) -> str:
+        return PARTIAL_REASON  # every record of the export refused: the collector's words are the detail
 
     def classify(self, resp: httpx.Response) -> Verdict:
         code = resp.status_code

@@ -20,7 +20,7 @@ from ..settings import DatadogSettings, LokiSettings, OtlpSettings, PrometheusSe
 from . import datadog, loki, otlp, prometheus
 from .delivery import deliver_hour
 
-LOG_TOTALS = ("sent", "accepted", "rejected", "skipped")
+LOG_TOTALS = ("sent", "accepted", "rejected", "skipped", "dead_letters")
 METRIC_TOTALS = ("rows", "series", "samples", "batches", "retries", "bytes", "skipped", "already_delivered")
 
 
