@@ -4,6 +4,9 @@ limit is lifted, exactly once where the protocol allows it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -169,3 +172,59 @@ def test_the_command_line_lists_and_replays_dead_letters(hour, storage, transpor
         assert "replayed 2, accepted 2, refused again 0, dead letters left 0" in capsys.readouterr().out
         assert datadog.arrivals == Counter(stored_ids(storage, hour))  # each exactly once
         assert main(["sinks", "dead-letters"]) == 0 and "no dead letters" in capsys.readouterr().out
+
+
+REPLAY_IN_A_PROCESS = """
+import sys
+from datetime import datetime
+from stackone_pipeline.http import Transport
+from stackone_pipeline.sinks.delivery import replay_hour
+from stackone_pipeline.sinks.registry import BY_NAME
+from stackone_pipeline.storage import Storage
+name, url, data_dir, hour = sys.argv[1:5]
+env = {"DATADOG_API_KEY": sys.argv[5], "DATADOG_LOGS_URL": url} if name == "datadog" else {
+    "LOKI_URL": url, "LOKI_TENANT_ID": sys.argv[5]}
+sink = BY_NAME[name].from_env(env)
+sink.max_entries = 5
+replay_hour(sink, Storage(data_dir), datetime.fromisoformat(hour), Transport())
+"""
+
+
+@pytest.mark.parametrize("name", ["datadog", "loki"])
+def test_a_replay_killed_midway_loses_nothing_and_duplicates_at_most_its_batches_in_flight(
+    name, hour, storage, transport
+):
+    refused = list(range(0, 300, 7))  # 43 dead letters, replayed 5 to a batch
+    rewrite_hour(storage, hour, enlarge(refused))
+    ids = stored_ids(storage, hour)
+    datadog = name == "datadog"
+    receiver = DatadogReceiver(api_key=KEY, max_bytes=100_000) if datadog else LokiReceiver(max_line_size=100_000)
+    with receiver:
+        sink = datadog_sink(receiver) if datadog else loki_sink(receiver)
+        assert deliver_hour(sink, storage, hour, transport).dead_letters == {
+            "too large" if datadog else "line too long": len(refused)
+        }
+        if datadog:
+            receiver.max_bytes = 5 << 20
+        else:
+            receiver.max_line_size = 1 << 20
+        receiver.latency_s = 0.25  # each answer a quarter of a second: the kill lands mid-replay
+        before = len(receiver.requests)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", REPLAY_IN_A_PROCESS, name, receiver.url, str(storage.data_dir), hour.isoformat()]
+            + [KEY if datadog else TENANT]
+        )
+        deadline = time.monotonic() + 60
+        while len(receiver.requests) < before + 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        assert proc.wait() == -9, "the replay ended before it could be killed"
+        assert len(letters(storage, name, hour)) > 0  # the kill left some to do
+        receiver.latency_s = 0.0
+        rest = replay_hour(sink, storage, hour, transport)
+        assert rest.replayed < len(refused) and letters(storage, name, hour) == {}
+        if datadog:  # no dedup: at most the two batches in flight at the kill (5 records each) twice
+            assert set(receiver.arrivals) == set(ids)
+            assert sum(receiver.arrivals.values()) - 300 <= 2 * 5
+        else:  # Loki drops the exact repeats
+            assert loki_ids(receiver) == Counter(ids)

@@ -272,10 +272,12 @@ class HourQuery:
                 "FROM read_parquet($details)) d ON s.request_id = d.d_id)"
             )
             params["details"] = self.details
+        keyed = f"(SELECT *, {RECORD_KEY} AS ledger_key FROM {source} src WHERE {where})"
+        if self.only:  # a semi join: the hash table is the few keys, never the hour's rows
+            keyed = f"(SELECT k.* FROM {keyed} k SEMI JOIN only_keys o ON k.ledger_key = o.request_id)"
         query = (
             f"SELECT {select} FROM (SELECT s.*, {PARSED} FROM "
-            f"(SELECT * FROM (SELECT *, {RECORD_KEY} AS ledger_key FROM {source} src WHERE {where}) "
-            f"WHERE true{self._only()}) s "
+            f"{keyed} s "
             f"ANTI JOIN (SELECT request_id FROM delivered WHERE outcome NOT IN ({RECHECKED_SQL})) d "
             "ON s.ledger_key = d.request_id)"
         )
@@ -385,7 +387,11 @@ def _deliver_hour(
     if replay is not None:  # the dead letters to send are, for this run, as if never sent
         keep = pc.invert(pc.is_in(delivered.column("request_id"), value_set=replay.column("request_id")))
         delivered = delivered.filter(keep)
-    query = HourQuery(path, delivered, details=details, only=replay)
+    # A replay's rows are often the largest of the hour (refused as too large), and DuckDB's semi join
+    # on them holds several copies of each entry at once: a higher ceiling, still a ceiling.
+    query = HourQuery(
+        path, delivered, details=details, only=replay, memory_limit="128MB" if replay is None else "512MB"
+    )
     window = sink.window(now)
     report = DeliveryReport(sink.name, hour, on_resend=sink.on_resend, **query.counts(window))
     if replay is not None:
