@@ -17,6 +17,7 @@ import pytest
 
 from stackone_pipeline.cli import main
 from stackone_pipeline.ingest import ingest_hour
+from stackone_pipeline.reporting.text import dead_letter_lines
 from stackone_pipeline.sinks import dead_letters
 from stackone_pipeline.sinks.delivery import deliver_hour, replay_hour, sendable_records
 from stackone_pipeline.sinks.ledger import Ledger
@@ -142,6 +143,9 @@ def test_rows_too_old_for_the_sink_are_dead_letters_until_the_limit_is_raised(ma
         report = deliver_hour(loki_sink(loki), storage, old, transport)  # LOKI_MAX_AGE_HOURS: 168
         assert report.sent == 0 and report.dead_letters == {"too old": 300}
         assert set(letters(storage, "loki", old).values()) == {"too old"}
+        lines = dead_letter_lines(dead_letters.summary(storage, start=old, end=old + timedelta(hours=1)))
+        assert lines[1].startswith("Dead letters: 300 record(s)")
+        assert lines[2].split() == [f"{old:%Y-%m-%d}", f"{old:%H:%M}", "UTC", "loki", "300", "too", "old"]
         deeper = BY_NAME["loki"].from_env({"LOKI_URL": loki.url, "LOKI_TENANT_ID": TENANT, "LOKI_MAX_AGE_HOURS": "216"})
         replayed = replay_hour(deeper, storage, old, transport)
         assert (replayed.replayed, replayed.accepted) == (300, 300)

@@ -824,13 +824,22 @@ class HostileRecords:
         return orjson.dumps(rec).decode()
 
 
-def _stored_text(storage) -> str:
-    chunks = []
+def _raw_leaks(storage, tokens: list[str]) -> list[str]:
+    """Files whose raw bytes hold a whole planted token. Only whole tokens: a three-letter marker
+    turns up by chance in compressed bytes (it did, in a zstd page), a 26-character token does not."""
+    found = []
     for path in storage.data_dir.rglob("*"):
         if path.is_file():
-            chunks.append(path.read_bytes().decode("latin-1"))
-        if path.suffix == ".parquet":
-            chunks.append(str(pq.read_table(path).to_pylist()))
+            raw = path.read_bytes()
+            found += [f"{path.name}: {t}" for t in tokens if t.encode() in raw]
+    return found
+
+
+def _stored_text(storage) -> str:
+    """Everything stored, decoded: every Parquet file's rows and the warehouse's tables."""
+    chunks = []
+    for path in storage.data_dir.rglob("*.parquet"):
+        chunks.append(str(pq.read_table(path).to_pylist()))
     con = duckdb.connect(str(storage.data_dir / "warehouse.duckdb"), read_only=True)
     try:
         for table in (REQUEST_LOGS, DETAILS):
@@ -892,6 +901,7 @@ def test_hostile_records_served_over_http_leave_no_secret_anywhere(sim, make_cli
 
     text = _stored_text(storage)
     assert not leaks(text), leaks(text)
+    assert not _raw_leaks(storage, [t for ts in hostile.served.values() for t in ts])
     payloads = _sink_payloads(storage, hour)
     for payload in payloads:
         assert not leaks(payload), leaks(payload)

@@ -36,7 +36,9 @@ def report(sim_data, tmp_path_factory):
 def test_the_text_report_is_the_key_metrics_table_for_the_window(sim_data, report):
     text, _ = report
     h13, h14, h15 = sim_data.hours
-    lines = text.splitlines()
+    table, _, after = text.partition("\n\n")
+    lines = table.splitlines()
+    assert after == "Dead letters: none (every record the sinks were sent was accepted)."
     assert (
         lines[0]
         == f"Key metrics for 3 whole hour(s): {h13:%Y-%m-%d %H:%M} .. {h15 + HOUR:%Y-%m-%d %H:%M} UTC (end exclusive)"

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from ..lake import write_atomically
 from ..settings import Thresholds
+from ..sinks import dead_letters
+from ..storage import Storage
 from .html import render
 from .metrics import ReportData, ReportError, key_metrics, load
-from .text import summary, table
+from .text import dead_letter_lines, summary, table
 
 __all__ = ["ReportData", "ReportError", "run_report", "summary_lines"]
 
@@ -29,7 +31,8 @@ def run_report(
     metrics = key_metrics(load(data_dir, start, end, thresholds))
     if html_path is not None:
         write_atomically(Path(html_path), render(metrics).encode())
-    return table(metrics)
+    letters = dead_letters.summary(Storage(data_dir), start=metrics.data.start, end=metrics.data.end)
+    return "\n".join([table(metrics), *dead_letter_lines(letters)])
 
 
 def summary_lines(

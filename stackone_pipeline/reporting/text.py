@@ -171,3 +171,19 @@ def summary(m: KeyMetrics) -> list[str]:
     anomalies = ", ".join(_t(h["hour"]) for h in m.anomalies) or "none"
     lines.append(f"volume anomalies: {anomalies}" + (f"; {note}" if note else ""))
     return lines
+
+
+def dead_letter_lines(rows: list[tuple[str, datetime, str, int, int]]) -> list[str]:
+    """The window's dead letters per hour, sink and reason (sinks/dead_letters.summary rows)."""
+    if not rows:
+        return ["", "Dead letters: none (every record the sinks were sent was accepted)."]
+    total = sum(r[3] for r in rows)
+    lines = [
+        "",
+        f"Dead letters: {total:,} record(s) a sink refused for good (`stackone-pipeline sinks replay` resends):",
+    ]
+    for sink, hour, reason, records, _refused in rows[:24]:
+        lines.append(f"  {_t(hour)} UTC  {sink:<8} {records:>7,}  {reason}")
+    if len(rows) > 24:
+        lines.append(f"  … and {len(rows) - 24} more (stackone-pipeline sinks dead-letters)")
+    return lines
