@@ -6,67 +6,41 @@ an overall deadline per walk, and pages streamed one at a time so memory is boun
 401/403 fail at once; 400 fails with the server's message (StackOne's errors are `{statusCode,
 message, timestamp}`). No message ever holds the key.
 
-Filter encoding. StackOne's guide sends `filter[start_date]=...` ("bracket"); the SDK's spec
-declares the filter object form-exploded, i.e. `start_date=...` ("flat"). An API that ignores
-the spelling it is sent still answers 200, with the whole retention window: correct after
-clipping, but every hourly walk would page through 90 days. So every page of a dated walk is
-checked: a record outside the requested [start_date, end_date] (the end is inclusive; a second
-of slack either side for servers that compare whole seconds) stops the walk at once, and it is
-walked again, once, in the other encoding; a 400 that complains of unknown parameters on a walk's
-first page does the same. The encoding that works is remembered per (base URL, hash of the key)
-in `ENCODING_MEMO` and tried first next time; when neither works the walk fails with
-`StackOneFilterError`, naming the cause. A walk restarted after some of its pages were yielded
-yields those records again (consumers de-duplicate by request_id, as `ingest_hour` does).
-`FetchStats.filter_encoding` says which encoding the walk used.
+Filter encoding (filters.py): a dated walk is checked page by page against its window; an API that
+ignored (or refused) the filter spelling it was sent is walked again, once, in the other; the
+spelling that works is remembered in `ENCODING_MEMO`, and `StackOneFilterError` names the cause
+when neither works. A walk restarted after some of its pages were yielded yields those records
+again (consumers de-duplicate by request_id, as `ingest_hour` does). `FetchStats.filter_encoding`
+says which encoding the walk used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import httpx
 import orjson
 
 from ..http import Action, Transport, Verdict, retry_after_seconds
+from .filters import (
+    ENCODING_MEMO,
+    UNKNOWN_PARAMETER,
+    EncodingMemo,
+    Unhonoured,
+    check_window,
+    filter_params,
+    neither,
+    window_us,
+)
 from .pagination import CursorPaginator, MalformedPage
 from .ratelimit import RateLimiter
-from .records import epoch_us, parse_timestamp
 from .redaction import Redactor
 
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-FILTERS = (
-    "start_date",
-    "end_date",
-    "account_ids",
-    "providers",
-    "services",
-    "actions",
-    "resources",
-    "child_resources",
-    "sub_resources",
-    "http_methods",
-    "status_codes",
-    "request_ids",
-    "source_types",
-    "source_ids",
-    "source_values",
-    "success",
-)
 ORDER_BY = ("provider", "service", "status", "eventDatetime", "duration")
-# How the list filters are spelt on the wire: the guide's brackets, or the SDK spec's flat form.
-ENCODINGS = {"bracket": "filter[start_date]=", "flat": "start_date="}
-BOTH_ENCODINGS = "(filter[start_date]= and start_date=)"
-# A 400 saying that the server does not know a parameter (NestJS says "property x should not exist").
-_UNKNOWN_PARAMETER = re.compile(
-    r"unknown|unrecogni[sz]ed|unexpected|not allowed|not permitted|should not exist|unsupported", re.I
-)
-WINDOW_SLACK_US = 1_000_000  # a server comparing whole seconds is not ignoring the filter
 
 
 class StackOneError(RuntimeError):
@@ -102,78 +76,6 @@ class FetchStats:
     rate_wait_s: float = 0.0
     filter_encoding: str = ""  # "bracket" (filter[start_date]=) or "flat" (start_date=); "" unfiltered
     filter_retries: int = 0  # walks stopped and walked again in the other encoding
-
-
-class _Unhonoured(Exception):
-    """This walk's filter encoding was ignored or refused; `reason` says how."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class EncodingMemo:
-    """Which filter encoding works, per (base URL, hash of the key). Process-level for now."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: dict[tuple[str, str], str] = {}
-
-    def get(self, key: tuple[str, str]) -> str | None:
-        with self._lock:
-            return self._known.get(key)
-
-    def set(self, key: tuple[str, str], encoding: str) -> None:
-        with self._lock:
-            self._known[key] = encoding
-
-    def clear(self) -> None:
-        with self._lock:
-            self._known.clear()
-
-
-ENCODING_MEMO = EncodingMemo()
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _filter_params(filters: Mapping[str, object], encoding: str = "bracket") -> dict[str, str]:
-    params = {}
-    for name, value in filters.items():
-        if name not in FILTERS:
-            raise ValueError(f"unknown list-logs filter {name!r}; known: {', '.join(FILTERS)}")
-        if value is None:
-            continue
-        if isinstance(value, datetime):
-            value = _iso(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        elif not isinstance(value, str) and hasattr(value, "__iter__"):
-            value = ",".join(str(v) for v in value)
-        params[f"filter[{name}]" if encoding == "bracket" else name] = str(value)
-    return params
-
-
-def _window_us(filters: Mapping[str, object]) -> tuple[int | None, int | None] | None:
-    """The [start_date, end_date] a walk asks for, in epoch microseconds as sent (ms precision)."""
-    bounds = []
-    for name in ("start_date", "end_date"):
-        value = filters.get(name)
-        if isinstance(value, datetime):
-            value = _iso(value)
-        bounds.append(epoch_us(parse_timestamp(value)) if isinstance(value, str) else None)
-    return None if bounds == [None, None] else (bounds[0], bounds[1])
-
-
-def _event_us(record: dict) -> int | None:
-    value = record.get("event_datetime", record.get("eventDatetime"))
-    return epoch_us(parse_timestamp(value)) if isinstance(value, (str, int, float)) else None
-
-
-def _fmt_us(us: int) -> str:
-    return _iso(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us))
 
 
 class StackOneClient:
@@ -246,7 +148,7 @@ class StackOneClient:
         if order_by not in ORDER_BY:
             raise ValueError(f"order_by must be one of {ORDER_BY}")
         filters = filters or {}
-        _filter_params(filters)  # unknown names fail before any request
+        filter_params(filters)  # unknown names fail before any request
         base: dict[str, object] = {
             "page_size": page_size or self.page_size,
             "order_by": order_by,
@@ -259,19 +161,19 @@ class StackOneClient:
         if not any(v is not None for v in filters.values()):
             yield from self._walk(dict(base), stats, deadline, None, "")
             return
-        window = _window_us(filters)
+        window = window_us(filters)
         first = self.encoding_memo.get(self._memo_key) or "bracket"
         failed: list[tuple[str, str]] = []
         for encoding in (first, "flat" if first == "bracket" else "bracket"):
-            params = {**base, **_filter_params(filters, encoding)}
+            params = {**base, **filter_params(filters, encoding)}
             try:
                 yield from self._walk(params, stats, deadline, window, encoding)
                 return
-            except _Unhonoured as exc:
+            except Unhonoured as exc:
                 failed.append((encoding, exc.reason))
                 if len(failed) == 1:
                     stats.filter_retries += 1
-        raise StackOneFilterError(self._neither(failed))
+        raise StackOneFilterError(neither(failed, self._safe_base, self._scrub))
 
     def _walk(self, params: dict, stats: FetchStats, deadline: float, window, encoding: str) -> Iterator[list[dict]]:
         paginator = CursorPaginator()
@@ -281,11 +183,11 @@ class StackOneClient:
             try:
                 records = self._get_page("/requests/logs", params, paginator, stats, deadline)
             except StackOneBadRequest as exc:
-                if first and encoding and exc.status == 400 and _UNKNOWN_PARAMETER.search(exc.server_message):
-                    raise _Unhonoured(f"answered HTTP 400: {exc.server_message}") from None
+                if first and encoding and exc.status == 400 and UNKNOWN_PARAMETER.search(exc.server_message):
+                    raise Unhonoured(f"answered HTTP 400: {exc.server_message}") from None
                 raise
             if window is not None:
-                self._check_window(records, window)
+                check_window(records, window)
             if encoding:
                 stats.filter_encoding = encoding
                 if first and records:
@@ -294,43 +196,6 @@ class StackOneClient:
             stats.pages += 1
             yield records
             paginator.update_request(params)
-
-    @staticmethod
-    def _check_window(records: list[dict], window: tuple[int | None, int | None]) -> None:
-        lo, hi = window
-        lo_us = -(2**62) if lo is None else lo - WINDOW_SLACK_US
-        hi_us = 2**62 if hi is None else hi + WINDOW_SLACK_US
-        # the wire's usual spelling, `2026-11-20T09:00:21.252Z`, compares as text: no parsing
-        lo_s = "" if lo is None else _fmt_us(lo_us)
-        hi_s = "~" if hi is None else _fmt_us(hi_us)
-        for record in records:
-            v = record.get("event_datetime", record.get("eventDatetime"))
-            if isinstance(v, str) and len(v) == 24 and v[19] == "." and v[23] == "Z":
-                if lo_s <= v <= hi_s:
-                    continue
-            else:
-                t = _event_us(record)
-                if t is None or lo_us <= t <= hi_us:
-                    continue
-            start = "-" if lo is None else _fmt_us(lo)
-            end = "-" if hi is None else _fmt_us(hi)
-            raise _Unhonoured(f"a page for [{start}, {end}] held a record at {v}")
-
-    def _neither(self, failed: list[tuple[str, str]]) -> str:
-        refused = [r.startswith("answered HTTP 400") for _, r in failed]
-        if not any(refused):
-            what = "ignored the date filter"
-        elif all(refused):
-            what = "refused the filter parameters"
-        else:
-            what = "honoured the date filter"
-        what += " in neither encoding" if what.startswith("honoured") else " in both encodings"
-        detail = "; ".join(f"with {ENCODINGS[e]} {r}" for e, r in failed)
-        return (
-            f"StackOne {self._safe_base}/requests/logs: the API {what} {BOTH_ENCODINGS}: {self._scrub(detail)}. "
-            "The pipeline does not walk unfiltered (every hourly walk would page through the whole "
-            "retention window); check that STACKONE_BASE_URL points at StackOne's Request Logs API."
-        )
 
     def get_log(self, request_id: str, include: str | None = None) -> dict:
         params = {"include": include} if include else {}
