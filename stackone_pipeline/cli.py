@@ -28,6 +28,11 @@ CAUSED_BY = "The above exception was caused by the following exception:\n"
 
 
 def _quiet_dagster() -> None:
+    """Before a command runs the pipeline in this process: no beta warnings, and a lean process
+    (footprint.py)."""
+    from .footprint import lean_process
+
+    lean_process()
     for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
 
@@ -211,7 +216,7 @@ def cmd_sinks(args) -> int:
     settings = _settings()
     from .http import Transport
     from .sinks import dead_letters
-    from .sinks.delivery import DeliveryError
+    from .sinks.errors import DeliveryError
     from .sinks.registry import BY_NAME
     from .sinks.replay import replay, replay_line, summary_lines
     from .storage import Storage

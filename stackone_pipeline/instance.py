@@ -16,6 +16,7 @@ ended, so it stays STARTED for ever. Two things fix that:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from dataclasses import dataclass
@@ -75,8 +76,17 @@ def prepare_home(home: Path) -> None:
 
 
 def pipeline_instance() -> dg.DagsterInstance:
-    """The instance in `DAGSTER_HOME` when it is set (so `dagster dev` shows the runs), else a throw-away one."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    """The instance in `DAGSTER_HOME` when it is set (so `dagster dev` shows the runs), else a
+    throw-away one. A missing home is created. Several commands starting at once on a fresh home
+    take turns: two processes creating the SQLite instance together fail (`table secondary_indexes
+    already exists`)."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    prepare_home(Path(home))
+    with open(Path(home) / ".stackone-instance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 @dataclass(frozen=True)

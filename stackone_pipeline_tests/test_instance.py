@@ -106,8 +106,9 @@ def test_a_killed_backfill_run_is_marked_failed_and_live_runs_are_left_alone(tmp
             STACKONE_CONCURRENCY="1",
         )
         cmd = [str(CLI), "backfill", "--start", (end - timedelta(hours=2)).isoformat(), "--end", end.isoformat()]
-        backfill = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the test's instance first: two processes creating one SQLite instance at once collide
         instance = dg.DagsterInstance.from_config(str(home))
+        backfill = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             killed = wait_for(
                 "the backfill run to start",

@@ -11,7 +11,7 @@ import dagster as dg
 
 from ..http import Transport
 from ..partitions import hourly_partitions, hours_of_run
-from ..sinks.delivery import DeliveryError
+from ..sinks.errors import DeliveryError
 from ..sinks.registry import SinkSpec
 
 

@@ -48,6 +48,7 @@ from ..warehouse.schema import REQUEST_LOG_DETAILS as DETAILS
 from ..warehouse.schema import REQUEST_LOGS
 from . import dead_letters
 from .batching import batches
+from .errors import DeliveryError
 from .ledger import (
     ACCEPTED,
     NO_EVENT_TIME,
@@ -96,10 +97,6 @@ class Sink(Protocol):
 
     def classify(self, response) -> Verdict:
         """Read the sink's answer."""
-
-
-class DeliveryError(RuntimeError):
-    pass
 
 
 @dataclass

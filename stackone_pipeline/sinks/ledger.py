@@ -63,7 +63,9 @@ def _field(text: str) -> str:
     return " ".join(text.split())[:500]  # one journal field: no tab or newline
 
 
-NO_IDS = pa.schema([("request_id", pa.string()), ("outcome", pa.string())]).empty_table()
+NO_IDS = pa.table(
+    {"request_id": pa.array([], pa.string()), "outcome": pa.array([], pa.string())}
+)  # (schema.empty_table() imports pandas)
 
 # The ledger's key of a stored row, as SQL over it: its request_id, else a hash of every other
 # stored field (keys sorted, nulls left out, times as epoch microseconds: the same bytes from the

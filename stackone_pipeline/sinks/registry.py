@@ -14,11 +14,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Literal
 
 from ..settings import DatadogSettings, LokiSettings, OtlpSettings, PrometheusSettings
-from . import datadog, loki, otlp, prometheus
-from .delivery import deliver_hour
+
+
+def lazy(module: str, attr: str) -> Callable:
+    """`<this package>.module.attr`, imported when first called: a sink's code and its libraries
+    (OpenTelemetry, pyarrow.compute, ...) load only in a process that delivers to it, not in every
+    process that loads the definitions."""
+
+    def call(*args, **kwargs):
+        target = import_module(f"{__package__}.{module}")
+        for part in attr.split("."):
+            target = getattr(target, part)
+        return target(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{attr}"
+    return call
+
 
 LOG_TOTALS = ("sent", "accepted", "rejected", "skipped", "dead_letters")
 METRIC_TOTALS = ("rows", "series", "samples", "batches", "retries", "bytes", "skipped", "already_delivered")
@@ -32,7 +47,9 @@ class SinkSpec:
     not_configured: str  # what to set, shown on the stand-in asset when the sink is off
     settings_class: type  # its part of settings.py
     build: Callable  # the sink's settings -> the sink object `deliver` takes
-    deliver: Callable = deliver_hour  # (sink, storage, hour, transport, force=) -> report with .metadata()
+    deliver: Callable = lazy(
+        "delivery", "deliver_hour"
+    )  # (sink, storage, hour, transport, force=) -> report with .metadata()
     after_hour: Callable | None = None  # (sink, storage, hour, transport) -> extra metadata or None
     totals: tuple[str, ...] = LOG_TOTALS  # figures summed over the hours of a range run
 
@@ -54,8 +71,8 @@ SINKS: tuple[SinkSpec, ...] = (
         "Grafana Loki: every record as one deterministic JSON line, gzip JSON pushes to /loki/api/v1/push.",
         "LOKI_URL is not set",
         LokiSettings,
-        loki.LokiSink.from_settings,
-        after_hour=loki.after_hour,  # the streams the hour went to (late arrivals: late_shard)
+        lazy("loki", "LokiSink.from_settings"),
+        after_hour=lazy("loki", "after_hour"),  # the streams the hour went to (late arrivals: late_shard)
     ),
     SinkSpec(
         "datadog",
@@ -63,8 +80,8 @@ SINKS: tuple[SinkSpec, ...] = (
         "Datadog Logs: gzip JSON arrays to the logs intake (/api/v2/logs); optionally old hours as metrics.",
         "DATADOG_API_KEY is not set",
         DatadogSettings,
-        datadog.DatadogSink.from_settings,
-        after_hour=datadog.after_hour,
+        lazy("datadog", "DatadogSink.from_settings"),
+        after_hour=lazy("datadog", "after_hour"),
     ),
     SinkSpec(
         "otlp",
@@ -72,7 +89,7 @@ SINKS: tuple[SinkSpec, ...] = (
         "OpenTelemetry: OTLP/HTTP protobuf logs (gzip), one LogRecord per request, at its event time.",
         "OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is not set",
         OtlpSettings,
-        otlp.OtlpSink.from_settings,
+        lazy("otlp", "OtlpSink.from_settings"),
     ),
     SinkSpec(
         "prometheus",
@@ -81,8 +98,8 @@ SINKS: tuple[SinkSpec, ...] = (
         "remote-written to Prometheus at the events' real times.",
         "PROMETHEUS_REMOTE_WRITE_URL is not set",
         PrometheusSettings,
-        prometheus.PrometheusSink.from_settings,
-        deliver=prometheus.deliver_hour,
+        lazy("prometheus", "PrometheusSink.from_settings"),
+        deliver=lazy("prometheus", "deliver_hour"),
         totals=METRIC_TOTALS,
     ),
 )

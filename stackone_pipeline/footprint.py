@@ -1,0 +1,39 @@
+"""What a command's process leaves out to stay small (measured: `benchmarks/command_bench.py`).
+
+* pyarrow imports pandas (about 50 MB resident and 0.3 s of CPU) the first time it builds an
+  array from Python objects, only to ask whether they are pandas objects. The pipeline never
+  hands it one, so the commands that run the pipeline (`backfill`, `demo`) tell pyarrow, before
+  its first array, that pandas is not there. pyarrow asks again, and then finds pandas, wherever
+  pandas is really needed (`Table.to_pandas()` still works): only the needless import is skipped.
+* pyarrow's default allocator (mimalloc) keeps what it has freed for reuse; the system allocator
+  gives it back. Batches here are a page at a time, so reuse saves little and costs ~15 MB.
+  (`ARROW_DEFAULT_MEMORY_POOL`, read when pyarrow first allocates: set it to keep mimalloc.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.abc import MetaPathFinder
+
+
+class _PandasAbsent(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError(f"{name} is left out of this process until it is needed")
+        return None
+
+
+def lean_process() -> None:
+    """Call before the pipeline's first Arrow array in this process (a no-op for what is loaded)."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow makes its pool
+    import pyarrow as pa
+
+    if "pandas" in sys.modules:
+        return
+    finder = _PandasAbsent()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])  # pyarrow looks for pandas once, here, and remembers it did not find it
+    finally:
+        sys.meta_path.remove(finder)
