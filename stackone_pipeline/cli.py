@@ -91,6 +91,8 @@ def cmd_simulate(args) -> int:
         list_shape=args.list_shape,
         filter_encoding=args.filter_encoding,
         reject_unknown_params=args.reject_unknown_params,
+        max_page_size=args.max_page_size,
+        page_size_policy=args.page_size_policy,
     )
     serve(config, args.host, args.port)
     return 0
@@ -447,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--reject-unknown-params", action="store_true", help="answer 400 to query parameters it does not know"
+    )
+    s.add_argument("--max-page-size", type=bounded_int(1), default=1000, help="the largest page served")
+    s.add_argument(
+        "--page-size-policy",
+        choices=("clamp", "refuse"),
+        default="clamp",
+        help="a larger page_size is served as the maximum (clamp, default) or answered 400 (refuse)",
     )
     s.set_defaults(func=cmd_simulate)
 

@@ -138,6 +138,30 @@ def test_walk_to_end_with_clamped_short_pages_matches_expected(launch):
     assert desc == expected[::-1]
 
 
+def test_page_size_policy_clamps_or_refuses_and_switches_at_runtime(launch):
+    sim, client = launch(rows_per_hour=600, max_page_size=50)
+    params = _window(H, H + HOUR, order_direction="asc")
+    clamped = client.get("/requests/logs", params={**params, "page_size": 80}).json()
+    assert len(clamped["data"]) == 50 and clamped["next"]  # the default: served as the maximum, with next
+    r = httpx.post(f"{sim.url}/_simulator/config", json={"page_size_policy": "refuse", "max_page_size": 40})
+    assert r.status_code == 200 and r.json()["page_size_policy"] == "refuse"
+    refused = client.get("/requests/logs", params={**params, "page_size": 41})
+    assert assert_error_body(refused, 400)["message"] == "page_size must not be greater than 40"
+    got, sizes = walk(client, {**params, "page_size": 40})  # the maximum itself is served
+    assert got == sim.simulator.expected_records(H, H + HOUR) and max(sizes) == 40
+    stats = httpx.get(f"{sim.url}/_simulator/stats", params={"events": 1}).json()
+    assert stats["page_sizes"][:3] == [["80", 200], ["41", 400], ["40", 200]]  # what was asked, as sent
+    with pytest.raises(ValueError, match="page_size_policy"):
+        SimulatorConfig(page_size_policy="shrug")
+
+
+def test_short_page_fault_serves_half_a_page_with_next(launch):
+    sim, client = launch(rows_per_hour=600, faults=Faults(short_page_every=2))
+    got, sizes = walk(client, _window(H, H + HOUR, order_direction="asc", page_size=100))
+    assert got == sim.simulator.expected_records(H, H + HOUR)
+    assert sizes[:4] == [100, 50, 100, 50]  # every second request: half the page, yet next was not null
+
+
 def test_defaults_page_size_25_newest_first(launch):
     _, client = launch()
     data = client.get("/requests/logs").json()
@@ -555,6 +579,8 @@ def test_config_endpoint_switches_the_api_shape(launch):
         "filter_encoding": "both",
         "reject_unknown_params": False,
         "retention_days": 90,
+        "page_size_policy": "clamp",
+        "max_page_size": 1000,
     }
     r = httpx.post(url, json={"filter_encoding": "flat", "reject_unknown_params": True, "retention_days": 30})
     assert r.status_code == 200 and r.json()["filter_encoding"] == "flat"
@@ -562,7 +588,15 @@ def test_config_endpoint_switches_the_api_shape(launch):
     assert _first_page(client, _flat_window(H, H + HOUR)).status_code == 200
     old = NOW - timedelta(days=31)  # retention shortened to 30 days
     assert client.get("/requests/logs", params=_flat_window(old, old + HOUR)).json()["data"] == []
-    for bad in ({"list_shape": "huge"}, {"filter_encoding": "xml"}, {"retention_days": 0}, {"nope": 1}):
+    bad_values = (
+        {"list_shape": "huge"},
+        {"filter_encoding": "xml"},
+        {"retention_days": 0},
+        {"page_size_policy": "shrug"},
+        {"max_page_size": 0},
+        {"nope": 1},
+    )
+    for bad in bad_values:
         assert httpx.post(url, json=bad).status_code == 400
     assert httpx.get(url).json()["filter_encoding"] == "flat"  # a refused update changes nothing
     with pytest.raises(ValueError, match="list_shape"):

@@ -117,7 +117,8 @@ class Simulator:
     def handle(self, method: str, path: str, query: str, authorization: str | None) -> Response:
         mono, wall = time.monotonic(), time.time()
         resp = self._handle(method, path, query, authorization, mono)
-        self.stats.record(mono, wall, path, resp.status)
+        listed = _params(query).get("page_size", "") if path.rstrip("/") == "/requests/logs" else None
+        self.stats.record(mono, wall, path, resp.status, listed)
         return resp
 
     def error(self, status: int, message: str, **headers: str) -> Response:
@@ -152,7 +153,7 @@ class Simulator:
         params = _params(query)
         try:
             if path.rstrip("/") == "/requests/logs":
-                resp = self.list_logs(params)
+                resp = self.list_logs(params, short=f.short_page_every > 0 and n % f.short_page_every == 0)
             else:
                 resp = self.get_log(path[len("/requests/logs/") :], params)
         except ApiError as exc:
@@ -165,8 +166,10 @@ class Simulator:
         return resp
 
     # ---- list ---------------------------------------------------------------
-    def list_logs(self, params: dict[str, str]) -> Response:
+    def list_logs(self, params: dict[str, str], short: bool = False) -> Response:
         q = parse_query(params, self.config, self.traffic)
+        if short:  # a legal short page: half the records, `next` as usual (the walk goes on from there)
+            q.page_size = max(1, q.page_size // 2)
         f = self.faults
         if f.refuse_start_ms and q.start_ms == f.refuse_start_ms:  # one hour of a range fails for good
             raise ApiError(400, "start_date: this window cannot be served (simulated fault)")

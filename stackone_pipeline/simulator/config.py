@@ -17,6 +17,9 @@ LIST_SHAPES = ("partial", "full")
 # Which spelling of the list filters is honoured: both, only `filter[start_date]=` (the guide's
 # curl), only `start_date=` (the SDK spec's form-exploded object), or neither.
 FILTER_ENCODINGS = ("both", "bracket", "flat", "none")
+# What a page_size above max_page_size gets: silently served as max_page_size, with `next`
+# ("clamp"), or a 400 "page_size must not be greater than <max>" ("refuse").
+PAGE_SIZE_POLICIES = ("clamp", "refuse")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Faults:
     camel_case: bool = False  # SDK-style camelCase keys instead of snake_case
     secrets: bool = True  # credentials in logged headers / URLs (as in real life)
     refuse_start_ms: int = 0  # a list request whose start_date is this instant (epoch ms) -> 400
+    short_page_every: int = 0  # every Nth -> a list page of half the records it would have, with `next`
 
     def update(self, values: dict[str, Any]) -> None:
         """Set fields from a JSON-ish mapping, coercing to each field's type; unknown keys raise."""
@@ -63,7 +67,7 @@ class SimulatorConfig:
     rate_limit_per_minute: int = 1000
     rate_limit_window_s: float = 60.0  # sliding window length (tests shrink it)
     default_page_size: int = 25  # as the real API
-    max_page_size: int = 1000  # larger page_size is silently clamped
+    max_page_size: int = 1000  # larger page_size is clamped or refused (page_size_policy)
     retention_days: int = 90
     burst_hour_utc: int = 14  # workday error burst HH:20-HH:35 of this UTC hour
     slow_provider: str = "successfactors"
@@ -76,8 +80,16 @@ class SimulatorConfig:
     list_shape: str = "partial"
     filter_encoding: str = "both"
     reject_unknown_params: bool = False  # 400 for query parameters it does not know (an unhonoured filter form too)
+    page_size_policy: str = "clamp"  # see PAGE_SIZE_POLICIES
 
-    SWITCHES = ("list_shape", "filter_encoding", "reject_unknown_params", "retention_days")
+    SWITCHES = (
+        "list_shape",
+        "filter_encoding",
+        "reject_unknown_params",
+        "retention_days",
+        "page_size_policy",
+        "max_page_size",
+    )
 
     def __post_init__(self) -> None:
         self._check()
@@ -89,8 +101,14 @@ class SimulatorConfig:
             raise ValueError(
                 f"filter_encoding must be one of {', '.join(FILTER_ENCODINGS)}, got {self.filter_encoding!r}"
             )
-        if not isinstance(self.retention_days, int) or isinstance(self.retention_days, bool) or self.retention_days < 1:
-            raise ValueError(f"retention_days must be a positive integer, got {self.retention_days!r}")
+        if self.page_size_policy not in PAGE_SIZE_POLICIES:
+            raise ValueError(
+                f"page_size_policy must be one of {', '.join(PAGE_SIZE_POLICIES)}, got {self.page_size_policy!r}"
+            )
+        for name in ("retention_days", "max_page_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     def switches(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.SWITCHES}
@@ -121,18 +139,23 @@ class Stats:
         self.total = 0
         self.by_status: Counter[int] = Counter()
         self.events: list[tuple[float, float, str, int]] = []  # (monotonic, wall, path, status)
+        self.page_sizes: list[tuple[str, int]] = []  # (page_size as sent, status) of each list request
 
-    def record(self, mono: float, wall: float, path: str, status: int) -> None:
+    def record(self, mono: float, wall: float, path: str, status: int, page_size: str | None = None) -> None:
+        """One API request; `page_size` (as sent, "" when absent) for a list request."""
         with self._lock:
             self.total += 1
             self.by_status[status] += 1
             self.events.append((mono, wall, path, status))
+            if page_size is not None:
+                self.page_sizes.append((page_size, status))
 
     def reset(self) -> None:
         with self._lock:
             self.total = 0
             self.by_status.clear()
             self.events.clear()
+            self.page_sizes.clear()
 
     def snapshot(self, events: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -142,6 +165,7 @@ class Stats:
             }
             if events:
                 out["events"] = [list(e) for e in self.events]
+                out["page_sizes"] = [list(p) for p in self.page_sizes]
             return out
 
     def max_in_window(self, window_s: float, exclude: tuple[int, ...] = (429,)) -> int:

@@ -5,6 +5,9 @@ Filters come in two spellings: bracketed, ``filter[start_date]=`` (StackOne's gu
 says which are honoured (both, bracket, flat, none); a spelling that is not honoured is ignored,
 as an API ignores parameters it does not know, or refused with a 400 when
 ``config.reject_unknown_params`` is set.
+
+A ``page_size`` above ``config.max_page_size`` is served as the maximum (``page_size_policy``
+"clamp", with ``next`` when there is more) or refused with a 400 ("refuse").
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ def parse_query(params: dict[str, str], config, traffic: Traffic) -> Query:
             raise ApiError(400, "page_size must be a positive integer") from None
         if size < 1:
             raise ApiError(400, "page_size must be a positive integer")
+        if size > config.max_page_size and config.page_size_policy == "refuse":
+            raise ApiError(400, f"page_size must not be greater than {config.max_page_size}")
     size = min(size, config.max_page_size)
     order_by = params.get("order_by") or "eventDatetime"
     if order_by not in ORDER_FIELDS:

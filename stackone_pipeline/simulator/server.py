@@ -3,7 +3,9 @@
 Routing only; the API behaviour lives in ``api.Simulator``. Admin endpoints under
 ``/_simulator/`` (no auth, loopback clients only) let out-of-process tests read
 stats, flip faults (``/_simulator/faults``), switch the API's shape (``/_simulator/config``:
-list_shape, filter_encoding, reject_unknown_params, retention_days) and reset state.
+list_shape, filter_encoding, reject_unknown_params, retention_days, page_size_policy,
+max_page_size) and reset state; ``/_simulator/stats?events=1`` adds every request and the
+page_size of every list request.
 """
 
 from __future__ import annotations
