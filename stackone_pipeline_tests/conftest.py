@@ -21,6 +21,7 @@ from stackone_pipeline.settings import Settings
 from stackone_pipeline.simulator import DEFAULT_API_KEY, SimulatorConfig, start_simulator
 from stackone_pipeline.simulator.config import LIST_SHAPES
 from stackone_pipeline.stackone.client import EncodingMemo, StackOneClient
+from stackone_pipeline.stackone.page_size import PageSizeMemo
 from stackone_pipeline.stackone.ratelimit import RateLimiter
 from stackone_pipeline.storage import Storage
 
@@ -91,11 +92,13 @@ def sim(sim_config):
 @pytest.fixture
 def make_client(sim):
     clients = []
-    memo = EncodingMemo()  # the test's clients share what they learn, and nothing from other tests
+    # the test's clients share what they learn, and nothing from other tests
+    memo, page_size_memo = EncodingMemo(), PageSizeMemo()
 
     def make(**kw) -> StackOneClient:
         kw.setdefault("rate_limiter", RateLimiter(100_000))
         kw.setdefault("encoding_memo", memo)
+        kw.setdefault("page_size_memo", page_size_memo)
         kw.setdefault("backoff_base_s", 0.05)
         kw.setdefault("page_size", 100)
         client = StackOneClient(kw.pop("api_key", DEFAULT_API_KEY), kw.pop("base_url", sim.url), **kw)

@@ -12,6 +12,10 @@ spelling that works is remembered in `ENCODING_MEMO`, and `StackOneFilterError` 
 when neither works. A walk restarted after some of its pages were yielded yields those records
 again (consumers de-duplicate by request_id, as `ingest_hour` does). `FetchStats.filter_encoding`
 says which encoding the walk used.
+
+Page size (page_size.py): a configured size is sent as it is; without one the client asks for the
+largest page the API serves, learnt per base URL from silent clamps and 400s, in `PAGE_SIZE_MEMO`.
+`FetchStats.page_size` says what the walk asked for.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .filters import (
     neither,
     window_us,
 )
+from .page_size import PAGE_SIZE_MEMO, PageSizeMemo, refuses_size
 from .pagination import CursorPaginator, MalformedPage
 from .ratelimit import RateLimiter
 from .redaction import Redactor
@@ -76,6 +81,9 @@ class FetchStats:
     rate_wait_s: float = 0.0
     filter_encoding: str = ""  # "bracket" (filter[start_date]=) or "flat" (start_date=); "" unfiltered
     filter_retries: int = 0  # walks stopped and walked again in the other encoding
+    page_size: int = 0  # the page size the walk asked for last
+    page_size_adaptive: bool = False  # chosen by the client (page_size.py), not configured (STACKONE_PAGE_SIZE)
+    page_size_refusals: int = 0  # 400s for a page size too large, each asked again smaller
 
 
 class StackOneClient:
@@ -85,7 +93,7 @@ class StackOneClient:
         base_url: str = "https://api.stackone.com",
         *,
         rate_limiter: RateLimiter,
-        page_size: int = 100,
+        page_size: int | None = None,
         timeout_s: float = 30.0,
         max_attempts: int = 8,
         deadline_s: float = 1800.0,
@@ -95,12 +103,16 @@ class StackOneClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         encoding_memo: EncodingMemo | None = None,
+        page_size_memo: PageSizeMemo | None = None,
     ):
         if not api_key:
             raise StackOneAuthError("no StackOne API key: set STACKONE_API_KEY")
+        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
+            raise ValueError(f"page_size must be a positive integer or None (adaptive), got {page_size!r}")
         self.base_url = base_url.rstrip("/")
-        self.page_size = page_size
+        self.page_size = page_size  # None: the largest the API serves (page_size.py)
         self.encoding_memo = encoding_memo if encoding_memo is not None else ENCODING_MEMO
+        self.page_size_memo = page_size_memo if page_size_memo is not None else PAGE_SIZE_MEMO
         self._memo_key = (self.base_url, hashlib.sha256(api_key.encode()).hexdigest()[:16])
         self.limiter = rate_limiter
         self.deadline_s = deadline_s
@@ -144,22 +156,24 @@ class StackOneClient:
     ) -> Iterator[list[dict]]:
         """Walk every page of one query; yields each page's records as it arrives. A dated walk
         is checked page by page against its window and walked in the other filter encoding when
-        the API ignored (or refused) this one (see the module's docstring)."""
+        the API ignored (or refused) this one (see the module's docstring). `page_size` (else the
+        client's) is sent as it is; None asks for the largest page the API serves (page_size.py)."""
         if order_by not in ORDER_BY:
             raise ValueError(f"order_by must be one of {ORDER_BY}")
         filters = filters or {}
         filter_params(filters)  # unknown names fail before any request
         base: dict[str, object] = {
-            "page_size": page_size or self.page_size,
             "order_by": order_by,
             "order_direction": order_direction,
         }
         if include:
             base["include"] = include
         stats = stats if stats is not None else FetchStats()
+        size = page_size or self.page_size
+        stats.page_size_adaptive = size is None
         deadline = self._clock() + self.deadline_s
         if not any(v is not None for v in filters.values()):
-            yield from self._walk(dict(base), stats, deadline, None, "")
+            yield from self._walk(dict(base), size, stats, deadline, None, "")
             return
         window = window_us(filters)
         first = self.encoding_memo.get(self._memo_key) or "bracket"
@@ -167,7 +181,7 @@ class StackOneClient:
         for encoding in (first, "flat" if first == "bracket" else "bracket"):
             params = {**base, **filter_params(filters, encoding)}
             try:
-                yield from self._walk(params, stats, deadline, window, encoding)
+                yield from self._walk(params, size, stats, deadline, window, encoding)
                 return
             except Unhonoured as exc:
                 failed.append((encoding, exc.reason))
@@ -175,17 +189,32 @@ class StackOneClient:
                     stats.filter_retries += 1
         raise StackOneFilterError(neither(failed, self._safe_base, self._scrub))
 
-    def _walk(self, params: dict, stats: FetchStats, deadline: float, window, encoding: str) -> Iterator[list[dict]]:
+    def _walk(
+        self, params: dict, size: int | None, stats: FetchStats, deadline: float, window, encoding: str
+    ) -> Iterator[list[dict]]:
+        """Every page of one query in one filter encoding; `size` None: the page size adapts."""
         paginator = CursorPaginator()
         paginator.init_request(params)
+        memo = self.page_size_memo
         first = True
         while paginator.has_next_page:
+            asked = params["page_size"] = size or memo.ask(self.base_url)
+            stats.page_size = asked
             try:
                 records = self._get_page("/requests/logs", params, paginator, stats, deadline)
             except StackOneBadRequest as exc:
+                if exc.status == 400 and refuses_size(exc.server_message, asked, first):
+                    if size is not None:
+                        raise self._size_refused(exc, asked, configured=True) from None
+                    stats.page_size_refusals += 1
+                    if memo.refused(self.base_url, asked, exc.server_message) is None:
+                        raise self._size_refused(exc, asked, configured=False) from None
+                    continue  # the same page again, smaller
                 if first and encoding and exc.status == 400 and UNKNOWN_PARAMETER.search(exc.server_message):
                     raise Unhonoured(f"answered HTTP 400: {exc.server_message}") from None
                 raise
+            if size is None:
+                memo.page(self.base_url, asked, len(records), paginator.has_next_page)
             if window is not None:
                 check_window(records, window)
             if encoding:
@@ -196,6 +225,20 @@ class StackOneClient:
             stats.pages += 1
             yield records
             paginator.update_request(params)
+
+    def _size_refused(self, exc: StackOneBadRequest, asked: int, configured: bool) -> StackOneBadRequest:
+        if configured:
+            what = (
+                f"answered HTTP 400 to page_size={asked} (STACKONE_PAGE_SIZE): {exc.server_message}. Set "
+                "STACKONE_PAGE_SIZE to a size the API accepts, or unset it: the pipeline then asks for the "
+                "largest page the API serves"
+            )
+        else:
+            what = (
+                f"refused every page size down to page_size={asked}: {exc.server_message}. Set STACKONE_PAGE_SIZE "
+                "to a size the API accepts"
+            )
+        return StackOneBadRequest(f"StackOne {self._safe_base}/requests/logs {what}", exc.status, exc.server_message)
 
     def get_log(self, request_id: str, include: str | None = None) -> dict:
         params = {"include": include} if include else {}
