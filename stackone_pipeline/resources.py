@@ -32,7 +32,7 @@ class StackOneResource(dg.ConfigurableResource):
     base_url: str = "https://api.stackone.com"
     rate_limit_per_minute: int = 1000
     rate_limit_window_s: float = 60.0
-    page_size: int = 100
+    page_size: int | None = None  # None: the largest page the API serves (stackone/page_size.py)
     concurrency: int = 4
     retention_days: int = 90  # hours older than this are refused (StackOne no longer has them)
     deadline_s: float = 1800.0

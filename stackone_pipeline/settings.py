@@ -11,7 +11,10 @@ when a run starts and never shown in the UI.
 | STACKONE_BASE_URL                  | https://api.stackone.com |                                           |
 | STACKONE_DATA_DIR                  | ./data                   | lake, warehouse.duckdb, query.duckdb      |
 | STACKONE_RATE_LIMIT_PER_MINUTE     | 1000                     | client-side pacing per key                |
-| STACKONE_PAGE_SIZE                 | 100                      |                                           |
+| STACKONE_PAGE_SIZE                 | (adaptive)               | records per page asked; unset: the largest|
+|                                    |                          | page the API serves, learnt from clamps   |
+|                                    |                          | and 400s (stackone/page_size.py); each    |
+|                                    |                          | hour's metadata has the size (`page_size`)|
 | STACKONE_CONCURRENCY               | 4                        | hours fetched at once in one run          |
 | STACKONE_RETENTION_DAYS            | 90                       | the project's log retention at StackOne   |
 | STACKONE_KEEP_BODIES               | false                    | keep request/response bodies (redacted)   |
@@ -421,7 +424,7 @@ class Settings:
     base_url: str = "https://api.stackone.com"
     data_dir: str = "./data"
     rate_limit_per_minute: int = 1000
-    page_size: int = 100
+    page_size: int | None = None  # None: the largest page the API serves (stackone/page_size.py)
     concurrency: int = 4  # hours fetched at once inside one run (all share the rate limit)
     retention_days: int = DEFAULT_RETENTION_DAYS  # StackOne's log retention for the project
     keep_bodies: bool = False
@@ -443,7 +446,7 @@ class Settings:
             base_url=env_url(env, "STACKONE_BASE_URL", cls.base_url),
             data_dir=env.get("STACKONE_DATA_DIR") or cls.data_dir,
             rate_limit_per_minute=env_int(env, "STACKONE_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
-            page_size=env_int(env, "STACKONE_PAGE_SIZE", cls.page_size),
+            page_size=env_int(env, "STACKONE_PAGE_SIZE", 0) or None,  # unset: adaptive
             concurrency=env_int(env, "STACKONE_CONCURRENCY", cls.concurrency),
             retention_days=retention_days_from_env(env),
             keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),

@@ -58,7 +58,7 @@ def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
     hours = [closed_hour(i) for i in (4, 3, 2)]
     result = dg.materialize(
         [request_logs],
-        resources=pipeline_resources(sim.url, tmp_path),
+        resources=pipeline_resources(sim.url, tmp_path, page_size=100),  # three pages an hour
         tags={
             "dagster/asset_partition_range_start": key(hours[0]),
             "dagster/asset_partition_range_end": key(hours[-1]),
