@@ -142,6 +142,6 @@ def _fetch_details(client, storage, hour, settings, limiter, redaction, workers)
     table = pa.concat_tables([kept, pa.Table.from_pylist(rows, schema=DETAIL_SCHEMA)]).sort_by("request_id")
     with storage.lake.publishing(DETAILS, hour) as tmp:  # the warehouse first, then the lake
         pq.write_table(table, tmp, compression="zstd")
-        result.rows = storage.warehouse.replace_hour(DETAILS, CREATE_DETAILS, hour, tmp)
+        result.rows, _ = storage.warehouse.replace_hour(DETAILS, CREATE_DETAILS, hour, tmp)
     result.seconds = time.perf_counter() - started
     return result

@@ -3,7 +3,9 @@
 A plain function of (client, storage, hour): Dagster, the CLI and the benchmarks all call it.
 The hour is fetched page by page, normalised, redacted, clipped to [hour, hour+1) (the API's
 end_date is inclusive) and de-duplicated by request_id, streamed into the lake (published
-atomically once DuckDB has loaded it in one transaction).
+atomically once DuckDB has loaded it in one transaction). Memory is bounded by a page: a list page
+is normalised column by column (stackone/columnar.py) and written at once; repeated request_ids
+are left out by DuckDB when it loads the hour, not by a set of the hour's ids.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..partitions import HOUR
 from ..stackone.client import FetchStats, StackOneClient
+from ..stackone.columnar import Page, normalise_page
 from ..stackone.records import SCHEMA, epoch_us, normalise, to_batch
 from ..stackone.redaction import Redactor
 from ..storage import Storage
 from ..warehouse.schema import CREATE_REQUEST_LOGS, REQUEST_LOGS
+
+_TS = SCHEMA.field("event_datetime").type
 
 
 @dataclass
@@ -36,6 +44,9 @@ class HourResult:
     seconds: float = 0.0
     filter_encoding: str = ""  # how the API took the date filter: "bracket" (filter[start_date]=) or "flat"
     filter_retries: int = 0  # walks restarted in the other encoding (the first one was ignored or refused)
+    page_size: int = 0  # the page size the walk asked for (last)
+    page_size_adaptive: bool = False  # True: the largest page the API serves (no STACKONE_PAGE_SIZE)
+    page_size_refusals: int = 0  # sizes the API refused before one worked
 
     def metadata(self) -> dict:
         m = {k: v for k, v in asdict(self).items() if k != "hour"}
@@ -60,8 +71,8 @@ def ingest_hour(
     end = hour + HOUR
     result, stats = HourResult(hour=hour), FetchStats()
     redactor = Redactor(keep_bodies=redaction.keep_bodies, extra_names=redaction.extra_names)
-    seen: set[str] = set()  # ids only (~100 B each): the rows themselves are never held
-    lo, hi = epoch_us(hour), epoch_us(end)
+    lo = epoch_us(hour)
+    bounds = pa.scalar(lo, _TS), pa.scalar(epoch_us(end), _TS)
     # One run at a time per hour (a second one queues); the warehouse takes the finished file
     # before the lake shows it, so a failure anywhere leaves the lake's previous hour in place
     # and a re-run repairs the rest.
@@ -70,36 +81,39 @@ def ingest_hour(
         storage.hour_lock(REQUEST_LOGS, hour),
         storage.lake.writer(REQUEST_LOGS, hour, SCHEMA) as writer,
     ):
-        pages = client.list_logs(filters={"start_date": hour, "end_date": end}, stats=stats)
+        pages = client.list_logs(filters={"start_date": hour, "end_date": end}, stats=stats, columnar=True)
         for page in pages:
-            rows = []
-            for raw in page:
-                row = normalise(raw, redactor)
-                ts = row["event_datetime"]
-                if ts is None:
-                    result.missing_event_time += 1
-                    continue
-                if not (lo <= ts < hi):
-                    result.clipped_outside_hour += 1
-                    continue
-                rid = row["request_id"]
-                if rid is not None:
-                    if rid in seen:
-                        result.duplicates_dropped += 1
-                        continue
-                    seen.add(rid)
-                row["hour"] = lo
-                rows.append(row)
-            writer.write(to_batch(rows))
+            if isinstance(page, Page):  # the usual list page: column by column (columnar.py)
+                batch = normalise_page(page, redactor, lo)
+            else:  # anything else: record by record
+                batch = to_batch([normalise(raw, redactor) | {"hour": lo} for raw in page])
+            writer.write(_clipped(batch, bounds, result))
         path = writer.close()
-        result.rows = storage.warehouse.replace_hour(REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path)
-        if result.rows != writer.rows:  # the warehouse must hold exactly what the lake holds
+        # Repeats of a request_id (pages overlap while StackOne writes) are left out by DuckDB.
+        result.rows, result.duplicates_dropped = storage.warehouse.replace_hour(
+            REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path, unique="request_id"
+        )
+        if result.rows != writer.rows - result.duplicates_dropped:  # the warehouse holds what the lake holds
             raise RuntimeError(f"{hour:%Y-%m-%d %H}:00 loaded {result.rows} rows, wrote {writer.rows}")
+        if result.duplicates_dropped:  # the lake gets the warehouse's de-duplicated hour instead
+            writer.replace_file(lambda tmp: storage.warehouse.export_hour(REQUEST_LOGS, hour, tmp, SCHEMA))
         writer.publish()
     result.bytes_written = writer.bytes_written
     result.pages, result.requests = stats.pages, stats.requests
     result.retries, result.throttled = stats.retries, stats.throttled
     result.filter_encoding, result.filter_retries = stats.filter_encoding, stats.filter_retries
+    result.page_size, result.page_size_adaptive = stats.page_size, stats.page_size_adaptive
+    result.page_size_refusals = stats.page_size_refusals
     result.redactions = redactor.count
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _clipped(batch: pa.RecordBatch, bounds: tuple[pa.Scalar, pa.Scalar], result: HourResult) -> pa.RecordBatch:
+    """The rows of `batch` inside [hour, hour+1), counting the others (the API's end is inclusive)."""
+    ts = batch.column("event_datetime")
+    inside = pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1]))  # null where no time
+    kept = pc.sum(inside).as_py() or 0
+    result.missing_event_time += ts.null_count
+    result.clipped_outside_hour += batch.num_rows - ts.null_count - kept
+    return batch if kept == batch.num_rows else batch.filter(inside)

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -208,6 +208,19 @@ class HourWriter:
         self._writer.close()
         self.bytes_written = self.tmp_path.stat().st_size
         return self.tmp_path
+
+    def replace_file(self, write: Callable[[Path], object]) -> None:
+        """Swap the finished file for one `write(path)` makes (a fresh temporary name); the rows
+        count of the replacement is the caller's business."""
+        tmp = self.lake.temporary(self.dataset, self.hour)
+        try:
+            write(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.tmp_path.unlink(missing_ok=True)
+        self.tmp_path = tmp
+        self.bytes_written = tmp.stat().st_size
 
     def publish(self) -> Path:
         """Make the finished file the hour's file."""

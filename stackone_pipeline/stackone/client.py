@@ -29,6 +29,7 @@ import httpx
 import orjson
 
 from ..http import Action, Transport, Verdict, retry_after_seconds
+from .columnar import Page, parse_page
 from .filters import (
     ENCODING_MEMO,
     UNKNOWN_PARAMETER,
@@ -153,11 +154,13 @@ class StackOneClient:
         include: str | None = None,
         page_size: int | None = None,
         stats: FetchStats | None = None,
-    ) -> Iterator[list[dict]]:
+        columnar: bool = False,
+    ) -> Iterator[list[dict] | Page]:
         """Walk every page of one query; yields each page's records as it arrives. A dated walk
         is checked page by page against its window and walked in the other filter encoding when
         the API ignored (or refused) this one (see the module's docstring). `page_size` (else the
-        client's) is sent as it is; None asks for the largest page the API serves (page_size.py)."""
+        client's) is sent as it is; None asks for the largest page the API serves (page_size.py).
+        `columnar`: a page Arrow can parse whole comes as a `columnar.Page` instead of dicts."""
         if order_by not in ORDER_BY:
             raise ValueError(f"order_by must be one of {ORDER_BY}")
         filters = filters or {}
@@ -173,7 +176,7 @@ class StackOneClient:
         stats.page_size_adaptive = size is None
         deadline = self._clock() + self.deadline_s
         if not any(v is not None for v in filters.values()):
-            yield from self._walk(dict(base), size, stats, deadline, None, "")
+            yield from self._walk(dict(base), size, stats, deadline, None, "", columnar)
             return
         window = window_us(filters)
         first = self.encoding_memo.get(self._memo_key) or "bracket"
@@ -181,7 +184,7 @@ class StackOneClient:
         for encoding in (first, "flat" if first == "bracket" else "bracket"):
             params = {**base, **filter_params(filters, encoding)}
             try:
-                yield from self._walk(params, size, stats, deadline, window, encoding)
+                yield from self._walk(params, size, stats, deadline, window, encoding, columnar)
                 return
             except Unhonoured as exc:
                 failed.append((encoding, exc.reason))
@@ -190,8 +193,8 @@ class StackOneClient:
         raise StackOneFilterError(neither(failed, self._safe_base, self._scrub))
 
     def _walk(
-        self, params: dict, size: int | None, stats: FetchStats, deadline: float, window, encoding: str
-    ) -> Iterator[list[dict]]:
+        self, params: dict, size: int | None, stats: FetchStats, deadline: float, window, encoding: str, columnar=False
+    ) -> Iterator[list[dict] | Page]:
         """Every page of one query in one filter encoding; `size` None: the page size adapts."""
         paginator = CursorPaginator()
         paginator.init_request(params)
@@ -201,7 +204,7 @@ class StackOneClient:
             asked = params["page_size"] = size or memo.ask(self.base_url)
             stats.page_size = asked
             try:
-                records = self._get_page("/requests/logs", params, paginator, stats, deadline)
+                records = self._get_page("/requests/logs", params, paginator, stats, deadline, columnar)
             except StackOneBadRequest as exc:
                 if exc.status == 400 and refuses_size(exc.server_message, asked, first):
                     if size is not None:
@@ -248,13 +251,21 @@ class StackOneClient:
         return body["data"]
 
     # -- one request with the retry policy ------------------------------------------------
-    def _get_page(self, path, params, paginator, stats, deadline) -> list[dict]:
+    def _get_page(self, path, params, paginator, stats, deadline, columnar=False) -> list[dict] | Page:
         def parse(body):
             return paginator.update_state(body)
 
-        return self._get_json(path, params, stats, deadline, parse)
+        def parse_columnar(content: bytes) -> Page | None:
+            page = parse_page(content)
+            if page is not None:
+                paginator.advance(page.next)
+            return page
 
-    def _get_json(self, path, params, stats, deadline, parse=lambda body: body):
+        return self._get_json(path, params, stats, deadline, parse, parse_columnar if columnar else None)
+
+    def _get_json(self, path, params, stats, deadline, parse=lambda body: body, parse_bytes=None):
+        """One GET with the retry policy. `parse` reads the decoded JSON body; `parse_bytes`, when
+        given, is tried first on the raw body and its answer taken unless it is None."""
         parsed: list = []
         tries = 0
 
@@ -269,6 +280,10 @@ class StackOneClient:
         def classify(resp: httpx.Response) -> Verdict:
             status = resp.status_code
             if status == 200:
+                fast = parse_bytes(resp.content) if parse_bytes is not None else None
+                if fast is not None:
+                    parsed.append(fast)
+                    return Verdict(Action.OK)
                 try:
                     parsed.append(parse(orjson.loads(resp.content)))
                     return Verdict(Action.OK)

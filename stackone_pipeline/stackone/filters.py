@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 
+from .columnar import Page, event_range_us
 from .records import epoch_us, parse_timestamp
 
 FILTERS = (
@@ -124,11 +125,18 @@ def _fmt_us(us: int) -> str:
     return iso(datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us))
 
 
-def check_window(records: list[dict], window: Window) -> None:
+def check_window(records: list[dict] | Page, window: Window) -> None:
     """Raise `Unhonoured` when a record lies outside the walk's window (with the slack)."""
     lo, hi = window
     lo_us = -(2**62) if lo is None else lo - WINDOW_SLACK_US
     hi_us = 2**62 if hi is None else hi + WINDOW_SLACK_US
+    if isinstance(records, Page):  # a columnar page: its earliest and latest event time
+        first, last = event_range_us(records)
+        outside = first if first is not None and first < lo_us else last
+        if outside is None or lo_us <= outside <= hi_us:
+            return
+        start, end = ("-" if lo is None else _fmt_us(lo)), ("-" if hi is None else _fmt_us(hi))
+        raise Unhonoured(f"a page for [{start}, {end}] held a record at {_fmt_us(outside)}")
     # the wire's usual spelling, `2026-11-20T09:00:21.252Z`, compares as text: no parsing
     lo_s = "" if lo is None else _fmt_us(lo_us)
     hi_s = "~" if hi is None else _fmt_us(hi_us)

@@ -35,5 +35,10 @@ class CursorPaginator:
         self.has_next_page = self.cursor is not None
         return records
 
+    def advance(self, cursor: str | None) -> None:
+        """Remember the cursor of a page parsed elsewhere (columnar.parse_page validated it)."""
+        self.cursor = cursor or None
+        self.has_next_page = self.cursor is not None
+
     def update_request(self, params: dict) -> None:
         params["next"] = self.cursor

@@ -133,16 +133,47 @@ class Warehouse:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def replace_hour(self, table: str, create_sql: str, hour: datetime, parquet_path: Path) -> int:
-        """Delete `hour` from `table` and insert the hour's Parquet file, in one transaction."""
+    def replace_hour(
+        self, table: str, create_sql: str, hour: datetime, parquet_path: Path, unique: str | None = None
+    ) -> tuple[int, int]:
+        """Delete `hour` from `table` and insert the hour's Parquet file, in one transaction;
+        returns (rows now in the hour, rows left out). With `unique`, a row whose `unique` value an
+        earlier row of the file has is left out (the first one stays; rows without one all stay).
+        DuckDB does it, spilling to disk if it must, so memory stays bounded whatever the hour's size."""
+        source = "read_parquet($path, hive_partitioning = false)"
         with self.writer() as con:
             con.execute(create_sql)
             con.execute("SET memory_limit = '96MB'")  # a plain insert streams: spill, don't grow
             with in_transaction(con):
-                con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
-                con.execute(
-                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
-                    [str(parquet_path)],
-                )
-                (rows,) = con.execute(f"SELECT count(*) FROM {table} WHERE hour = ?", [hour]).fetchone()
+                con.execute(f"DELETE FROM {table} WHERE hour = $hour", {"hour": hour})
+                repeated = 0
+                if unique:
+                    (repeated,) = con.execute(
+                        f"SELECT count({unique}) - count(DISTINCT {unique}) FROM {source}", {"path": str(parquet_path)}
+                    ).fetchone()
+                if repeated:
+                    source = (
+                        f"(SELECT * EXCLUDE (file_row_number) FROM read_parquet($path, hive_partitioning = false, "
+                        f"file_row_number = true) QUALIFY {unique} IS NULL OR "
+                        f"row_number() OVER (PARTITION BY {unique} ORDER BY file_row_number) = 1)"
+                    )
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {source}", {"path": str(parquet_path)})
+                (rows,) = con.execute(f"SELECT count(*) FROM {table} WHERE hour = $hour", {"hour": hour}).fetchone()
+        return rows, repeated
+
+    def export_hour(self, table: str, hour: datetime, path: Path, schema: pa.Schema) -> int:
+        """Write `table`'s rows of `hour` to a Parquet file at `path` with `schema` (the lake's),
+        a batch at a time; returns the rows written."""
+        import pyarrow.parquet as pq
+
+        rows = 0
+        with self.reader() as con, pq.ParquetWriter(path, schema, compression="zstd") as out:
+            cols = ", ".join(
+                f"{name}::VARCHAR AS {name}" if typ == pa.string() else name
+                for name, typ in zip(schema.names, schema.types)
+            )
+            rel = con.sql(f"SELECT {cols} FROM {table} WHERE hour = $hour", params={"hour": hour})
+            for batch in rel.to_arrow_reader(50_000):
+                out.write_batch(batch.cast(schema))
+                rows += batch.num_rows
         return rows

@@ -1,0 +1,147 @@
+"""A list page straight from its JSON bytes to Arrow columns: the fast path of `records.normalise`.
+
+`records.normalise` turns one decoded record (a dict) into one row: exact for every shape the API
+may send, and about 15 µs of Python a row. A list page of StackOne's partial records is the same
+two dozen scalar keys a thousand times over, so here Arrow's JSON reader parses the page's bytes
+into typed columns in C++ and the normalisation runs column by column. The result is the batch
+`to_batch([normalise(r) for r in records])` would give, byte for byte: the equivalence is
+property-tested (`test_columnar.py`), and whatever this path cannot promise to do identically it
+leaves to the record-by-record path, so `parse_page` answers None for a page with
+
+* a value of another JSON type than the one documented (a number where a string belongs, `true`
+  as a duration, ...): the reader refuses it, and `normalise` has its own rules for such values;
+* a key in camelCase (the SDK's spelling, or a mix), or another key that is not all lower case;
+* `request`, `response` or `step_requests` (full records, `include=step_logs`): nested objects
+  that need the redactor's walk;
+* anything malformed (truncated, not one object, no `data` list): the client's checks then say
+  what is wrong.
+
+Per column: strings are taken as they are; timestamps are cast by Arrow where Arrow and Python's
+`fromisoformat` agree (values Arrow refuses, or outside the years Python can hold, are parsed by
+`records.parse_timestamp`); `http_method` is upper-cased (in Python unless it is ASCII); `url` and
+`path` go through the redactor only where they could hold a credential (the characters
+`Redactor.url` looks for).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from .records import _STRING_FIELDS, _TIMESTAMP_FIELDS, COLUMN_NAMES, SCHEMA, epoch_us, parse_timestamp
+from .redaction import Redactor
+
+_S = pa.string()
+_NESTED = ("request", "response", "step_requests")  # typed null: any object there refuses the page
+WIRE_RECORD = pa.struct(
+    [(name, _S) for name in _STRING_FIELDS + _TIMESTAMP_FIELDS]
+    + [("status", pa.int64()), ("success", pa.bool_()), ("duration", pa.float64()), ("is_worker", pa.bool_())]
+    + [(name, pa.null()) for name in _NESTED]
+)
+_KNOWN = frozenset(WIRE_RECORD.names)
+_PAGE = pa.schema([("data", pa.list_(WIRE_RECORD)), ("next", _S)])
+_PARSE = pj.ParseOptions(explicit_schema=_PAGE, unexpected_field_behavior="infer")
+_TS = SCHEMA.field("event_datetime").type
+# Python's datetime holds years 1..9999; Arrow's microseconds hold more. Outside a sane range the
+# value is parsed by Python, which decides (an offset that crosses year 1 or 9999 is no time).
+_SANE_US = (epoch_us(parse_timestamp("1900-01-01T00:00:00Z")), epoch_us(parse_timestamp("2200-01-01T00:00:00Z")))
+_URL_CHARS = r"[?@#;]|eyJ"  # what Redactor.url looks for in a string; without them it returns it unchanged
+
+
+class Page:
+    """One list page parsed by Arrow: its records (a struct array) and its `next` cursor."""
+
+    __slots__ = ("records", "next")
+
+    def __init__(self, records: pa.StructArray, next_cursor: str | None):
+        self.records, self.next = records, next_cursor
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def parse_page(body: bytes) -> Page | None:
+    """The page as Arrow columns, or None when it needs the record-by-record path (module doc)."""
+    try:
+        table = pj.read_json(
+            io.BytesIO(body),
+            read_options=pj.ReadOptions(block_size=len(body) + 64, use_threads=False),
+            parse_options=_PARSE,
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        return None
+    if table.num_rows != 1:  # several JSON documents in one body, or none
+        return None
+    data = table.column("data").chunk(0)
+    if data.null_count:  # no `data` list
+        return None
+    records = data.values
+    extra = set(records.type.names) - _KNOWN if isinstance(records, pa.StructArray) else {"?"}
+    if any(not name.islower() for name in extra):  # camelCase keys: normalise converts them
+        return None
+    if extra:  # lower-case keys the schema does not know are ignored, as normalise ignores them
+        records = pa.StructArray.from_arrays([records.field(n) for n in WIRE_RECORD.names], fields=list(WIRE_RECORD))
+    cursor = table.column("next").chunk(0)[0].as_py()
+    return Page(records, cursor or None)
+
+
+def normalise_page(page: Page, redactor: Redactor, hour_us: int | None = None) -> pa.RecordBatch:
+    """`to_batch([normalise(r, redactor) | {"hour": hour_us} for r in page])`, column by column."""
+    rec = page.records
+    n = len(rec)
+    cols: dict[str, pa.Array] = {name: rec.field(name) for name in _STRING_FIELDS}
+    for name in _TIMESTAMP_FIELDS:
+        cols[name] = _timestamps(rec.field(name))
+    cols["status"] = rec.field("status").cast(pa.int32())  # overflow raises, as to_batch would
+    cols["success"] = rec.field("success")
+    cols["duration_ms"] = rec.field("duration")
+    cols["is_worker"] = rec.field("is_worker")
+    cols["url"] = _redacted_urls(cols["url"], redactor)
+    cols["path"] = _redacted_urls(cols["path"], redactor)
+    cols["http_method"] = _upper(cols["http_method"])
+    nulls = pa.nulls(n, _S)
+    for name in _NESTED:
+        cols[name] = nulls
+    cols["hour"] = pa.nulls(n, _TS) if hour_us is None else pc.fill_null(pa.nulls(n, _TS), pa.scalar(hour_us, _TS))
+    return pa.RecordBatch.from_arrays([cols[name] for name in COLUMN_NAMES], schema=SCHEMA)
+
+
+def event_range_us(page: Page) -> tuple[int | None, int | None]:
+    """The page's earliest and latest event time, epoch microseconds (None: no time at all)."""
+    bounds = pc.min_max(_timestamps(page.records.field("event_datetime")).cast(pa.int64()))
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def _timestamps(values: pa.StringArray) -> pa.TimestampArray:
+    try:
+        ts = values.cast(_TS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _python_timestamps(values)
+    lo, hi = _SANE_US
+    as_int = ts.cast(pa.int64())
+    if pc.any(pc.or_(pc.less(as_int, lo), pc.greater(as_int, hi))).as_py():
+        return _python_timestamps(values)
+    return ts
+
+
+def _python_timestamps(values: pa.StringArray) -> pa.TimestampArray:
+    return pa.array([epoch_us(parse_timestamp(v)) for v in values.to_pylist()], _TS)
+
+
+def _redacted_urls(values: pa.StringArray, redactor: Redactor) -> pa.StringArray:
+    suspect = pc.match_substring_regex(values, _URL_CHARS)
+    if not pc.any(suspect).as_py():
+        return values
+    out = values.to_pylist()
+    for i in pc.indices_nonzero(suspect).to_pylist():
+        out[i] = redactor.url(out[i])
+    return pa.array(out, _S)
+
+
+def _upper(values: pa.StringArray) -> pa.StringArray:
+    if pc.all(pc.string_is_ascii(values)).as_py() is not False:  # all ASCII (or all null)
+        return pc.ascii_upper(values)
+    return pa.array([v.upper() if v is not None else None for v in values.to_pylist()], _S)
