@@ -31,7 +31,7 @@ def test_analytics_datadog_prometheus_and_otlp_count_the_same_errors(tmp_path):
     storage = Storage(tmp_path / "data")
     table = pa.Table.from_pylist([{n: r.get(n) for n in SCHEMA.names} for r in rows], schema=SCHEMA)
     path = storage.lake.publish_table(REQUEST_LOGS, hour, table)
-    assert storage.warehouse.replace_hour(REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path) == len(rows)
+    assert storage.warehouse.replace_hour(REQUEST_LOGS, CREATE_REQUEST_LOGS, hour, path) == (len(rows), 0)
     summary = derive_hour(storage, hour)
 
     with storage.warehouse.reader() as con:

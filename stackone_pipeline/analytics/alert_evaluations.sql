@@ -1,9 +1,9 @@
--- Every threshold evaluation of one hour, passed or not, read from the hour's derived rows.
+-- Every threshold evaluation of the hours of batch_hours, passed or not, read from their derived rows.
 -- A value equal to its threshold passes: only crossing it fails.
 
 -- 1. Overall (all providers) error rate of each 5-minute bucket that had requests.
 SELECT
-    $hour::TIMESTAMPTZ AS hour,
+    hour,
     'overall_error_rate_5m' AS check_name,
     'bucket ' || strftime(bucket_start, '%Y-%m-%dT%H:%MZ') AS subject,
     sum(errors) / sum(requests) AS value,
@@ -12,8 +12,8 @@ SELECT
     $severity AS severity,
     sum(errors) || ' errors / ' || sum(requests) || ' requests' AS detail
 FROM error_rate_5m
-WHERE hour = $hour
-GROUP BY bucket_start
+WHERE hour IN (SELECT hour FROM batch_hours)
+GROUP BY hour, bucket_start
 
 UNION ALL
 -- 2a. p95 latency of the hour, all providers.
@@ -21,7 +21,7 @@ SELECT
     hour, 'p95_latency', 'overall', p95_ms, $p95_ms, p95_ms <= $p95_ms, $severity,
     requests || ' requests'
 FROM request_volume_hourly
-WHERE hour = $hour AND p95_ms IS NOT NULL
+WHERE hour IN (SELECT hour FROM batch_hours) AND p95_ms IS NOT NULL
 
 UNION ALL
 -- 2b. p95 latency of the hour, per provider.
@@ -29,7 +29,7 @@ SELECT
     hour, 'p95_latency', 'provider ' || provider, p95_ms, $p95_ms, p95_ms <= $p95_ms, $severity,
     requests || ' requests'
 FROM provider_health_hourly
-WHERE hour = $hour AND p95_ms IS NOT NULL
+WHERE hour IN (SELECT hour FROM batch_hours) AND p95_ms IS NOT NULL
 
 UNION ALL
 -- 3. Error rate of each provider over the hour; a failure names its worst accounts.
@@ -45,7 +45,7 @@ SELECT
             WHERE a.hour = p.hour AND a.provider = p.provider AND a.errors > 0
         ) ELSE '' END
 FROM provider_health_hourly AS p
-WHERE p.hour = $hour
+WHERE p.hour IN (SELECT hour FROM batch_hours)
 
 UNION ALL
 -- 4. Request volume against its baseline (always evaluated; no score = not enough history).
@@ -58,4 +58,4 @@ SELECT
              || ', ' || history_days || ' days)'
     END
 FROM request_volume_hourly
-WHERE hour = $hour
+WHERE hour IN (SELECT hour FROM batch_hours)

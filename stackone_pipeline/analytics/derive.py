@@ -1,14 +1,17 @@
-"""request_logs -> the derived tables and alert evaluations, one UTC hour at a time.
+"""request_logs -> the derived tables and alert evaluations, a batch of UTC hours at a time.
 
-`derive_hours(storage, hours, thresholds)` is the whole stage, callable without Dagster. For
-each hour, in time order (so a range run's later days see its earlier days as volume history):
+`derive_hours(storage, hours, thresholds)` is the whole stage, callable without Dagster. Hours
+are taken oldest first, in batches that lie within one day (so a later day sees the earlier days
+of a range run as its volume history, and no hour of a batch is in another's history):
 
-1. one warehouse writer session: read the hour of `request_logs` once into a temp table,
-   then for every table delete the hour and insert it again, all in ONE transaction;
-2. still holding the writer lock, export each table's hour to
+1. one warehouse writer session (the batch's hour locks first): the batch's rows of
+   `request_logs` are read once into a temp table, and every table's SQL derives all the batch's
+   hours in one statement (grouped by hour), delete + insert, in ONE transaction;
+2. still holding the writer lock, each table's hours are exported to
    `lake/<table>/date=YYYY-MM-DD/hour=HH/part-0.parquet` (published atomically), so the views in
-   `query.duckdb` see the hour whole without ever touching `warehouse.duckdb`.
+   `query.duckdb` see an hour whole without ever touching `warehouse.duckdb`.
 
+A session ends after a day of hours or SESSION_S seconds, so other writers get the file in between.
 Then the views of query.duckdb are created if missing. The work of an hour reads only that hour of
 `request_logs` and at most 28 rows of `request_volume_hourly`: it does not grow with history.
 """
@@ -18,12 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
+import pyarrow.compute as pc
 
 from ..settings import Thresholds
 from ..storage import Storage
@@ -80,6 +85,14 @@ class HourSummary:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items() if v is not None}
 
 
+# A writer session derives at most a day of hours, for at most SESSION_S seconds (a batch already
+# started is finished): the warehouse is opened and the schema created once per session, not per
+# hour, while other writers (another run, a sink's ledger) still get the file between sessions.
+BATCH_HOURS = 24
+SESSION_S = 2.0
+BATCH_SPAN = timedelta(hours=BATCH_HOURS)
+
+
 def derive_hours(
     storage: Storage,
     hours: list[datetime],
@@ -88,12 +101,26 @@ def derive_hours(
     publish: bool = True,
 ) -> list[HourSummary]:
     """Derive every table for each hour (oldest first); returns one summary per hour."""
-    out = []
-    for hour in sorted(hours):
-        summary = derive_hour(storage, hour, thresholds)
-        out.append(summary)
-        if on_hour:
-            on_hour(summary)
+    out: list[HourSummary] = []
+    todo = sorted(set(hours))
+    while todo:
+        # The session's hour locks before the writer, as everywhere: no writer waits for an hour lock.
+        session = [h for h in todo[: BATCH_HOURS * 4]]
+        with storage.explained(), ExitStack() as held:
+            for hour in session:
+                held.enter_context(storage.hour_lock("analytics", hour))
+            con = held.enter_context(storage.warehouse.writer())
+            ensure_schema(con)
+            session_end = time.monotonic() + SESSION_S
+            while session and time.monotonic() <= session_end:
+                batch = [h for h in session if h < session[0] + BATCH_SPAN]
+                summaries = derive_batch(con, storage, batch, thresholds)
+                for summary in summaries:
+                    out.append(summary)
+                    if on_hour:
+                        on_hour(summary)
+                session = session[len(batch) :]
+                todo = todo[len(batch) :]
     if publish:
         publish_views_if_missing(storage)
     return out
@@ -109,32 +136,43 @@ def publish_views_if_missing(storage: Storage) -> bool:
 
 
 def derive_hour(storage: Storage, hour: datetime, thresholds: Thresholds = Thresholds()) -> HourSummary:
+    """Derive one hour in a writer session of its own."""
+    (summary,) = derive_hours(storage, [hour], thresholds, publish=False)
+    return summary
+
+
+def derive_batch(
+    con: duckdb.DuckDBPyConnection, storage: Storage, hours: list[datetime], thresholds: Thresholds
+) -> list[HourSummary]:
+    """Derive `hours` (within one day; their locks and the writer `con` held) in one transaction,
+    then publish each table's hours to the lake; one summary per hour, oldest first."""
     started = time.perf_counter()
     params = {
-        "hour": hour,
         **thresholds.sql_params(),
         "severity": thresholds.severity,
         "baseline_days": tables.BASELINE_DAYS,
         "min_history_days": tables.MIN_HISTORY_DAYS,
         "limit": 5,
     }
-    with storage.explained(), storage.hour_lock("analytics", hour), storage.warehouse.writer() as con:
-        ensure_schema(con)
-        with in_transaction(con):
-            _run(con, tables.sql("hour_requests"), params)
-            rows = {}
-            for table in tables.TABLES:
-                con.execute(f"DELETE FROM {table} WHERE hour = $hour", {"hour": hour})
-                select = tables.sql(table)
-                (rows[table],) = _run(con, f"INSERT INTO {table} BY NAME ({select})", params, select).fetchone()
-            summary = _summarise(con, hour, params)
-            con.execute("DROP TABLE hour_requests")
-        summary.rows = rows
-        for table in tables.TABLES:  # under the writer lock: exports of one hour never interleave
-            export_hour(con, storage, table, hour)
-    summary.seconds = time.perf_counter() - started
-    log.debug("derived %s in %.3fs: %s", hour, summary.seconds, rows)
-    return summary
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE batch_hours AS SELECT unnest($hours::TIMESTAMPTZ[]) AS hour", {"hours": hours}
+    )
+    with in_transaction(con):
+        _run(con, tables.sql("hour_requests"), params)
+        for table in tables.TABLES:
+            con.execute(f"DELETE FROM {table} WHERE hour IN (SELECT hour FROM batch_hours)")
+            select = tables.sql(table)
+            _run(con, f"INSERT INTO {table} BY NAME ({select})", params, select)
+        summaries = _summarise(con, hours, params)
+        con.execute("DROP TABLE hour_requests")
+    for table in tables.TABLES:  # under the writer lock: exports of one hour never interleave
+        for hour, rows in export_hours(con, storage, table, hours).items():
+            summaries[hour].rows[table] = rows
+    seconds = (time.perf_counter() - started) / len(hours)
+    for summary in summaries.values():
+        summary.seconds = seconds
+    log.debug("derived %d hour(s) from %s in %.3fs", len(hours), hours[0], seconds * len(hours))
+    return [summaries[h] for h in sorted(summaries)]
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -147,25 +185,49 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 def export_hour(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, hour: datetime) -> Path:
     """Publish `table`'s rows of `hour` to the lake (even none: an empty file replaces stale rows)."""
-    data = con.sql(f"SELECT * FROM {table} WHERE hour = $hour ORDER BY ALL", params={"hour": hour}).to_arrow_table()
-    return storage.lake.publish_table(table, hour, data)
+    export_hours(con, storage, table, [hour])
+    return storage.lake.hour_file(table, hour)
+
+
+def export_hours(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, hours: list[datetime]) -> dict:
+    """Publish `table`'s rows of each of `hours` to the lake, one file per hour (even an empty
+    one: it replaces stale rows); returns {hour: rows}. One query for all the hours."""
+    data = con.sql(
+        f"SELECT * FROM {table} WHERE hour IN (SELECT unnest($hours::TIMESTAMPTZ[])) ORDER BY ALL",
+        params={"hours": hours},
+    ).to_arrow_table()
+    by_hour = pc.value_counts(data.column("hour")).to_pylist() if data.num_rows else []
+    counts = {item["values"]: item["counts"] for item in by_hour}
+    out, start = {}, 0
+    for hour in sorted(hours):  # ORDER BY ALL puts `hour`, every table's first column, first
+        n = counts.get(hour, 0)
+        storage.lake.publish_table(table, hour, data.slice(start, n))
+        out[hour], start = n, start + n
+    return out
 
 
 def _run(con, text: str, params: dict, params_text: str | None = None):
     return con.execute(text, tables.params_for(params_text or text, params))
 
 
-def _summarise(con, hour: datetime, params: dict) -> HourSummary:
-    cur = _run(con, tables.sql("hour_summary"), params)
-    names = [d[0] for d in cur.description]
-    head = dict(zip(names, cur.fetchone()))
-    summary = HourSummary(hour=hour, **{k: v for k, v in head.items() if v is not None})
-    cur = _run(con, tables.sql("worst_providers"), params)
-    names = [d[0] for d in cur.description]
-    summary.worst_providers = [dict(zip(names, r)) for r in cur.fetchall()]
-    summary.failures = [Evaluation(*r) for r in _run(con, tables.sql("failing_evaluations"), params).fetchall()]
+def _summarise(con, hours: list[datetime], params: dict) -> dict[datetime, HourSummary]:
+    summaries = {h: HourSummary(hour=h) for h in hours}
+    for row in _dicts(_run(con, tables.sql("hour_summary"), params)):
+        hour = row.pop("hour")
+        summaries[hour] = HourSummary(hour=hour, **{k: v for k, v in row.items() if v is not None})
+    for row in _dicts(_run(con, tables.sql("worst_providers"), params)):
+        summaries[row.pop("hour")].worst_providers.append(row)
+    for row in _run(con, tables.sql("failing_evaluations"), params).fetchall():
+        summaries[row[0]].failures.append(Evaluation(*row))
     counts = con.execute(
-        "SELECT check_name, count(*) FROM alert_evaluations WHERE hour = $hour GROUP BY ALL", {"hour": hour}
+        "SELECT hour, check_name, count(*) FROM alert_evaluations WHERE hour IN (SELECT hour FROM batch_hours) "
+        "GROUP BY ALL"
     ).fetchall()
-    summary.evaluations = dict(counts)
-    return summary
+    for hour, check, n in counts:
+        summaries[hour].evaluations[check] = n
+    return summaries
+
+
+def _dicts(cur) -> list[dict]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]

@@ -1,4 +1,4 @@
 SELECT hour, check_name, subject, value, threshold, passed, severity, detail
 FROM alert_evaluations
-WHERE hour = $hour AND NOT passed
-ORDER BY check_name, subject
+WHERE hour IN (SELECT hour FROM batch_hours) AND NOT passed
+ORDER BY hour, check_name, subject

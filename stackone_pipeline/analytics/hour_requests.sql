@@ -1,5 +1,6 @@
--- One hour of request_logs, read once (the zone maps on `hour` skip every other hour, so the cost
--- does not grow with history), with the error definition (stackone/records.py: IS_ERROR_SQL) applied once.
+-- The hours being derived (temp table batch_hours: at most a day of them) of request_logs, read once
+-- (the zone maps on `hour` skip every other hour, so the cost does not grow with history), with
+-- the error definition (stackone/records.py: IS_ERROR_SQL) applied once.
 CREATE OR REPLACE TEMP TABLE hour_requests AS
 SELECT
     hour,
@@ -14,4 +15,4 @@ SELECT
     {{is_error}} AS is_error,
     {{is_timeout}} AS is_timeout
 FROM request_logs
-WHERE hour = $hour
+WHERE hour IN (SELECT hour FROM batch_hours)
