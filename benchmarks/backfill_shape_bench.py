@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ from ingest_bench import SimulatorProcess, last_hours  # noqa: E402
 
 from stackone_pipeline import ingest  # noqa: E402
 from stackone_pipeline.assets.request_logs import request_logs  # noqa: E402
-from stackone_pipeline.partitions import hourly_partitions  # noqa: E402
+from stackone_pipeline.backfill import run_backfill  # noqa: E402
 from stackone_pipeline.resources import StackOneResource, StorageResource  # noqa: E402
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
 
@@ -38,7 +39,6 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
     """One single_run Dagster run of `request_logs` over the last `n_hours` closed hours, against a
     simulator process limited to `rate_limit` requests/minute (the resource is set to the same limit)."""
     hours = last_hours(n_hours)
-    keys = [hourly_partitions.get_partition_key_for_timestamp(h.timestamp()) for h in hours]
     sim = SimulatorProcess(rows_per_hour, rate_limit=rate_limit)
     spent, in_on_hour = [], []  # ingest_hours' wall; time in the asset's per-hour callback (summed over threads)
     real = ingest.ingest_hours
@@ -73,8 +73,11 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
             (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
             os.environ["DAGSTER_HOME"] = str(home)
             t0 = time.perf_counter()
-            result = dg.materialize(
-                [request_logs],
+            # what `stackone-pipeline backfill` runs (backfill.run_backfill), for request_logs alone
+            result = run_backfill(
+                hours[0],
+                hours[-1] + timedelta(hours=1),
+                assets=[request_logs],
                 instance=dg.DagsterInstance.get(),
                 resources={
                     "stackone": StackOneResource(
@@ -82,8 +85,7 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
                     ),
                     "storage": StorageResource(data_dir=str(Path(tmp) / "data")),
                 },
-                tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                log_level="WARNING",
             )
             wall = time.perf_counter() - t0
             requests = sum(1 for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION")

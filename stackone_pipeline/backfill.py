@@ -6,6 +6,7 @@ otherwise in a throw-away instance.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -22,6 +23,8 @@ from .partitions import (
     whole_hours,
 )
 from .settings import Settings, UsageError
+
+PLANNED_EVENT_PER_HOUR_UP_TO = 24  # ranges longer than a day are planned in one event per asset
 
 
 class BackfillError(UsageError):
@@ -86,6 +89,11 @@ def run_backfill(
         for a in defs.assets or []
         if isinstance(a, dg.AssetsDefinition) and a.is_executable and a.partitions_def == hourly_partitions
     ]
+    if len(keys) > PLANNED_EVENT_PER_HOUR_UP_TO:
+        # One "planned" event per asset for the whole range instead of one per asset and hour
+        # (~10 ms each in a SQLite instance: over 3 minutes for 90 days of ten assets). Dagster's
+        # switch; the cost: should the run fail, its hours show as missing, not failed, in the UI.
+        os.environ["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
     return dg.materialize(
         hourly,
         instance=instance,

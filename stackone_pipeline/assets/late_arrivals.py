@@ -6,7 +6,7 @@ Downstream of `request_logs` in the hourly job, so the lookback counts what it f
 
 import dagster as dg
 
-from ..ingest import count_late_arrivals
+from ..ingest import count_late_arrivals_hours
 from ..partitions import hourly_partitions, hours_of_run
 from ..resources import StorageResource
 
@@ -26,7 +26,7 @@ def late_arrivals_asset(keep_baseline_hours: int = 48) -> dg.AssetsDefinition:
     def late_arrivals(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         keys = hours_of_run(context)
         store = storage.storage()
-        found = [count_late_arrivals(store, hour, keep_hours=keep_baseline_hours) for hour in keys]
+        found = count_late_arrivals_hours(store, list(keys), keep_hours=keep_baseline_hours)
         for r in found:
             if r.new_rows:
                 context.log.info(f"{r.hour:%Y-%m-%d %H}:00 UTC: {r.new_rows} late row(s)")

@@ -8,7 +8,7 @@ late_arrivals.py  what a re-ingest found that the previous ingest of the hour ha
 
 from .concurrent import HourFailures, ingest_hours
 from .hour import HourResult, RedactionSettings, ingest_hour
-from .late_arrivals import LateArrivals, count_late_arrivals, late_arrivals_table
+from .late_arrivals import LateArrivals, count_late_arrivals, count_late_arrivals_hours, late_arrivals_table
 from .progress import Progress
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Progress",
     "RedactionSettings",
     "count_late_arrivals",
+    "count_late_arrivals_hours",
     "ingest_hour",
     "ingest_hours",
     "late_arrivals_table",

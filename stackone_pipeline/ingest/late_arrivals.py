@@ -13,6 +13,7 @@ Rows without a request_id cannot be told apart and are not counted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -48,42 +49,60 @@ class LateArrivals:
         return {"rows": self.rows, "new_rows": self.new_rows or 0, "baseline": self.new_rows is None}
 
 
+SESSION_S = 2.0  # one writer session compares hours for at most this long, then lets others in
+
+
 def count_late_arrivals(
     storage: Storage, hour: datetime, *, keep_hours: int = 48, now: datetime | None = None
 ) -> LateArrivals:
-    path = storage.lake.require_hour(REQUEST_LOGS, hour)
+    (found,) = count_late_arrivals_hours(storage, [hour], keep_hours=keep_hours, now=now)
+    return found
+
+
+def count_late_arrivals_hours(
+    storage: Storage, hours: list[datetime], *, keep_hours: int = 48, now: datetime | None = None
+) -> list[LateArrivals]:
+    """Compare each hour (oldest first) with its baseline, in writer sessions of a few seconds."""
     now = now or datetime.now(timezone.utc)
-    with storage.state.writer() as con:
-        con.execute(CREATE)
-        with in_transaction(con):
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE hour_ids AS SELECT DISTINCT request_id FROM "
-                "read_parquet(?, hive_partitioning = false) WHERE request_id IS NOT NULL",
-                [str(path)],
-            )
-            (rows,) = con.execute(
-                "SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]
+    todo, out = sorted(hours), []
+    while todo:
+        with storage.state.writer() as con:
+            con.execute(CREATE)
+            session_end = time.monotonic() + SESSION_S
+            while todo and time.monotonic() <= session_end:
+                out.append(_compare(con, storage, todo.pop(0), keep_hours, now))
+    return out
+
+
+def _compare(con, storage: Storage, hour: datetime, keep_hours: int, now: datetime) -> LateArrivals:
+    path = storage.lake.require_hour(REQUEST_LOGS, hour)
+    with in_transaction(con):
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE hour_ids AS SELECT DISTINCT request_id FROM "
+            "read_parquet(?, hive_partitioning = false) WHERE request_id IS NOT NULL",
+            [str(path)],
+        )
+        (rows,) = con.execute("SELECT count(*) FROM read_parquet(?, hive_partitioning = false)", [str(path)]).fetchone()
+        had = con.execute("SELECT count(*) FROM late_arrival_baselines WHERE hour = ?", [hour]).fetchone()[0]
+        new_rows = None
+        if had:
+            (new_rows,) = con.execute(
+                "SELECT count(*) FROM hour_ids n WHERE NOT EXISTS "
+                "(SELECT 1 FROM late_arrival_ids o WHERE o.hour = ? AND o.request_id = n.request_id)",
+                [hour],
             ).fetchone()
-            had = con.execute("SELECT count(*) FROM late_arrival_baselines WHERE hour = ?", [hour]).fetchone()[0]
-            new_rows = None
-            if had:
-                (new_rows,) = con.execute(
-                    "SELECT count(*) FROM hour_ids n WHERE NOT EXISTS "
-                    "(SELECT 1 FROM late_arrival_ids o WHERE o.hour = ? AND o.request_id = n.request_id)",
-                    [hour],
-                ).fetchone()
-                if new_rows:
-                    con.execute("INSERT INTO late_arrivals VALUES (?, ?, ?)", [hour, now, new_rows])
-            for table in ("late_arrival_ids", "late_arrival_baselines"):
-                con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
-            con.execute("INSERT INTO late_arrival_ids SELECT ?, request_id FROM hour_ids", [hour])
-            con.execute("INSERT INTO late_arrival_baselines VALUES (?, ?, ?)", [hour, rows, now])
-            # Baselines far behind the newest hour are never compared again.
-            (newest,) = con.execute("SELECT max(hour) FROM late_arrival_baselines").fetchone()
-            horizon = newest - timedelta(hours=keep_hours)
-            for table in ("late_arrival_ids", "late_arrival_baselines"):
-                con.execute(f"DELETE FROM {table} WHERE hour < ?", [horizon])
-            con.execute("DROP TABLE hour_ids")
+            if new_rows:
+                con.execute("INSERT INTO late_arrivals VALUES (?, ?, ?)", [hour, now, new_rows])
+        for table in ("late_arrival_ids", "late_arrival_baselines"):
+            con.execute(f"DELETE FROM {table} WHERE hour = ?", [hour])
+        con.execute("INSERT INTO late_arrival_ids SELECT ?, request_id FROM hour_ids", [hour])
+        con.execute("INSERT INTO late_arrival_baselines VALUES (?, ?, ?)", [hour, rows, now])
+        # Baselines far behind the newest hour are never compared again.
+        (newest,) = con.execute("SELECT max(hour) FROM late_arrival_baselines").fetchone()
+        horizon = newest - timedelta(hours=keep_hours)
+        for table in ("late_arrival_ids", "late_arrival_baselines"):
+            con.execute(f"DELETE FROM {table} WHERE hour < ?", [horizon])
+        con.execute("DROP TABLE hour_ids")
     return LateArrivals(hour, rows, new_rows)
 
 
