@@ -164,7 +164,7 @@ def derive_batch(
             select = tables.sql(table)
             _run(con, f"INSERT INTO {table} BY NAME ({select})", params, select)
         summaries = _summarise(con, hours, params)
-        con.execute("DROP TABLE hour_requests")
+        con.execute("DROP VIEW hour_requests")
     for table in tables.TABLES:  # under the writer lock: exports of one hour never interleave
         for hour, rows in export_hours(con, storage, table, hours).items():
             summaries[hour].rows[table] = rows

@@ -1,7 +1,7 @@
 -- The hours being derived (temp table batch_hours: at most a day of them) of request_logs, read once
 -- (the zone maps on `hour` skip every other hour, so the cost does not grow with history), with
 -- the error definition (stackone/records.py: IS_ERROR_SQL) applied once.
-CREATE OR REPLACE TEMP TABLE hour_requests AS
+CREATE OR REPLACE TEMP VIEW hour_requests AS
 SELECT
     hour,
     event_datetime,

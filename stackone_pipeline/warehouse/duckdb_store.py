@@ -123,7 +123,7 @@ def in_transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyCo
 class Warehouse:
     """warehouse.duckdb in `data_dir`, and the lock every process takes before writing it."""
 
-    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, memory_limit: str = "256MB"):
+    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, memory_limit: str = "96MB"):
         self.memory_limit = memory_limit
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / "warehouse.duckdb"
@@ -209,7 +209,7 @@ class Warehouse:
     def _load(self, batch: list[_Load]) -> None:
         try:
             with self.writer() as con:
-                con.execute("SET memory_limit = '96MB'")  # a plain insert streams: spill, don't grow
+                con.execute("SET memory_limit = '64MB'")  # a plain insert streams: spill, don't grow
                 for load in batch:
                     try:
                         load.result = _replace(con, load)
