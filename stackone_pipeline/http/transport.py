@@ -13,7 +13,9 @@ retry could store something twice can say so.
 from __future__ import annotations
 
 import enum
+import functools
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +124,13 @@ def retryable_statuses(statuses) -> Classifier:
     return classify
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context (certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR), built once
+    per process: loading the CA bundle takes ~50 ms, which every client would otherwise pay again."""
+    return httpx.create_ssl_context()
+
+
 class Transport:
     """An `httpx.Client` plus the retry loop. Extra keywords (base_url, auth, limits, headers...)
     go to the client it builds; pass `http=` to bring your own instead."""
@@ -141,6 +150,7 @@ class Transport:
         **client_kwargs,
     ):
         self.policy = policy or RetryPolicy(max_attempts, deadline_s, backoff_base_s, backoff_max_s)
+        client_kwargs.setdefault("verify", _tls_context())
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), **client_kwargs)
         self._sleep, self._clock = sleep, clock
 
