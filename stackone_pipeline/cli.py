@@ -30,11 +30,12 @@ CAUSED_BY = "The above exception was caused by the following exception:\n"
 def _quiet_dagster() -> None:
     """Before a command runs the pipeline in this process: no beta warnings, and a lean process
     (footprint.py)."""
-    from .footprint import lean_process
+    from .footprint import freeze_imports, lean_process
 
     lean_process()
     for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
+    freeze_imports()  # Dagster's modules now, the pipeline's once loaded (backfill.py)
 
 
 def short_error(text: str) -> str:
