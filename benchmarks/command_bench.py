@@ -91,16 +91,18 @@ def measured(argv: list[str], env: dict[str, str] | None = None, timeout_s: floa
 HOME = tempfile.TemporaryDirectory(prefix="command-bench-home-")
 
 
-def backfill(sim_url: str, hours: list[datetime], page_size: int | None, rate_limit: int = 10_000_000) -> Measured:
+def backfill(
+    sim_url: str, hours: list[datetime], page_size: int | None, rate_limit: int = 10_000_000, **env: str
+) -> Measured:
     """`stackone-pipeline backfill` over `hours` in a fresh data directory (DAGSTER_HOME: HOME)."""
     home = Path(HOME.name)
     if not (home / "history").exists():
         warm = [min(hours) - timedelta(hours=1)]
-        _backfill(sim_url, warm, page_size, rate_limit, home)
-    return _backfill(sim_url, hours, page_size, rate_limit, home)
+        _backfill(sim_url, warm, page_size, rate_limit, home, env)
+    return _backfill(sim_url, hours, page_size, rate_limit, home, env)
 
 
-def _backfill(sim_url, hours, page_size, rate_limit, home: Path) -> Measured:
+def _backfill(sim_url, hours, page_size, rate_limit, home: Path, extra_env: dict) -> Measured:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
         env.update(
@@ -110,6 +112,7 @@ def _backfill(sim_url, hours, page_size, rate_limit, home: Path) -> Measured:
             DAGSTER_HOME=str(home),
             STACKONE_RATE_LIMIT_PER_MINUTE=str(rate_limit),
         )
+        env.update(extra_env)
         if page_size is not None:
             env["STACKONE_PAGE_SIZE"] = str(page_size)
         else:
@@ -174,16 +177,18 @@ def bench_rss(quick: bool) -> dict:
     return out
 
 
-def bench_cpu(quick: bool, page_size: int = 1000) -> dict:
-    """CPU seconds per row, the difference of a small and a large hour (one process each)."""
+def bench_cpu(quick: bool, page_size: int | None = None) -> dict:
+    """CPU seconds per row, the difference of a small and a large hour (one process each), at
+    `page_size` (None: the client's adaptive default; the simulator serves at most 1000)."""
     small, large = (10_000, 60_000) if quick else (20_000, 200_000)
+    walk_page = page_size or 1000
     out: dict = {"page_size": page_size, "small": small, "large": large}
     runs = {}
     for rows in (small, large):
         sim = SimulatorProcess(rows_per_hour=rows, rate_limit=10_000_000)
         try:
             hour = last_hours(1)[0]
-            walk, n = bare_walk(sim.url, hour, page_size)
+            walk, n = bare_walk(sim.url, hour, walk_page)
             ours = backfill(sim.url, [hour], page_size)
             runs[rows] = (n, walk, ours)
             print(
@@ -197,8 +202,9 @@ def bench_cpu(quick: bool, page_size: int = 1000) -> dict:
     out["ratio"] = out["ours_us_per_row"] / out["walk_us_per_row"]
     out["startup_cpu"] = o1.cpu - n1 * out["ours_us_per_row"] / 1e6
     print(
-        f"cpu: marginal {out['ours_us_per_row']:.1f} us/row for the whole command vs {out['walk_us_per_row']:.1f} "
-        f"us/row for the bare walk = {out['ratio']:.2f}x (floor <= 2x); start-up {out['startup_cpu']:.1f}s cpu"
+        f"cpu (page_size {page_size or 'adaptive'}): marginal {out['ours_us_per_row']:.1f} us/row for the whole "
+        f"command vs {out['walk_us_per_row']:.1f} us/row for the bare walk = {out['ratio']:.2f}x (floor <= 2x); "
+        f"start-up {out['startup_cpu']:.1f}s cpu"
     )
     return out
 
@@ -234,14 +240,18 @@ def bench_speed(quick: bool) -> dict:
 
 
 def bench_pages(quick: bool, limit: int = 1000) -> dict:
+    """The same hours at page_size 100 and at the adapted size, at StackOne's limit. Detail fetches
+    are off: they have their own share of the budget, one request per failed request whatever
+    the page size, and would hide what the page size does to the list walk."""
     rows_per_hour = 5_000 if quick else 15_000
     sim = SimulatorProcess(rows_per_hour=rows_per_hour, rate_limit=limit)
-    out: dict = {"limit": limit, "rows_per_hour": rows_per_hour}
+    out: dict = {"limit": limit, "rows_per_hour": rows_per_hour, "hours": 2}
     try:
         hours = last_hours(2)
+        backfill(sim.url, hours[:1], 100, rate_limit=limit, STACKONE_DETAILS="false")  # the home, warm
         for label, page in (("p100", 100), ("adapted", None)):
             sim.reset()
-            m = backfill(sim.url, hours, page, rate_limit=limit)
+            m = backfill(sim.url, hours, page, rate_limit=limit, STACKONE_DETAILS="false")
             s = sim.stats()
             rows = 2 * rows_per_hour
             out[label] = {"requests": s["total"], "wall": m.wall, "throttled": s["by_status"].get("429", 0)}
@@ -255,7 +265,13 @@ def bench_pages(quick: bool, limit: int = 1000) -> dict:
     return out
 
 
-SECTIONS = {"rss": bench_rss, "cpu": bench_cpu, "speed": bench_speed, "pages": bench_pages}
+SECTIONS = {
+    "rss": bench_rss,
+    "cpu": bench_cpu,
+    "cpu100": lambda quick: bench_cpu(quick, 100),
+    "speed": bench_speed,
+    "pages": bench_pages,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
