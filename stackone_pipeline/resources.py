@@ -8,6 +8,7 @@ of `Settings` that builds the plain object the stages use (a client, a `Storage`
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
@@ -20,6 +21,8 @@ from .sinks.registry import BY_NAME, SINKS
 from .stackone.client import StackOneClient
 from .stackone.ratelimit import RateLimiter, shared_limiter
 from .storage import Storage
+
+RATE_LIMIT_STATE = ".ratelimit"  # in the data directory: each key's shared rate budget (ratelimit.py)
 
 
 def _with_env_vars(values: dict, secret_vars: dict[str, str]) -> dict:
@@ -38,6 +41,9 @@ class StackOneResource(dg.ConfigurableResource):
     deadline_s: float = 1800.0
     keep_bodies: bool = False
     redact_names: list[str] = []
+    # Where the key's rate budget is shared with every other process that uses it ("": this
+    # process only). The CLI and the definitions put it in the data directory.
+    rate_limit_state_dir: str = ""
 
     @classmethod
     def from_settings(cls, s: Settings) -> StackOneResource:
@@ -50,10 +56,17 @@ class StackOneResource(dg.ConfigurableResource):
             retention_days=s.retention_days,
             keep_bodies=s.keep_bodies,
             redact_names=list(s.redact_names),
+            rate_limit_state_dir=str(Path(s.data_dir) / RATE_LIMIT_STATE),
         )
 
     def client(self) -> StackOneClient:
-        limiter = shared_limiter(self.base_url, self.api_key, self.rate_limit_per_minute, self.rate_limit_window_s)
+        limiter = shared_limiter(
+            self.base_url,
+            self.api_key,
+            self.rate_limit_per_minute,
+            self.rate_limit_window_s,
+            self.rate_limit_state_dir or None,
+        )
         return StackOneClient(
             self.api_key,
             self.base_url,
@@ -70,7 +83,11 @@ class StackOneResource(dg.ConfigurableResource):
         """A limiter at `share` of the key's limit, for work (detail fetches) that must never
         starve ingestion; its requests take from the key's own limiter as well."""
         return shared_limiter(
-            f"{self.base_url}#{name}", self.api_key, self.rate_limit_per_minute * share, self.rate_limit_window_s
+            f"{self.base_url}#{name}",
+            self.api_key,
+            self.rate_limit_per_minute * share,
+            self.rate_limit_window_s,
+            self.rate_limit_state_dir or None,
         )
 
 

@@ -1,19 +1,96 @@
-"""A client-side rate limiter shared by every fetch in the process.
+"""A client-side rate limiter shared by every fetch that spends the same API key's budget.
 
 StackOne allows 1000 requests per minute per API key and answers 429 beyond it. Rather than
 bursting into 429s, requests are paced evenly (one every window/limit seconds, a 2% margin
 for clock and network jitter), so a backfill runs at the limit whatever the server's window
-algorithm is. One limiter per (base URL, key, limit) is shared by all threads.
+algorithm is: a generic cell rate algorithm, whose whole state is one number, the theoretical
+arrival time (TAT) of the next request. A 429 with `Retry-After` pushes the TAT past it, which
+holds back every caller, not just the one that was told.
+
+Who shares the TAT:
+* every thread of a process that uses the same (base URL, key): `shared_limiter`;
+* every process on the machine that uses the same key and state directory (two backfills, the
+  hourly and lookback schedules, a UI backfill beside a schedule): with `state_dir`, the TAT
+  lives in a small file there, read and written under an exclusive file lock (`FileTat`);
+* every machine: the same number in one row of a shared database (the scale-out seam).
+The key itself is never stored: files and rows are named by a hash of (base URL, key).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
 
 SAFETY_MARGIN = 1.02
+
+
+class Tat(Protocol):
+    """Where the theoretical arrival time lives; `locked()` makes a read-modify-write atomic."""
+
+    clock: Callable[[], float]
+
+    def locked(self) -> Iterator[None]: ...
+    def get(self) -> float: ...
+    def set(self, value: float) -> None: ...
+
+
+class LocalTat:
+    """The TAT of one process (monotonic clock)."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0.0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def get(self) -> float:
+        return self._value
+
+    def set(self, value: float) -> None:
+        self._value = value
+
+
+class FileTat:
+    """The TAT in an 8-byte file, shared by every process that opens it. The wall clock, which
+    every process on the machine reads alike; the file lock (flock) excludes other processes, a
+    thread lock the other threads of this one (flock is per open file, not per thread)."""
+
+    clock = staticmethod(time.time)
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def get(self) -> float:
+        data = os.pread(self._fd, 8, 0)
+        return struct.unpack("<d", data)[0] if len(data) == 8 else 0.0
+
+    def set(self, value: float) -> None:
+        os.pwrite(self._fd, struct.pack("<d", value), 0)
 
 
 class RateLimiter:
@@ -21,43 +98,54 @@ class RateLimiter:
         self,
         per_window: float,
         window_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        tat: Tat | None = None,
     ):
         if per_window <= 0:
             raise ValueError("rate limit must be positive")
         self.per_window = per_window
         self.window_s = window_s
         self.interval = window_s / per_window * SAFETY_MARGIN
-        self._clock, self._sleep = clock, sleep
-        self._lock = threading.Lock()
-        self._next = 0.0  # earliest time the next request may start
+        self._tat = tat or LocalTat()
+        self._clock = clock or self._tat.clock
+        self._sleep = sleep
 
     def acquire(self) -> float:
         """Block until this caller may send one request; returns the seconds waited."""
-        with self._lock:
+        with self._tat.locked():
             now = self._clock()
-            start = max(now, self._next)
-            self._next = start + self.interval
+            start = max(now, self._tat.get())
+            self._tat.set(start + self.interval)
         wait = start - now
         if wait > 0:
             self._sleep(wait)
         return max(wait, 0.0)
 
     def pause(self, seconds: float) -> None:
-        """The server said 429 + Retry-After: hold every thread back, not just the one told."""
-        with self._lock:
-            self._next = max(self._next, self._clock() + seconds)
+        """The server said 429 + Retry-After: hold every caller back, not just the one told."""
+        with self._tat.locked():
+            self._tat.set(max(self._tat.get(), self._clock() + seconds))
+
+
+def key_hash(base_url: str, api_key: str) -> str:
+    """What names a key's shared state: never the key itself."""
+    return hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:24]
 
 
 _shared: dict[tuple, RateLimiter] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_limiter(base_url: str, api_key: str, per_minute: float, window_s: float = 60.0) -> RateLimiter:
-    # The key is hashed so the registry never holds it in a form that could be logged.
-    key = (base_url, hashlib.sha256(api_key.encode()).hexdigest()[:16], per_minute, window_s)
+def shared_limiter(
+    base_url: str, api_key: str, per_minute: float, window_s: float = 60.0, state_dir: Path | str | None = None
+) -> RateLimiter:
+    """The limiter of (base URL, key) in this process; with `state_dir`, its TAT is the file
+    `<state_dir>/<hash>.tat` that every process using the key and directory shares."""
+    name = key_hash(base_url, api_key)
+    key = (name, per_minute, window_s, str(state_dir or ""))
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = RateLimiter(per_minute, window_s)
+            tat = FileTat(Path(state_dir) / f"{name}.tat") if state_dir else None
+            _shared[key] = RateLimiter(per_minute, window_s, tat=tat)
         return _shared[key]
