@@ -42,7 +42,7 @@ import webhooks_bench  # noqa: E402
 from benchmarks import deep_backfill, dlt_baseline  # noqa: E402
 from benchmarks.report import Row, Section, machine, render, verdict  # noqa: E402
 
-SECTIONS = ("command", "ingest", "ratelimit", "backfill", "ingest_rss", "analytics", "sinks", "webhooks")
+SECTIONS = ("command", "budget", "ingest", "ratelimit", "backfill", "ingest_rss", "analytics", "sinks", "webhooks")
 
 
 def med(xs: list[float]) -> float:
@@ -534,8 +534,49 @@ def section_command(cfg: Config) -> Section:
     return s
 
 
+def section_budget(cfg: Config) -> Section:
+    s = Section(
+        "budget",
+        "One rate budget per key: concurrent backfills",
+        "Two, then three whole `stackone-pipeline backfill` processes at once on one key and one data "
+        "directory (detail fetches on), against a simulator that allows 300 requests a minute in a 60 s "
+        "sliding window and answers 429 with Retry-After beyond it; page_size 10, so the walk needs "
+        "about three minutes of requests. The runs cover 1, 2 (, 3) units of hours, so the first to finish "
+        "its walk fetches its detail records while the others still walk. Counted at the simulator: the "
+        "share of all requests answered 429, and the limit used by every request (list or detail) while "
+        "list pages were being fetched (`command_bench.bench_budget`). One run each.",
+        cmd(cfg, "budget"),
+    )
+    for runs in (2, 3):
+        b = command_bench.bench_budget(cfg.quick, runs=runs)
+        s.rows.append(
+            Row(
+                f"{runs} backfills at once: 429 answers",
+                f"{b['throttled']:,} of {b['requests']:,} requests ({b['wall']:.0f} s)",
+                ratio=f"{b['share_429']:.2%}",
+                floor="<= 1%",
+                result=verdict(b["share_429"] <= 0.01),
+                summary=f"{b['share_429']:.2%} answered 429",
+            )
+        )
+        s.rows.append(
+            Row(
+                f"{runs} backfills at once: limit used while walking",
+                f"{b['used'] * b['limit']:.0f}/min over {b['walking_s']:.0f} s "
+                f"({b['details_while_walking']:,} detail fetches among the requests)",
+                f"{b['limit']}/min",
+                f"{b['used']:.1%}",
+                ">= 90%",
+                verdict(b["used"] >= 0.9),
+                summary=f"{b['used']:.1%} of the limit",
+            )
+        )
+    return s
+
+
 RUNNERS: dict[str, Callable[[Config], Section]] = {
     "command": section_command,
+    "budget": section_budget,
     "ingest": section_ingest,
     "ratelimit": section_ratelimit,
     "ingest_rss": section_ingest_rss,

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
@@ -265,12 +267,81 @@ def bench_pages(quick: bool, limit: int = 1000) -> dict:
     return out
 
 
+def bench_budget(quick: bool, limit: int = 300, runs: int = 2, minutes: float = 3.0) -> dict:
+    """`runs` whole backfills at once on one key and one data directory, detail fetches on,
+    against a simulator that allows `limit` requests a minute (a 60 s sliding window, 429 with
+    Retry-After beyond it). The runs cover 1, 2, ... units of hours, so the first to finish its
+    list walk fetches its details while the others still walk: details beside ingestion. Figures:
+    the share of all requests answered 429, and the limit used (every request, list or detail)
+    while list pages were being fetched, counted at the simulator."""
+    minutes = 0.5 if quick else minutes
+    page, rows_per_hour = 10, 1_500
+    units = runs * (runs + 1) // 2
+    hours_per_unit = max(1, round(limit * minutes * 0.85 / (rows_per_hour / page) / units))
+    sim = SimulatorProcess(rows_per_hour=rows_per_hour, rate_limit=limit)
+    try:
+        hours = last_hours(units * hours_per_unit)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+            env.update(
+                STACKONE_API_KEY=DEFAULT_API_KEY,
+                STACKONE_BASE_URL=sim.url,
+                STACKONE_DATA_DIR=f"{tmp}/data",
+                DAGSTER_HOME=str(Path(HOME.name)),
+                STACKONE_RATE_LIMIT_PER_MINUTE=str(limit),
+                STACKONE_PAGE_SIZE=str(page),
+            )
+            if not (Path(HOME.name) / "history").exists():
+                backfill(sim.url, [hours[0] - timedelta(hours=1)], page)
+            sim.reset()
+            t0 = time.perf_counter()
+            procs, first = [], 0
+            for i in range(runs):
+                chunk = hours[first : first + (i + 1) * hours_per_unit]
+                first += len(chunk)
+                argv = [sys.executable, "-m", "stackone_pipeline.cli", "backfill", "--start", chunk[0].isoformat()]
+                argv += ["--end", (chunk[-1] + timedelta(hours=1)).isoformat()]
+                procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            errors = [p.communicate()[1] for p in procs]
+            wall = time.perf_counter() - t0
+            if any(p.returncode for p in procs):
+                raise RuntimeError(b"\n".join(errors).decode()[-3000:])
+        events = httpx.get(f"{sim.url}/_simulator/stats", params={"events": 1}, timeout=30).json()["events"]
+    finally:
+        sim.stop()
+    api = [(t, path, status) for t, _wall, path, status in events if path.startswith("/requests/logs")]
+    throttled = sum(1 for _, _, status in api if status == 429)
+    walking = [t for t, path, _ in api if path == "/requests/logs"]
+    lo, hi = min(walking), max(walking)
+    served = sum(1 for t, _, status in api if lo <= t <= hi and status != 429)
+    details = sum(1 for t, path, _ in api if lo <= t <= hi and path != "/requests/logs")
+    out = {
+        "runs": runs,
+        "limit": limit,
+        "wall": wall,
+        "walking_s": hi - lo,
+        "requests": len(api),
+        "details_while_walking": details,
+        "throttled": throttled,
+        "share_429": throttled / max(len(api), 1),
+        "used": served / ((hi - lo) / 60 * limit),
+    }
+    print(
+        f"budget: {runs} backfills at once on one key, {limit}/min: {len(api):,} requests in {wall:.0f}s, "
+        f"429s {throttled} ({out['share_429']:.2%}, floor <= 1%); while list pages were fetched "
+        f"({hi - lo:.0f}s, {details} detail fetches among them) {out['used']:.1%} of the limit used (floor >= 90%)"
+    )
+    return out
+
+
 SECTIONS = {
     "rss": bench_rss,
     "cpu": bench_cpu,
     "cpu100": lambda quick: bench_cpu(quick, 100),
     "speed": bench_speed,
     "pages": bench_pages,
+    "budget2": lambda quick: bench_budget(quick, runs=2),
+    "budget3": lambda quick: bench_budget(quick, runs=3),
 }
 
 
