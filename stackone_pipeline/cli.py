@@ -64,7 +64,8 @@ def _settings(*, api_key: bool = False) -> Settings:
     """Every setting, validated before anything runs (a SettingsError ends in `error:`, exit 2)."""
     settings = Settings.from_env()
     if api_key:
-        require_api_key(name=settings.api_key_var)
+        for project in settings.projects:
+            require_api_key(name=project.api_key_var)
     return settings
 
 

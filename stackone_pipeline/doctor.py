@@ -466,7 +466,7 @@ def _view_problems(result: CheckResult, storage: Storage, bad: dict[Path, LakeFi
             made_for = con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall()
         except duckdb.CatalogException:
             made_for = []
-        root = str(storage.lake.root.resolve())
+        root = storage.views_key()
         if views and made_for != [(root,)]:
             other = made_for[0][0] if made_for else "an unknown lake"
             result.problems.append(

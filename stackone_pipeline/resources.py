@@ -16,6 +16,7 @@ import dagster as dg
 from .http import Transport
 from .ingest import RedactionSettings
 from .notify import Notifier, channels
+from .projects import DEFAULT_PROJECT
 from .settings import DetailsSettings, NotifySettings, Settings, Thresholds
 from .sinks.registry import BY_NAME, SINKS
 from .stackone.client import StackOneClient
@@ -30,8 +31,16 @@ def _with_env_vars(values: dict, secret_vars: dict[str, str]) -> dict:
     return {**values, **{f: dg.EnvVar(var) for f, var in secret_vars.items()}}
 
 
-class StackOneResource(dg.ConfigurableResource):
+class ProjectKey(dg.Config):
+    """One more StackOne project's key (projects.py), as an `EnvVar`."""
+
+    name: str
     api_key: str
+
+
+class StackOneResource(dg.ConfigurableResource):
+    api_key: str = ""  # the default project's key
+    projects: list[ProjectKey] = []  # every other project's
     base_url: str = "https://api.stackone.com"
     rate_limit_per_minute: int = 1000
     rate_limit_window_s: float = 60.0
@@ -41,14 +50,18 @@ class StackOneResource(dg.ConfigurableResource):
     deadline_s: float = 1800.0
     keep_bodies: bool = False
     redact_names: list[str] = []
-    # Where the key's rate budget is shared with every other process that uses it ("": this
+    # Where each key's rate budget is shared with every other process that uses it ("": this
     # process only). The CLI and the definitions put it in the data directory.
     rate_limit_state_dir: str = ""
 
     @classmethod
     def from_settings(cls, s: Settings) -> StackOneResource:
+        default = next((p for p in s.projects if p.is_default), None)
         return cls(
-            api_key=dg.EnvVar(s.api_key_var),
+            api_key=dg.EnvVar(default.api_key_var) if default else "",
+            projects=[
+                ProjectKey(name=p.name, api_key=dg.EnvVar(p.api_key_var)) for p in s.projects if not p.is_default
+            ],
             base_url=s.base_url,
             rate_limit_per_minute=s.rate_limit_per_minute,
             page_size=s.page_size,
@@ -59,16 +72,19 @@ class StackOneResource(dg.ConfigurableResource):
             rate_limit_state_dir=str(Path(s.data_dir) / RATE_LIMIT_STATE),
         )
 
-    def client(self) -> StackOneClient:
+    def key(self, project: str = DEFAULT_PROJECT) -> str:
+        if project == DEFAULT_PROJECT:
+            return self.api_key
+        return next((p.api_key for p in self.projects if p.name == project), "")
+
+    def client(self, project: str = DEFAULT_PROJECT) -> StackOneClient:
+        """A client with `project`'s key, paced by that key's shared budget."""
+        key = self.key(project)
         limiter = shared_limiter(
-            self.base_url,
-            self.api_key,
-            self.rate_limit_per_minute,
-            self.rate_limit_window_s,
-            self.rate_limit_state_dir or None,
+            self.base_url, key, self.rate_limit_per_minute, self.rate_limit_window_s, self.rate_limit_state_dir or None
         )
         return StackOneClient(
-            self.api_key,
+            key,
             self.base_url,
             rate_limiter=limiter,
             page_size=self.page_size,
@@ -79,12 +95,12 @@ class StackOneResource(dg.ConfigurableResource):
     def redaction(self) -> RedactionSettings:
         return RedactionSettings(keep_bodies=self.keep_bodies, extra_names=tuple(self.redact_names))
 
-    def share_limiter(self, name: str, share: float) -> RateLimiter:
+    def share_limiter(self, name: str, share: float, project: str = DEFAULT_PROJECT) -> RateLimiter:
         """A limiter at `share` of the key's limit, for work (detail fetches) that must never
         starve ingestion; its requests take from the key's own limiter as well."""
         return shared_limiter(
             f"{self.base_url}#{name}",
-            self.api_key,
+            self.key(project),
             self.rate_limit_per_minute * share,
             self.rate_limit_window_s,
             self.rate_limit_state_dir or None,
@@ -113,8 +129,8 @@ class StorageResource(dg.ConfigurableResource):
     data_dir: str = "./data"
     lock_timeout_s: float = 600.0
 
-    def storage(self) -> Storage:
-        return Storage(self.data_dir, lock_timeout_s=self.lock_timeout_s)
+    def storage(self, project: str = DEFAULT_PROJECT) -> Storage:
+        return Storage(self.data_dir, lock_timeout_s=self.lock_timeout_s, project=project)
 
 
 class AlertThresholdsResource(dg.ConfigurableResource):

@@ -8,6 +8,7 @@ when a run starts and never shown in the UI.
 | variable                           | default                  | meaning                                   |
 |------------------------------------|--------------------------|-------------------------------------------|
 | STACKONE_API_KEY                   | (required to ingest)     | the API key (HTTP Basic username)         |
+| STACKONE_PROJECTS                  | (one: default)           | name=VAR,... several projects (projects.py)|
 | STACKONE_BASE_URL                  | https://api.stackone.com |                                           |
 | STACKONE_DATA_DIR                  | ./data                   | lake, warehouse.duckdb, query.duckdb      |
 | STACKONE_RATE_LIMIT_PER_MINUTE     | 1000                     | client-side pacing per key                |
@@ -35,6 +36,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from urllib.parse import unquote, urlsplit
+
+from .projects import Project, parse_projects
 
 Env = Mapping[str, str]
 
@@ -115,6 +118,13 @@ def require_api_key(env: Env | None = None, name: str = "STACKONE_API_KEY") -> N
 
 
 DEFAULT_RETENTION_DAYS = 90  # StackOne's log retention unless the project set another
+
+
+def projects_from_env(env: Env) -> tuple[Project, ...]:
+    try:
+        return parse_projects(env.get("STACKONE_PROJECTS", ""))
+    except ValueError as exc:
+        raise SettingsError(f"STACKONE_PROJECTS: {exc}") from None
 
 
 def retention_days_from_env(env: Env | None = None) -> int:
@@ -429,7 +439,7 @@ class Settings:
     retention_days: int = DEFAULT_RETENTION_DAYS  # StackOne's log retention for the project
     keep_bodies: bool = False
     redact_names: tuple[str, ...] = ()
-    api_key_var: str = "STACKONE_API_KEY"
+    projects: tuple[Project, ...] = (Project(),)
     thresholds: Thresholds = Thresholds()
     details: DetailsSettings = DetailsSettings()
     automation: AutomationSettings = AutomationSettings()
@@ -451,6 +461,7 @@ class Settings:
             retention_days=retention_days_from_env(env),
             keep_bodies=env_bool(env, "STACKONE_KEEP_BODIES", False),
             redact_names=tuple(n.strip() for n in env.get("STACKONE_REDACT_NAMES", "").split(",") if n.strip()),
+            projects=projects_from_env(env),
             thresholds=Thresholds.from_env(env),
             details=DetailsSettings.from_env(env),
             automation=AutomationSettings.from_env(env),
@@ -460,6 +471,13 @@ class Settings:
             otlp=OtlpSettings.from_env(env),
             prometheus=PrometheusSettings.from_env(env),
         )
+
+    def project(self, name: str) -> Project:
+        for p in self.projects:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.projects)
+        raise SettingsError(f"no project {name!r} (STACKONE_PROJECTS has: {known})")
 
     def sink(self, name: str):
         """The settings of sink `name`, or None when it is not configured."""

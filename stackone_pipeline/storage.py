@@ -26,10 +26,12 @@ from pathlib import Path
 import duckdb
 
 from .lake import Lake
+from .projects import DEFAULT_PROJECT
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 VIEWS_META = "_stackone_views"  # query.duckdb: the lake root its views were made for
+PROJECTS_DIR = "projects"  # <data dir>/projects/<name>/: every project but the default one
 
 
 class StorageBusyError(RuntimeError):
@@ -51,15 +53,39 @@ def sql_literal(value: str) -> str:
 
 
 class Storage:
-    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0):
-        self.data_dir = Path(data_dir)
+    """One project's storage in a data directory: the default project's is the data directory
+    itself, another project `p`'s is `<data dir>/projects/p/` (projects.py). `query.duckdb`, at
+    the top, has every project's rows."""
+
+    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, project: str = DEFAULT_PROJECT):
+        self.root = Path(data_dir)
+        self.project = project
+        self.data_dir = self.root if project == DEFAULT_PROJECT else self.root / PROJECTS_DIR / project
         self.lake = Lake(self.data_dir / "lake")
         self.warehouse = Warehouse(self.data_dir, lock_timeout_s=lock_timeout_s)
         self.state = self.warehouse
-        self.query_path = self.data_dir / "query.duckdb"
+        self.query_path = self.root / "query.duckdb"
 
     def __repr__(self) -> str:
-        return f"Storage({str(self.data_dir)!r})"
+        extra = "" if self.project == DEFAULT_PROJECT else f", project={self.project!r}"
+        return f"Storage({str(self.root)!r}{extra})"
+
+    def lakes(self) -> dict[str, Lake]:
+        """{project: its lake} for every project of the data directory with a lake."""
+        out = {DEFAULT_PROJECT: Lake(self.root / "lake")}
+        named = self.root / PROJECTS_DIR
+        if named.is_dir():
+            out |= {p.name: Lake(p / "lake") for p in sorted(named.iterdir()) if (p / "lake").is_dir()}
+        return out
+
+    def views_key(self) -> str:
+        """What query.duckdb's views are made for: this directory's lake, and each other project's
+        datasets (a new project or dataset makes every view anew, to include it)."""
+        key = str((self.root / "lake").resolve())
+        for name, lake in self.lakes().items():
+            if name != DEFAULT_PROJECT:
+                key += f"|{name}:{','.join(lake.datasets())}"
+        return key
 
     @contextmanager
     def hour_lock(self, stage: str, hour: datetime) -> Iterator[None]:
@@ -125,17 +151,20 @@ class Storage:
             con.close()
 
     def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
-        """Create the views of query.duckdb that are missing: one per lake dataset, then
-        `extra_views` ({name: SELECT}) that build on them. Runs queue on a lock; skipped, with a
-        warning, while a person has query.duckdb open.
+        """Create the views of query.duckdb that are missing: one per lake dataset (every
+        project's files of it), then `extra_views` ({name: SELECT}) that build on them. Runs queue
+        on a lock; skipped, with a warning, while a person has query.duckdb open.
 
         A view over a glob expands it at query time, so a new or replaced hour needs no refresh;
         re-creating one reads every file's footer (union_by_name), a cost that grows with history,
         so existing views are left alone, unless they were made for another lake (the data
-        directory was moved or copied): then all of them are made again for this one."""
-        datasets = self.lake.datasets()
-        root = str(self.lake.root.resolve())
-        with open(self.local_dir(".locks") / "query-views.lock", "a") as lock:
+        directory was moved or copied, a project or a project's dataset appeared): then all of
+        them are made again."""
+        lakes = self.lakes()
+        datasets = sorted({d for lake in lakes.values() for d in lake.datasets()})
+        key = self.views_key()
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".locks" / "query-views.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 con = duckdb.connect(str(self.query_path))
@@ -148,17 +177,14 @@ class Storage:
                 }
                 con.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_META} (lake_root VARCHAR)")
                 made_for = con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall()
-                if made_for != [(root,)]:  # first time, or a moved data directory: every view anew
+                if made_for != [(key,)]:  # first time, a moved directory, a new project: every view anew
                     existing = set()
                     con.execute(f"DELETE FROM {VIEWS_META}")
-                    con.execute(f"INSERT INTO {VIEWS_META} VALUES (?)", [root])
+                    con.execute(f"INSERT INTO {VIEWS_META} VALUES (?)", [key])
                 for name in datasets:
                     if name not in existing:
-                        con.execute(
-                            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-                            f"{sql_literal(self.lake.dataset_glob(name))}, hive_partitioning = false, "
-                            "union_by_name = true)"
-                        )
+                        globs = [lake.dataset_glob(name) for lake in lakes.values() if name in lake.datasets()]
+                        _create_dataset_view(con, name, globs)
                 for name, select in (extra_views or {}).items():
                     if name in existing:
                         continue
@@ -179,8 +205,22 @@ class Storage:
         except duckdb.Error:
             return True  # open elsewhere: the next publish checks again
         try:
-            return con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall() == [(str(self.lake.root.resolve()),)]
+            return con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall() == [(self.views_key(),)]
         except duckdb.CatalogException:
             return False
         finally:
             con.close()
+
+
+def _create_dataset_view(con: duckdb.DuckDBPyConnection, name: str, globs: list[str]) -> None:
+    """A view over every file of `globs`; rows written before files had a `project` column are
+    the default project's."""
+    files = sql_literal(globs[0]) if len(globs) == 1 else "[" + ", ".join(sql_literal(g) for g in globs) + "]"
+    source = f"read_parquet({files}, hive_partitioning = false, union_by_name = true)"
+    try:
+        con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * REPLACE "
+            f"(coalesce(project, {sql_literal(DEFAULT_PROJECT)}) AS project) FROM {source}"
+        )
+    except duckdb.BinderException:  # no file has the column yet (a lake from before projects)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source}")

@@ -128,8 +128,11 @@ def _q(rs, qs):
     return [None] * len(qs) if d.size == 0 else [float(v) for v in np.quantile(d, qs)]
 
 
-def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds) -> dict[str, dict]:
-    """{table: {key tuple: row dict}} for the hours in `derived_hours` (derived oldest first)."""
+def expected_tables(
+    rows: list[dict], derived_hours: list[datetime], thresholds, project: str = "default"
+) -> dict[str, dict]:
+    """{table: {key tuple: row dict}} for the hours in `derived_hours` (derived oldest first), as
+    derived for `project` (every row of a project's tables names it)."""
     rows = [r for r in rows if r["hour"] in set(derived_hours)]
     out: dict[str, dict] = {t: {} for t in KEYS}
     for (h, b, p), rs in _group(rows, lambda r: (r["hour"], bucket(r["event_datetime"]), _k(r["provider"]))).items():
@@ -193,6 +196,9 @@ def expected_tables(rows: list[dict], derived_hours: list[datetime], thresholds)
         }
         volume[h] = len(rs)
     out["alert_evaluations"] = expected_evaluations(out, thresholds)
+    for table in out.values():
+        for cols in table.values():
+            cols["project"] = project
     return out
 
 

@@ -46,6 +46,7 @@ SCALARS = (
     "source_value",
     "source_id",
     "source_ip",
+    "project",  # the pipeline's project name: which key, hence which StackOne project, the row came from
 )
 
 

@@ -220,6 +220,7 @@ def test_simulated_hours_match_the_simulators_ground_truth(sim_data):
         "passed": True,
         "severity": "WARN",
         "detail": "400 requests vs baseline 400.0 (MAD 0.0, 7 days)",
+        "project": "default",
     }
     assert ev[(h13, "request_volume_anomaly", "overall")]["value"] is None  # no history for 13:00
     assert any(r["event_datetime"] == h14 for r in sim_data.rows)  # a record on 14:00:00.000

@@ -53,7 +53,7 @@ def test_details_of_the_failed_requests_match_the_api_and_keep_no_secret(sim, ma
     for rid in list(by_id)[:20]:
         want = normalise(client.get_log(rid, include="step_logs,advanced_logs"), redactor)
         got = {k: v for k, v in by_id[rid].items() if k in SCHEMA.names and k != "hour"}
-        table = pa.Table.from_pylist([{**want, "hour": None}], schema=SCHEMA).to_pylist()[0]
+        table = pa.Table.from_pylist([{**want, "hour": None, "project": "default"}], schema=SCHEMA).to_pylist()[0]
         assert got == {k: v for k, v in table.items() if k != "hour"}
         assert got["response"] is not None and "provider_errors" in got["response"]
     text = stored.to_pandas().to_json()

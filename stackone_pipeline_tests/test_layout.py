@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "stackone_pipeline"
 # Lower layers never import higher ones; a layer may import itself and anything below.
 LAYERS = [
-    {"settings", "partitions", "http"},
+    {"settings", "partitions", "projects", "http"},
     {"stackone", "simulator", "lake", "warehouse"},
     {"storage"},
     {"ingest", "analytics", "sinks", "notify", "webhooks"},

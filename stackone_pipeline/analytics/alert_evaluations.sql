@@ -10,7 +10,8 @@ SELECT
     $error_rate_5m AS threshold,
     sum(errors) / sum(requests) <= $error_rate_5m AS passed,
     $severity AS severity,
-    sum(errors) || ' errors / ' || sum(requests) || ' requests' AS detail
+    sum(errors) || ' errors / ' || sum(requests) || ' requests' AS detail,
+    $project::VARCHAR AS project
 FROM error_rate_5m
 WHERE hour IN (SELECT hour FROM batch_hours)
 GROUP BY hour, bucket_start
@@ -19,7 +20,7 @@ UNION ALL
 -- 2a. p95 latency of the hour, all providers.
 SELECT
     hour, 'p95_latency', 'overall', p95_ms, $p95_ms, p95_ms <= $p95_ms, $severity,
-    requests || ' requests'
+    requests || ' requests', $project
 FROM request_volume_hourly
 WHERE hour IN (SELECT hour FROM batch_hours) AND p95_ms IS NOT NULL
 
@@ -27,7 +28,7 @@ UNION ALL
 -- 2b. p95 latency of the hour, per provider.
 SELECT
     hour, 'p95_latency', 'provider ' || provider, p95_ms, $p95_ms, p95_ms <= $p95_ms, $severity,
-    requests || ' requests'
+    requests || ' requests', $project
 FROM provider_health_hourly
 WHERE hour IN (SELECT hour FROM batch_hours) AND p95_ms IS NOT NULL
 
@@ -43,7 +44,8 @@ SELECT
             )[1:3], ', ')
             FROM account_errors_hourly AS a
             WHERE a.hour = p.hour AND a.provider = p.provider AND a.errors > 0
-        ) ELSE '' END
+        ) ELSE '' END,
+    $project
 FROM provider_health_hourly AS p
 WHERE p.hour IN (SELECT hour FROM batch_hours)
 
@@ -56,6 +58,7 @@ SELECT
              || ' days of same-hour history needed'
         ELSE requests || ' requests vs baseline ' || round(baseline, 1) || ' (MAD ' || round(mad, 1)
              || ', ' || history_days || ' days)'
-    END
+    END,
+    $project
 FROM request_volume_hourly
 WHERE hour IN (SELECT hour FROM batch_hours)

@@ -148,6 +148,7 @@ def derive_batch(
     then publish each table's hours to the lake; one summary per hour, oldest first."""
     started = time.perf_counter()
     params = {
+        "project": storage.project,
         **thresholds.sql_params(),
         "severity": thresholds.severity,
         "baseline_days": tables.BASELINE_DAYS,
@@ -179,6 +180,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create request_logs (if no hour was ever ingested), the derived tables and the views."""
     con.execute(CREATE_REQUEST_LOGS)
     con.execute(tables.sql("schema"))
+    for table in ("request_logs", *tables.TABLES):  # a warehouse from before projects
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS project VARCHAR")
     for name, select in tables.views().items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 

@@ -4,6 +4,7 @@ SELECT
     provider,
     count(*) AS requests,
     count(*) FILTER (WHERE is_error) AS errors,
-    count(*) FILTER (WHERE is_error) / count(*) AS error_rate
+    count(*) FILTER (WHERE is_error) / count(*) AS error_rate,
+    $project::VARCHAR AS project
 FROM hour_requests
 GROUP BY hour, bucket_start, provider

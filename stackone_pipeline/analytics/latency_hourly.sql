@@ -1,7 +1,7 @@
 SELECT
     hour, provider, action, requests,
     q[1] AS p50_ms, q[2] AS p90_ms, q[3] AS p95_ms, q[4] AS p99_ms,
-    mean_ms, max_ms
+    mean_ms, max_ms, $project::VARCHAR AS project
 FROM (
     SELECT
         hour,

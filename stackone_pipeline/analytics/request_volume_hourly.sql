@@ -58,5 +58,6 @@ SELECT
     mad,
     score,
     coalesce(abs(score) > $volume_score, false) AS anomaly,
-    $volume_score AS score_threshold
+    $volume_score AS score_threshold,
+    $project::VARCHAR AS project
 FROM scored

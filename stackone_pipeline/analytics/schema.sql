@@ -8,7 +8,8 @@ CREATE TABLE IF NOT EXISTS error_rate_5m (
     provider VARCHAR NOT NULL,          -- integration provider ('unknown' when missing)
     requests BIGINT NOT NULL,           -- requests in the bucket
     errors BIGINT NOT NULL,             -- of which errors
-    error_rate DOUBLE NOT NULL          -- errors / requests
+    error_rate DOUBLE NOT NULL,         -- errors / requests
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS error_rate_hourly (
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS error_rate_hourly (
     error_rate DOUBLE NOT NULL,         -- errors / requests
     status_4xx BIGINT NOT NULL,         -- status 400-499
     status_5xx BIGINT NOT NULL,         -- status 500-599
-    timeouts BIGINT NOT NULL            -- status null and success false
+    timeouts BIGINT NOT NULL,           -- status null and success false
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS latency_hourly (
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS latency_hourly (
     p95_ms DOUBLE,                      -- 95th percentile duration
     p99_ms DOUBLE,                      -- 99th percentile duration
     mean_ms DOUBLE,                     -- mean duration
-    max_ms DOUBLE                       -- slowest request
+    max_ms DOUBLE,                      -- slowest request
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS provider_health_hourly (
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS provider_health_hourly (
     error_rate DOUBLE NOT NULL,         -- errors / requests
     p95_ms DOUBLE,                      -- 95th percentile duration of the provider's requests
     healthy BOOLEAN NOT NULL,           -- error_rate <= error_rate_threshold
-    error_rate_threshold DOUBLE NOT NULL -- the provider error-rate threshold in force
+    error_rate_threshold DOUBLE NOT NULL,-- the provider error-rate threshold in force
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS request_volume_hourly (
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS request_volume_hourly (
     mad DOUBLE,                         -- median absolute deviation of those hours
     score DOUBLE,                       -- (requests - baseline) / max(1.4826 * mad, sqrt(baseline), 1); null below 7 days of history
     anomaly BOOLEAN NOT NULL,           -- abs(score) > score_threshold (never without enough history)
-    score_threshold DOUBLE NOT NULL     -- the volume score threshold in force
+    score_threshold DOUBLE NOT NULL,    -- the volume score threshold in force
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS account_errors_hourly (
@@ -70,7 +75,8 @@ CREATE TABLE IF NOT EXISTS account_errors_hourly (
     provider VARCHAR NOT NULL,          -- integration provider
     requests BIGINT NOT NULL,           -- requests in the hour
     errors BIGINT NOT NULL,             -- of which errors
-    error_rate DOUBLE NOT NULL          -- errors / requests
+    error_rate DOUBLE NOT NULL,         -- errors / requests
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );
 
 CREATE TABLE IF NOT EXISTS alert_evaluations (
@@ -81,5 +87,6 @@ CREATE TABLE IF NOT EXISTS alert_evaluations (
     threshold DOUBLE NOT NULL,          -- the threshold it was compared with
     passed BOOLEAN NOT NULL,            -- false when value crossed threshold
     severity VARCHAR NOT NULL,          -- WARN or ERROR: the severity a failure is raised with
-    detail VARCHAR                      -- context for a human (counts, worst accounts, history)
+    detail VARCHAR,                     -- context for a human (counts, worst accounts, history)
+    project VARCHAR                     -- the pipeline's name of the StackOne project (STACKONE_PROJECTS)
 );

@@ -136,7 +136,7 @@ def _fetch_details(client, storage, hour, settings, limiter, redaction, workers)
                 continue
             row = normalise(raw, redactor)
             row["request_id"] = row["request_id"] or rid
-            row["hour"], row["fetched_at"] = epoch_us(hour), fetched_at
+            row["hour"], row["fetched_at"], row["project"] = epoch_us(hour), fetched_at, storage.project
             rows.append(row)
     result.fetched = len(rows)
     table = pa.concat_tables([kept, pa.Table.from_pylist(rows, schema=DETAIL_SCHEMA)]).sort_by("request_id")

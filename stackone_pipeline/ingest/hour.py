@@ -84,9 +84,9 @@ def ingest_hour(
         pages = client.list_logs(filters={"start_date": hour, "end_date": end}, stats=stats, columnar=True)
         for page in pages:
             if isinstance(page, Page):  # the usual list page: column by column (columnar.py)
-                batch = normalise_page(page, redactor, lo)
+                batch = normalise_page(page, redactor, lo, storage.project)
             else:  # anything else: record by record
-                batch = to_batch([normalise(raw, redactor) | {"hour": lo} for raw in page])
+                batch = to_batch([normalise(raw, redactor) | {"hour": lo, "project": storage.project} for raw in page])
             writer.write(_clipped(batch, bounds, result))
         path = writer.close()
         # Repeats of a request_id (pages overlap while StackOne writes) are left out by DuckDB.

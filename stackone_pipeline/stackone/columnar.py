@@ -88,8 +88,11 @@ def parse_page(body: bytes) -> Page | None:
     return Page(records, cursor or None)
 
 
-def normalise_page(page: Page, redactor: Redactor, hour_us: int | None = None) -> pa.RecordBatch:
-    """`to_batch([normalise(r, redactor) | {"hour": hour_us} for r in page])`, column by column."""
+def normalise_page(
+    page: Page, redactor: Redactor, hour_us: int | None = None, project: str | None = None
+) -> pa.RecordBatch:
+    """`to_batch([normalise(r, redactor) | {"hour": hour_us, "project": project} for r in page])`,
+    column by column."""
     rec = page.records
     n = len(rec)
     cols: dict[str, pa.Array] = {name: rec.field(name) for name in _STRING_FIELDS}
@@ -106,6 +109,7 @@ def normalise_page(page: Page, redactor: Redactor, hour_us: int | None = None) -
     for name in _NESTED:
         cols[name] = nulls
     cols["hour"] = pa.nulls(n, _TS) if hour_us is None else pc.fill_null(pa.nulls(n, _TS), pa.scalar(hour_us, _TS))
+    cols["project"] = nulls if project is None else pc.fill_null(nulls, pa.scalar(project, _S))
     return pa.RecordBatch.from_arrays([cols[name] for name in COLUMN_NAMES], schema=SCHEMA)
 
 

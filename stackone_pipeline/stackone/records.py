@@ -68,6 +68,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "JSON list of the SDK's StepLogPartial {id, request_id, ..., http_method, path, url, status, "
         "success, duration, start_time, end_time, is_worker} (only with include=step_logs), redacted",
     ),
+    ("project", pa.string(), "the pipeline's name of the StackOne project the row came from (STACKONE_PROJECTS)"),
 ]
 # What counts as an error, the one definition that SQL and Python share: an HTTP status >= 400,
 # or a timeout (no status and success = false). A missing status with success true or unknown is

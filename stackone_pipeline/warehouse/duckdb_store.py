@@ -70,12 +70,22 @@ class _LoadQueue:
 _queues: dict[Path, _LoadQueue] = {}  # per warehouse file, shared by every Warehouse of this process
 
 
+def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, select: str, params: dict | None = None) -> None:
+    """Columns `select` has that `table` lacks are added to it (a warehouse from before a column
+    existed, such as `project`, takes the new rows; its older rows hold null there)."""
+    have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    for name, typ, *_ in con.execute(f"DESCRIBE {select}", params or {}).fetchall():
+        if name not in have:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
+
+
 def _replace(con: duckdb.DuckDBPyConnection, load: _Load) -> tuple[int, int]:
     """Delete the hour and insert its file, in one transaction: (rows now in the hour, rows left out)."""
     table, hour, unique = load.table, load.hour, load.unique
     params = {"path": str(load.path)}
     source = "read_parquet($path, hive_partitioning = false)"
     con.execute(load.create_sql)
+    add_missing_columns(con, table, f"SELECT * FROM {source}", params)
     with in_transaction(con):
         con.execute(f"DELETE FROM {table} WHERE hour = $hour", {"hour": hour})
         repeated = 0
