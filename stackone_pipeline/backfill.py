@@ -7,6 +7,8 @@ otherwise in a throw-away instance.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -23,6 +25,7 @@ from .partitions import (
     range_tags,
     whole_hours,
 )
+from .projects import DEFAULT_PROJECT, Project
 from .settings import Settings, UsageError
 
 PLANNED_EVENT_PER_HOUR_UP_TO = 24  # ranges longer than a day are planned in one event per asset
@@ -75,6 +78,7 @@ def run_backfill(
     instance: dg.DagsterInstance | None = None,
     settings: Settings | None = None,
     log_level: str = "INFO",
+    project: str = DEFAULT_PROJECT,
 ) -> dg.ExecuteInProcessResult:
     from .definitions import build_defs
 
@@ -86,10 +90,14 @@ def run_backfill(
         instance = pipeline_instance()
     # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);
     # unpartitioned ones have their own triggers.
+    family = settings.project(project).asset_prefix()
     hourly = assets or [
         a
         for a in defs.assets or []
-        if isinstance(a, dg.AssetsDefinition) and a.is_executable and a.partitions_def == hourly_partitions
+        if isinstance(a, dg.AssetsDefinition)
+        and a.is_executable
+        and a.partitions_def == hourly_partitions
+        and all(k.path[:-1] == family for k in a.keys)  # this project's family only
     ]
     if len(keys) > PLANNED_EVENT_PER_HOUR_UP_TO:
         # One "planned" event per asset for the whole range instead of one per asset and hour
@@ -104,3 +112,19 @@ def run_backfill(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         raise_on_error=False,
     )
+
+
+def backfill_each_project(argv: list[str], projects: list[Project]) -> int:
+    """`stackone-pipeline backfill <argv> --project <name>` for every project at once, each in a
+    process (and a Dagster run) of its own within its own key's budget; 0 when every one succeeded.
+    A project that fails (a rejected key, say) fails alone: the others run to their end."""
+    procs = {
+        p.name: subprocess.Popen(
+            [sys.executable, "-m", "stackone_pipeline.cli", "backfill", *argv, "--project", p.name]
+        )
+        for p in projects
+    }
+    outcome = {name: proc.wait() for name, proc in procs.items()}
+    for name, code in outcome.items():
+        print(f"project {name}: backfill {'succeeded' if code == 0 else 'failed'}", file=sys.stderr)
+    return 0 if all(code == 0 for code in outcome.values()) else 1

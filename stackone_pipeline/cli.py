@@ -109,12 +109,21 @@ def cmd_backfill(args) -> int:
     partition_keys(start, end, retention_days=settings.retention_days)  # a wrong range: exit 2 before Dagster
     from .instance import fail_dead_runs, pipeline_instance
 
+    projects = [settings.project(args.project)] if args.project else list(settings.projects)
+    if len(projects) > 1:  # several projects ingest in parallel, each within its own key's budget
+        from .backfill import backfill_each_project
+
+        return backfill_each_project(_backfill_argv(args), projects)
     instance = pipeline_instance()
     failed = fail_dead_runs(instance)
     if failed:
         print(f"marked {len(failed)} run(s) failed whose process had been killed: {', '.join(failed)}", file=sys.stderr)
-    result = run_backfill(start, end, settings=settings, instance=instance)
+    result = run_backfill(start, end, settings=settings, instance=instance, project=projects[0].name)
     return _run_outcome(result, "backfill", args.verbose)
+
+
+def _backfill_argv(args) -> list[str]:
+    return ["--start", args.start, "--end", args.end] + (["--verbose"] if args.verbose else [])
 
 
 def parse_since(value: str) -> timedelta:
@@ -404,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("backfill", "materialise [start, end) through Dagster in one run")
     b.add_argument("--start", required=True, help="ISO-8601, e.g. 2026-11-25T00:00Z")
     b.add_argument("--end", required=True, help="ISO-8601, exclusive")
+    b.add_argument("--project", help="one project of STACKONE_PROJECTS (default: each, in parallel)")
     b.set_defaults(func=cmd_backfill)
 
     r = command("report", "the guide's key metrics for a window, as text and a self-contained HTML file")

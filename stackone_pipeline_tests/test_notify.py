@@ -32,10 +32,10 @@ def wh(tmp_path):
 
 def evaluate(wh: Storage, hour: datetime, failing: list[tuple[str, str, float, float]]) -> None:
     """alert_evaluations of `hour`: the given (check, subject, value, threshold) fail, one passes."""
-    rows = [(hour, c, s, v, t, False, "WARN", f"detail of {s}") for c, s, v, t in failing]
-    rows.append((hour, "p95_latency", "overall", 900.0, 2000.0, True, "WARN", None))
+    rows = [(hour, c, s, v, t, False, "WARN", f"detail of {s}", wh.project) for c, s, v, t in failing]
+    rows.append((hour, "p95_latency", "overall", 900.0, 2000.0, True, "WARN", None, wh.project))
     with wh.warehouse.writer() as con:
-        con.executemany("INSERT INTO alert_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO alert_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def tick(wh, webhook, slack, am_url="", name="alert_notifications", **kw):

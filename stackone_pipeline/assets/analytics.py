@@ -12,15 +12,17 @@ evaluation with no partition and leaves every hour's planned evaluation unresolv
 failing hour and subject; the per-hour truth is the `alert_evaluations` table.
 """
 
+import functools
+
 import dagster as dg
 
 from ..analytics import tables
 from ..analytics.alerts import CHECKS, CheckOutcome, fmt_value, outcomes
 from ..analytics.derive import HourSummary, derive_hours
 from ..partitions import hourly_partitions, hours_of_run
+from ..projects import Project
 from ..resources import AlertThresholdsResource, StorageResource
 from ..settings import Thresholds
-from .request_logs import request_logs
 
 DESCRIPTIONS = {
     "error_rate_5m": "Requests, errors and error rate per 5-minute UTC bucket and provider. "
@@ -35,58 +37,72 @@ DESCRIPTIONS = {
     "alert_evaluations": "Every alert threshold evaluation (hour, check, subject, value, threshold, passed).",
 }
 HEADLINE_TABLE = "request_volume_hourly"  # a range run's per-hour observation goes here
-DEPS = {name: [request_logs] for name in tables.DERIVED_TABLES} | {
+DEPS = {name: ["request_logs"] for name in tables.DERIVED_TABLES} | {
     "alert_evaluations": ["error_rate_5m", "provider_health_hourly", "account_errors_hourly", "request_volume_hourly"],
 }
 
 
-def _spec(table: str) -> dg.AssetSpec:
+def _spec(table: str, project: Project) -> dg.AssetSpec:
     schema = dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, t, d in tables.columns(table)])
+    prefix = project.asset_prefix()
     return dg.AssetSpec(
-        table,
-        deps=DEPS[table],
+        dg.AssetKey([*prefix, table]),
+        deps=[dg.AssetKey([*prefix, dep]) for dep in DEPS[table]],
         description=DESCRIPTIONS[table],
-        group_name="analytics",
+        group_name=project.suffix("analytics"),
         kinds={"duckdb", "parquet"},
         metadata={"dagster/column_schema": schema, "dagster/table_name": f"warehouse.{table}"},
     )
 
 
-@dg.multi_asset(
-    name="analytics_tables",
-    specs=[_spec(t) for t in tables.TABLES],
-    check_specs=[dg.AssetCheckSpec(c.name, asset=c.table, description=c.description) for c in CHECKS],
-    partitions_def=hourly_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    can_subset=False,
-)
-def analytics_tables(context: dg.AssetExecutionContext, storage: StorageResource, alerts: AlertThresholdsResource):
-    keys = hours_of_run(context)
-    thresholds = alerts.thresholds()
-    ranged = len(keys) > 1
+@functools.cache  # one definition per project: Dagster refuses two of one name
+def analytics_asset(project: Project = Project()) -> dg.AssetsDefinition:
+    """The derived tables and their checks of one project (projects.py)."""
+    prefix = project.asset_prefix()
 
-    def observe(summary: HourSummary):
-        context.log.info(
-            f"{summary.hour:%Y-%m-%d %H}:00 UTC: {summary.requests:,} requests, "
-            f"{len(summary.failures)} failed evaluation(s), {summary.seconds:.2f}s"
-        )
-        if ranged:  # a range run copies returned metadata onto every hour: observe each hour, once
-            # (on the hour's headline table; an event per table and hour costs Dagster ~10 ms each)
-            metadata = hour_metadata(summary, HEADLINE_TABLE) | {
-                f"rows/{table}": summary.rows.get(table, 0) for table in tables.TABLES
-            }
-            context.log_event(
-                dg.AssetObservation(asset_key=HEADLINE_TABLE, partition=keys[summary.hour], metadata=metadata)
+    def key(table: str) -> dg.AssetKey:
+        return dg.AssetKey([*prefix, table])
+
+    @dg.multi_asset(
+        name=project.suffix("analytics_tables"),
+        specs=[_spec(t, project) for t in tables.TABLES],
+        check_specs=[dg.AssetCheckSpec(c.name, asset=key(c.table), description=c.description) for c in CHECKS],
+        partitions_def=hourly_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=False,
+    )
+    def analytics_tables(context: dg.AssetExecutionContext, storage: StorageResource, alerts: AlertThresholdsResource):
+        keys = hours_of_run(context)
+        thresholds = alerts.thresholds()
+        ranged = len(keys) > 1
+
+        def observe(summary: HourSummary):
+            context.log.info(
+                f"{summary.hour:%Y-%m-%d %H}:00 UTC: {summary.requests:,} requests, "
+                f"{len(summary.failures)} failed evaluation(s), {summary.seconds:.2f}s"
             )
+            if ranged:  # a range run copies returned metadata onto every hour: observe each hour, once
+                # (on the hour's headline table; an event per table and hour costs Dagster ~10 ms each)
+                metadata = hour_metadata(summary, HEADLINE_TABLE) | {
+                    f"rows/{table}": summary.rows.get(table, 0) for table in tables.TABLES
+                }
+                context.log_event(
+                    dg.AssetObservation(asset_key=key(HEADLINE_TABLE), partition=keys[summary.hour], metadata=metadata)
+                )
 
-    summaries = derive_hours(storage.storage(), list(keys), thresholds, on_hour=observe)
-    results = outcomes(summaries)
-    checks_by_table = {c.table: c for c in CHECKS}
-    for table in tables.TABLES:
-        metadata = run_metadata(summaries, table) if ranged else hour_metadata(summaries[0], table)
-        check = checks_by_table.get(table)
-        check_results = [check_result(results[check.name], thresholds)] if check else []
-        yield dg.MaterializeResult(asset_key=table, metadata=metadata, check_results=check_results)
+        summaries = derive_hours(storage.storage(project.name), list(keys), thresholds, on_hour=observe)
+        results = outcomes(summaries)
+        checks_by_table = {c.table: c for c in CHECKS}
+        for table in tables.TABLES:
+            metadata = run_metadata(summaries, table) if ranged else hour_metadata(summaries[0], table)
+            check = checks_by_table.get(table)
+            check_results = [check_result(results[check.name], thresholds, key(table))] if check else []
+            yield dg.MaterializeResult(asset_key=key(table), metadata=metadata, check_results=check_results)
+
+    return analytics_tables
+
+
+analytics_tables = analytics_asset()  # the default project's
 
 
 def hour_metadata(s: HourSummary, table: str) -> dict:
@@ -136,7 +152,7 @@ def providers_markdown(rows: list[dict]) -> str:
     return "\n".join(out) if rows else "no requests"
 
 
-def check_result(o: CheckOutcome, thresholds: Thresholds) -> dg.AssetCheckResult:
+def check_result(o: CheckOutcome, thresholds: Thresholds, asset_key: dg.AssetKey | None = None) -> dg.AssetCheckResult:
     worst = o.worst()
     metadata = {
         "evaluated_hours": o.hours,
@@ -154,7 +170,7 @@ def check_result(o: CheckOutcome, thresholds: Thresholds) -> dg.AssetCheckResult
         metadata["worst_value"] = float(worst.value)
         metadata["worst"] = f"{worst.hour:%Y-%m-%d %H}:00 {worst.subject} {fmt_value(worst.value, o.check.unit)}"
     return dg.AssetCheckResult(
-        asset_key=o.check.table,
+        asset_key=asset_key or dg.AssetKey(o.check.table),
         check_name=o.check.name,
         passed=o.passed,
         severity=dg.AssetCheckSeverity(thresholds.severity),

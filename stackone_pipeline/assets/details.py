@@ -2,13 +2,15 @@
 hour's failed requests, downstream of `request_logs` and upstream of the sinks (which attach the
 provider's error to a failed request's entry). See ingest/details.py."""
 
+import functools
+
 import dagster as dg
 
 from ..ingest.details import DETAIL_COLUMNS, DETAILS, fetch_details
 from ..partitions import hourly_partitions, hours_of_run
+from ..projects import Project
 from ..resources import DetailsResource, StackOneResource, StorageResource
 from ..stackone.client import StackOneAuthError, StackOneError
-from .request_logs import request_logs
 
 COLUMN_SCHEMA = dg.TableSchema(
     columns=[dg.TableColumn(name, str(typ), description=doc) for name, typ, doc in DETAIL_COLUMNS]
@@ -16,47 +18,61 @@ COLUMN_SCHEMA = dg.TableSchema(
 TOTALS = ("selected", "fetched", "kept", "not_found", "over_cap", "rows")
 
 
-@dg.asset(
-    name=DETAILS,
-    partitions_def=hourly_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[request_logs],
-    kinds={"parquet", "duckdb"},
-    group_name="ingestion",
-    output_required=False,
-    metadata={"dagster/column_schema": COLUMN_SCHEMA, "dagster/table_name": f"warehouse.{DETAILS}"},
-    description="The detail record (GET /requests/logs/{id}: request, response, provider errors; redacted) "
-    "of each failed request of the hour (and slow ones if STACKONE_DETAILS_SLOW_MS is set), within a share "
-    "of the key's rate limit and a per-hour cap; lake/request_log_details/ and table request_log_details.",
-)
-def request_log_details(
-    context: dg.AssetExecutionContext, stackone: StackOneResource, storage: StorageResource, details: DetailsResource
-):
-    keys = hours_of_run(context)
-    settings = details.settings()
-    if not settings.enabled:
-        context.log.info("skipped: STACKONE_DETAILS is off")
-        yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": "STACKONE_DETAILS is off"})
-        return
-    store, limiter = storage.storage(), stackone.share_limiter("details", settings.share)
-    results = []
-    with stackone.client() as client:
-        for hour, key in keys.items():
-            try:
-                r = fetch_details(client, store, hour, settings, limiter, stackone.redaction())
-            except (StackOneAuthError, StackOneError) as exc:
-                raise dg.Failure(f"{hour:%Y-%m-%d %H}:00 UTC: {exc}") from None
-            results.append(r)
-            context.log.info(
-                f"{hour:%Y-%m-%d %H}:00 UTC: {r.fetched} detail(s) fetched, {r.kept} kept, "
-                f"{r.not_found} not found, {r.over_cap} over the cap"
-            )
-            if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
-                context.log_event(
-                    dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=r.metadata())
+@functools.cache  # one definition per project: Dagster refuses two of one name
+def details_asset(project: Project = Project()) -> dg.AssetsDefinition:
+    """`request_log_details` of one project (projects.py)."""
+
+    @dg.asset(
+        name=DETAILS,
+        key_prefix=project.asset_prefix(),
+        partitions_def=hourly_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[dg.AssetKey([*project.asset_prefix(), "request_logs"])],
+        kinds={"parquet", "duckdb"},
+        group_name=project.suffix("ingestion"),
+        output_required=False,
+        metadata={"dagster/column_schema": COLUMN_SCHEMA, "dagster/table_name": f"warehouse.{DETAILS}"},
+        description="The detail record (GET /requests/logs/{id}: request, response, provider errors; redacted) "
+        "of each failed request of the hour (and slow ones if STACKONE_DETAILS_SLOW_MS is set), within a share "
+        "of the key's rate limit and a per-hour cap; lake/request_log_details/ and table request_log_details.",
+    )
+    def request_log_details(
+        context: dg.AssetExecutionContext,
+        stackone: StackOneResource,
+        storage: StorageResource,
+        details: DetailsResource,
+    ):
+        keys = hours_of_run(context)
+        settings = details.settings()
+        if not settings.enabled:
+            context.log.info("skipped: STACKONE_DETAILS is off")
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": "STACKONE_DETAILS is off"})
+            return
+        store = storage.storage(project.name)
+        limiter = stackone.share_limiter("details", settings.share, project.name)
+        results = []
+        with stackone.client(project.name) as client:
+            for hour, key in keys.items():
+                try:
+                    r = fetch_details(client, store, hour, settings, limiter, stackone.redaction())
+                except (StackOneAuthError, StackOneError) as exc:
+                    raise dg.Failure(f"{hour:%Y-%m-%d %H}:00 UTC: {exc}") from None
+                results.append(r)
+                context.log.info(
+                    f"{hour:%Y-%m-%d %H}:00 UTC: {r.fetched} detail(s) fetched, {r.kept} kept, "
+                    f"{r.not_found} not found, {r.over_cap} over the cap"
                 )
-    store.publish_views()
-    if len(results) == 1:
-        yield dg.MaterializeResult(metadata=results[0].metadata())
-    else:
-        yield dg.MaterializeResult(metadata={f"run_{k}": sum(getattr(r, k) for r in results) for k in TOTALS})
+                if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
+                    context.log_event(
+                        dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=r.metadata())
+                    )
+        store.publish_views()
+        if len(results) == 1:
+            yield dg.MaterializeResult(metadata=results[0].metadata())
+        else:
+            yield dg.MaterializeResult(metadata={f"run_{k}": sum(getattr(r, k) for r in results) for k in TOTALS})
+
+    return request_log_details
+
+
+request_log_details = details_asset()  # the default project's

@@ -4,20 +4,25 @@ Downstream of `request_logs` in the hourly job, so the lookback counts what it f
 `late_arrivals(hour, detected_at, new_rows)` keeps a row per detection (see ingest/late_arrivals.py).
 """
 
+import functools
+
 import dagster as dg
 
 from ..ingest import count_late_arrivals_hours
 from ..partitions import hourly_partitions, hours_of_run
+from ..projects import Project
 from ..resources import StorageResource
 
 
-def late_arrivals_asset(keep_baseline_hours: int = 48) -> dg.AssetsDefinition:
+@functools.cache  # one definition per project: Dagster refuses two of one name
+def late_arrivals_asset(keep_baseline_hours: int = 48, project: Project = Project()) -> dg.AssetsDefinition:
     @dg.asset(
         name="late_arrivals",
-        deps=["request_logs"],
+        key_prefix=project.asset_prefix(),
+        deps=[dg.AssetKey([*project.asset_prefix(), "request_logs"])],
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="ingestion",
+        group_name=project.suffix("ingestion"),
         kinds={"duckdb"},
         metadata={"dagster/table_name": "warehouse.late_arrivals"},
         description="Rows of each hour that StackOne recorded after an earlier ingest of the hour: "
@@ -25,7 +30,7 @@ def late_arrivals_asset(keep_baseline_hours: int = 48) -> dg.AssetsDefinition:
     )
     def late_arrivals(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         keys = hours_of_run(context)
-        store = storage.storage()
+        store = storage.storage(project.name)
         found = count_late_arrivals_hours(store, list(keys), keep_hours=keep_baseline_hours)
         for r in found:
             if r.new_rows:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from ..http import Transport
 from ..partitions import hourly_partitions, hours_of_run
+from ..projects import Project
 from ..sinks.errors import DeliveryError
 from ..sinks.registry import SinkSpec
 
@@ -19,15 +20,19 @@ class DeliveryConfig(dg.Config):
     force: bool = False  # resend every row of the hour, even those the ledger says were delivered
 
 
-def delivery_asset(spec: SinkSpec) -> dg.AssetsDefinition:
-    """`<name>_delivery`: each hour of the run through `spec.deliver` (and `spec.after_hour`)."""
+def delivery_asset(spec: SinkSpec, project: Project = Project()) -> dg.AssetsDefinition:
+    """`<name>_delivery` of one project: each hour of the run through `spec.deliver` (and
+    `spec.after_hour`). Every entry carries the project (a label, tag or resource attribute)."""
+    prefix = project.asset_prefix()
 
     @dg.asset(
         name=spec.asset_name,
+        key_prefix=prefix,
         partitions_def=hourly_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["request_logs", "request_log_details"],  # details: a failed request's provider error
-        group_name="sinks",
+        # details: a failed request's provider error
+        deps=[dg.AssetKey([*prefix, "request_logs"]), dg.AssetKey([*prefix, "request_log_details"])],
+        group_name=project.suffix("sinks"),
         kinds={spec.name},
         output_required=False,
         required_resource_keys={"storage", spec.name},
@@ -42,7 +47,7 @@ def delivery_asset(spec: SinkSpec) -> dg.AssetsDefinition:
             context.log.info(reason)
             yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
             return
-        sink, storage = resource.sink(), context.resources.storage.storage()
+        sink, storage = resource.sink(), context.resources.storage.storage(project.name)
         transport = Transport()
         summed = dict.fromkeys(spec.totals, 0)
         try:
@@ -65,9 +70,9 @@ def delivery_asset(spec: SinkSpec) -> dg.AssetsDefinition:
     return _deliver
 
 
-def stand_in(spec: SinkSpec) -> dg.AssetSpec:
+def stand_in(spec: SinkSpec, project: Project = Project()) -> dg.AssetSpec:
     """A non-executable asset with the delivery's key, lineage and group, for a sink that is off."""
-    asset = delivery_asset(spec)
+    asset = delivery_asset(spec, project)
     s = asset.specs_by_key[asset.key]
     return dg.AssetSpec(
         asset.key,

@@ -4,8 +4,8 @@ Built from `AutomationSettings` by definitions.py: STACKONE_AUTOMATION=on starts
 and sensor RUNNING, otherwise they are STOPPED (Dagster's default) until turned on in the UI.
 """
 
-from .jobs import HOURLY_JOB, hourly_job
+from .jobs import HOURLY_JOB, hourly_job, hourly_job_for
 from .schedules import build_schedules
 from .sensors import build_sensors
 
-__all__ = ["HOURLY_JOB", "build_schedules", "build_sensors", "hourly_job"]
+__all__ = ["HOURLY_JOB", "build_schedules", "build_sensors", "hourly_job", "hourly_job_for"]

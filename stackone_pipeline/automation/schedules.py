@@ -13,8 +13,9 @@ Both start RUNNING when STACKONE_AUTOMATION=on, STOPPED otherwise (Dagster's def
 import dagster as dg
 
 from ..partitions import HOUR, last_closed_hour, partition_key, range_tags
+from ..projects import Project
 from ..settings import AutomationSettings
-from .jobs import hourly_job
+from .jobs import hourly_job_for
 
 TRIGGER = "stackone/trigger"
 
@@ -23,13 +24,15 @@ def status(settings: AutomationSettings):
     return dg.DefaultScheduleStatus.RUNNING if settings.enabled else dg.DefaultScheduleStatus.STOPPED
 
 
-def build_schedules(settings: AutomationSettings) -> list[dg.ScheduleDefinition]:
+def build_schedules(settings: AutomationSettings, project: Project = Project()) -> list[dg.ScheduleDefinition]:
+    """The hourly and lookback schedules of one project (names suffixed but for the default one)."""
     cron = f"{settings.lag_minutes} * * * *"
     n = settings.lookback_hours
+    job = hourly_job_for(project)
 
     @dg.schedule(
-        name="hourly_schedule",
-        job=hourly_job,
+        name=project.suffix("hourly_schedule"),
+        job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=status(settings),
@@ -40,8 +43,8 @@ def build_schedules(settings: AutomationSettings) -> list[dg.ScheduleDefinition]
         return dg.RunRequest(run_key=key, partition_key=key, tags={TRIGGER: "hourly_schedule"})
 
     @dg.schedule(
-        name="lookback_schedule",
-        job=hourly_job,
+        name=project.suffix("lookback_schedule"),
+        job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=status(settings),

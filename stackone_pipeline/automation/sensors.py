@@ -31,11 +31,12 @@ from ..partitions import (
     hourly_partitions,
     partition_key,
 )
+from ..projects import DEFAULT_PROJECT, Project
 from ..resources import NotifyResource, StorageResource
 from ..settings import AutomationSettings
 from ..storage import Storage
 from ..webhooks.new_events import event_hour, read_new_events
-from .jobs import hourly_job
+from .jobs import HOURLY_JOB, hourly_job_for
 from .schedules import TRIGGER
 
 LOCK_TIMEOUT_S = 20  # a sensor tick must finish well inside Dagster's 60 s evaluation timeout
@@ -43,12 +44,16 @@ START = hourly_partitions.start  # the oldest hour offered: Dagster refuses a ru
 ERROR_PREFIX = re.compile(r"^(?:\w+\.)+(?:Failure: )?")  # dagster._core...Failure: <message>
 
 
-def _storage(storage: StorageResource) -> Storage:
-    return Storage(storage.data_dir, lock_timeout_s=LOCK_TIMEOUT_S)
+def _storage(storage: StorageResource, project: str = DEFAULT_PROJECT) -> Storage:
+    return Storage(storage.data_dir, lock_timeout_s=LOCK_TIMEOUT_S, project=project)
 
 
-def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
-    """One run per affected closed hour, keyed by the first request.failed event of that hour."""
+def reingest_requests(
+    events: list[dict], now: datetime, projects: tuple[Project, ...] = (Project(),)
+) -> list[dg.RunRequest]:
+    """One run per affected closed hour and project, keyed by the first request.failed event of
+    that hour (an event names StackOne's project id, not ours: every project re-ingests the hour,
+    which costs a walk and changes nothing where nothing is new)."""
     by_hour: dict[datetime, list[str]] = {}
     for e in events:
         hour = event_hour(e) if e.get("event_type") == "request.failed" else None
@@ -57,15 +62,19 @@ def reingest_requests(events: list[dict], now: datetime) -> list[dg.RunRequest]:
         by_hour.setdefault(hour, []).append(e["event_id"])
     return [
         dg.RunRequest(
-            run_key=ids[0],
+            run_key=project.suffix(ids[0]),
+            job_name=project.suffix(HOURLY_JOB),
             partition_key=partition_key(hour),
             tags={TRIGGER: "webhook request.failed", "stackone/webhook_events": ",".join(ids)[:1000]},
         )
         for hour, ids in sorted(by_hour.items())
+        for project in projects
     ]
 
 
-def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+def build_sensors(
+    settings: AutomationSettings, projects: tuple[Project, ...] = (Project(),)
+) -> list[dg.SensorDefinition]:
     status = dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
 
     @dg.sensor(
@@ -77,13 +86,16 @@ def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
     )
     def alert_notifications(context: dg.SensorEvaluationContext, storage: StorageResource, notify: NotifyResource):
         store = _storage(storage)
-        report = notify.notifier(store).sync(open_alerts=alert_conditions(store, notify.dagster_url))
+        per_project = [alert_conditions(_storage(storage, p.name), notify.dagster_url) for p in projects]
+        evaluated = [c for conditions in per_project if conditions is not None for c in conditions]
+        open_alerts = None if all(c is None for c in per_project) else evaluated
+        report = notify.notifier(store).sync(open_alerts=open_alerts)
         channels = ", ".join(notify.channel_names()) or "no channel configured (STACKONE_NOTIFY_*)"
         return dg.SkipReason(f"{report.summary()} [{channels}]")
 
     @dg.sensor(
         name="webhook_actions_sensor",
-        job=hourly_job,
+        jobs=[hourly_job_for(p) for p in projects],
         minimum_interval_seconds=30,
         default_status=status,
         description="New webhook events: request.failed re-ingests its hour; account.error, "
@@ -94,7 +106,7 @@ def build_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
         batch = read_new_events(store, context.cursor)
         conditions = [c for c in (event_condition(e, notify.dagster_url) for e in batch.events) if c]
         report = notify.notifier(store).sync(events=conditions) if conditions else None
-        runs = reingest_requests(batch.events, datetime.now(timezone.utc))
+        runs = reingest_requests(batch.events, datetime.now(timezone.utc), projects)
         by_type = Counter(e.get("event_type") or "?" for e in batch.events)
         why = f"{len(batch.events)} new event(s)"
         why += f" ({', '.join(f'{t} {n}' for t, n in sorted(by_type.items()))})" if by_type else ""

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from ..analytics.alerts import CHECKS_BY_NAME, fmt_value
+from ..projects import DEFAULT_PROJECT
 from ..storage import Storage
 from .model import Condition
 
@@ -53,7 +55,11 @@ def alert_conditions(storage: Storage, dagster_url: str = "") -> list[Condition]
     groups: dict[tuple[str, str], list[tuple]] = {}
     for check, subject, *rest in rows:
         groups.setdefault((check, "overall" if subject.startswith("bucket ") else subject), []).append((subject, *rest))
-    return [_alert(latest, check, subject, failing, dagster_url) for (check, subject), failing in groups.items()]
+    alerts = [_alert(latest, check, subject, failing, dagster_url) for (check, subject), failing in groups.items()]
+    if storage.project == DEFAULT_PROJECT:
+        return alerts
+    p = storage.project  # another project's alerts: its own conditions, named
+    return [replace(a, key=f"{p}/{a.key}", title=f"[{p}] {a.title}", labels={**a.labels, "project": p}) for a in alerts]
 
 
 def _alert(hour: datetime, check: str, subject: str, failing: list[tuple], dagster_url: str) -> Condition:
