@@ -82,6 +82,13 @@ def _run_outcome(result, what: str, verbose: bool) -> int:
     return 1
 
 
+def _project_key(value: str) -> tuple[str, str]:
+    name, sep, key = value.partition("=")
+    if not sep or not name or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=KEY, got {value!r}")
+    return name, key
+
+
 def cmd_simulate(args) -> int:
     from .simulator import SimulatorConfig, serve
 
@@ -95,6 +102,7 @@ def cmd_simulate(args) -> int:
         reject_unknown_params=args.reject_unknown_params,
         max_page_size=args.max_page_size,
         page_size_policy=args.page_size_policy,
+        extra_projects=tuple(args.project),
     )
     serve(config, args.host, args.port)
     return 0
@@ -463,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--reject-unknown-params", action="store_true", help="answer 400 to query parameters it does not know"
     )
     s.add_argument("--max-page-size", type=bounded_int(1), default=1000, help="the largest page served")
+    s.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        type=_project_key,
+        metavar="NAME=KEY",
+        help="one more StackOne project with its own API key, traffic and rate limit (repeatable)",
+    )
     s.add_argument(
         "--page-size-policy",
         choices=("clamp", "refuse"),

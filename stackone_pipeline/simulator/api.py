@@ -127,7 +127,7 @@ class Simulator:
     def _handle(self, method: str, path: str, query: str, auth: str | None, mono: float) -> Response:
         if method != "GET":
             return self.error(405, f"method {method} not allowed", Allow="GET")
-        key = _basic_username(auth)
+        key = basic_username(auth)
         if key is None or (key != self.config.api_key and key not in self.config.forbidden_api_keys):
             return self.error(401, "Unauthorized: missing or invalid API key")
         if key in self.config.forbidden_api_keys:
@@ -366,7 +366,7 @@ def include_values(params: dict[str, str]) -> set[str]:
     return {v.strip() for v in params.get("include", "").split(",") if v.strip()}
 
 
-def _basic_username(header: str | None) -> str | None:
+def basic_username(header: str | None) -> str | None:
     if not header or not header[:6].lower() == "basic ":
         return None
     try:

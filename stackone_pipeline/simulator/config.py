@@ -77,6 +77,9 @@ class SimulatorConfig:
     faults: Faults = field(default_factory=Faults)
     # the API's shape (see LIST_SHAPES, FILTER_ENCODINGS); safe to change between requests
     # (`/_simulator/config`); `retention_days` above is one of them too
+    # More StackOne projects, each its own key, rate limit and traffic (a seed of its own):
+    # ((name, api_key), ...); `api_key` above is the first project's.
+    extra_projects: tuple[tuple[str, str], ...] = ()
     list_shape: str = "partial"
     filter_encoding: str = "both"
     reject_unknown_params: bool = False  # 400 for query parameters it does not know (an unhonoured filter form too)

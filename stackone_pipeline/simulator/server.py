@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import socket
 import threading
-from dataclasses import fields
+from dataclasses import fields, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from .api import Response, Simulator, error_body, json_response
+from .api import Response, Simulator, basic_username, error_body, json_response
 from .config import SimulatorConfig
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
@@ -31,6 +31,11 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], simulator: Simulator):
         self.simulator = simulator
+        # Every other project's simulator, by its key: traffic, limiter and stats of its own.
+        self.projects = {
+            key: Simulator(replace(simulator.config, api_key=key, seed=simulator.config.seed + 1009 * (i + 1)))
+            for i, (_name, key) in enumerate(simulator.config.extra_projects)
+        }
         self.open_sockets: set[socket.socket] = set()
         self.sock_lock = threading.Lock()
         super().__init__(addr, _Handler)
@@ -93,7 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/_simulator/"):
             resp = self._admin(method, path, query, body)
         elif path.rstrip("/") == "/requests/logs" or path.startswith("/requests/logs/"):
-            resp = sim.handle(method, path, query, self.headers.get("Authorization"))
+            auth = self.headers.get("Authorization")
+            sim = self.server.projects.get(basic_username(auth), sim)  # another project's key: its simulator
+            resp = sim.handle(method, path, query, auth)
         else:
             resp = json_response(404, error_body(404, f"no route for {path}", sim.now_ms()))
         self._send(resp, head=method == "HEAD")
@@ -120,6 +127,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.client_address[0].startswith(_LOOPBACK):
             return json_response(403, {"message": "admin endpoints are loopback-only"})
         sim = self.server.simulator
+        project = parse_qs(query).get("project", [""])[-1]
+        if project:  # another project's simulator: /_simulator/<route>?project=<name>
+            keys = dict(sim.config.extra_projects)
+            if project not in keys:
+                return json_response(404, {"message": f"no project {project!r}"})
+            sim = self.server.projects[keys[project]]
         if path == "/_simulator/stats" and method == "GET":
             events = parse_qs(query).get("events", ["0"])[-1] in ("1", "true")
             return json_response(200, sim.stats.snapshot(events=events))
@@ -144,7 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return json_response(400, {"message": str(exc)})
             return json_response(200, sim.config.switches())
         if path == "/_simulator/reset" and method == "POST":
-            sim.reset()
+            for each in (sim,) if project else (sim, *self.server.projects.values()):
+                each.reset()
             return json_response(200, {"ok": True})
         return json_response(404, {"message": f"no admin route {method} {path}"})
 
@@ -154,6 +168,8 @@ class RunningSimulator:
 
     def __init__(self, simulator: Simulator, server: _Server, thread: threading.Thread):
         self.simulator, self._server, self._thread = simulator, server, thread
+        # {name: simulator} of the extra projects (SimulatorConfig.extra_projects)
+        self.projects = {name: server.projects[key] for name, key in simulator.config.extra_projects}
         host, port = server.server_address[:2]
         self.host, self.port = host, port
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -198,6 +214,8 @@ def serve(config: SimulatorConfig, host: str, port: int) -> None:
     h, p = server.server_address[:2]
     print(f"StackOne simulator listening on http://{h}:{p}", flush=True)
     print(f"API key (HTTP Basic username, empty password): {config.api_key}", flush=True)
+    for name, key in config.extra_projects:
+        print(f"project {name}: API key {key}", flush=True)
     active = ", ".join(f"{f.name}={getattr(config.faults, f.name)}" for f in fields(config.faults))
     print(f"faults: {active}", flush=True)
     print(", ".join(f"{k}={v}" for k, v in config.switches().items()), flush=True)

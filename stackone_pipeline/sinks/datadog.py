@@ -34,7 +34,7 @@ from ..partitions import HOUR
 from ..settings import DatadogSettings
 from .batching import joined
 from .delivery import DeliveryError, Window, lake_file
-from .payload import EVENT_TIME, IS_ERROR, json_object, record_json, sql_str
+from .payload import EVENT_TIME, IS_ERROR, PROJECT, json_object, record_json, sql_str
 
 LOGS_PATH = "/api/v2/logs"
 SERIES_PATH = "/api/v2/series"
@@ -88,9 +88,9 @@ class DatadogSink:
     @property
     def entry_sql(self) -> str:
         provider, service = "coalesce(provider, 'unknown')", "coalesce(service, 'unknown')"
-        tags = (
+        tags = (  # concat_ws leaves out the project tag where it is null (the default project)
             f"concat_ws(',', {sql_str(tag('env', self.env))}, {tag_sql('provider', provider)}, "
-            f"{tag_sql('stackone_service', service)})"
+            f"{tag_sql('stackone_service', service)}, {tag_sql('project', PROJECT)})"
         )
         message = (
             "coalesce(http_method, '-') || ' ' || coalesce(path, '-') || ' ' || coalesce(status::VARCHAR, "

@@ -50,7 +50,7 @@ from ..http import Action, Verdict, gzip_bytes
 from ..settings import LokiSettings
 from .batching import joined
 from .delivery import Window
-from .payload import IS_ERROR, RECORD, json_object
+from .payload import IS_ERROR, PROJECT, RECORD, json_object
 
 PUSH_PATH = "/loki/api/v1/push"
 SERVICE_NAME = "stackone-requests"
@@ -58,6 +58,7 @@ GRACE = timedelta(minutes=10)  # Loki's creation_grace_period: later entries are
 MARGIN = timedelta(minutes=10)  # an entry right at the max age would be too old by the time it lands
 LATE_LABEL = "late_shard"
 _SHARD_SEP = "\x1f"  # between provider and shard hour in the batch key
+_PROJECT_SEP = "\x1e"  # between the project (when not the default one) and the provider
 # The hour already has a delivery to this sink: what is sent now is late, and goes to its hour's shard.
 _HAD_DELIVERY = "EXISTS (SELECT 1 FROM delivered WHERE outcome IN ('accepted', 'partial'))"
 # Rejects of single entries (permanent for that entry). Anything else in a 400 is about the push
@@ -115,7 +116,7 @@ class LokiSink:
     @property
     def key_sql(self) -> str:
         """The batch key: the stream's variable labels (provider, and the shard hour if late)."""
-        provider = "coalesce(provider, 'unknown')"
+        provider = f"coalesce({PROJECT} || chr({ord(_PROJECT_SEP)}), '') || coalesce(provider, 'unknown')"
         if not self.late_shard:
             return provider
         return (
@@ -165,8 +166,11 @@ class LokiSink:
         )
 
     def labels(self, key: str) -> dict:
-        provider, _, shard = key.partition(_SHARD_SEP)
+        project, _, rest = key.rpartition(_PROJECT_SEP)
+        provider, _, shard = rest.partition(_SHARD_SEP)
         labels = {"env": self.env, "provider": provider, "service_name": SERVICE_NAME}
+        if project:  # another project than the default one (projects.py)
+            labels["project"] = project
         if shard:
             labels[LATE_LABEL] = shard
         return labels

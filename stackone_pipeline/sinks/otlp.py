@@ -42,7 +42,9 @@ from ..settings import DEFAULT_OTEL_SERVICE_NAME, OtlpSettings
 from ..stackone.records import is_error
 from .dead_letters import PARTIAL_REASON
 from .delivery import Window
-from .payload import RECORD
+from .payload import PROJECT, RECORD
+
+PROJECT_ATTRIBUTE = "stackone.project"  # a resource attribute, for every project but the default one
 
 SCOPE = "stackone_pipeline"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # the spec's list; every other error is final
@@ -98,7 +100,7 @@ class OtlpSink:
     def from_settings(cls, s: OtlpSettings) -> OtlpSink:
         return cls(s.url, dict(parse_env_headers(s.headers, liberal=True)), s.resource_attributes)
 
-    key_sql = "'logs'"
+    key_sql = f"coalesce({PROJECT}, '')"  # an export per project: the project is a resource attribute
     time_ordered = False
     # open-telemetry/opentelemetry-proto docs/specification.md, "Known Limitations / Duplicate Data"
     on_resend = "the collector may store them again: OTLP does not deduplicate a resent export"
@@ -109,13 +111,14 @@ class OtlpSink:
         return Window()  # OTLP sets no age limit; the backend behind the collector may
 
     def request(self, key: str, rows) -> tuple[str, bytes, dict]:
+        resource = self.resource.merge(Resource({PROJECT_ATTRIBUTE: key})) if key else self.resource
         logs = [
-            self.log(orjson.loads(entry), ns)
+            self.log(orjson.loads(entry), ns, resource)
             for entry, ns in zip(rows.column("entry").to_pylist(), rows.column("ns").to_pylist())
         ]
         return self.url, gzip_bytes(encode_logs(logs).SerializeToString()), self.headers
 
-    def log(self, record: dict, ns: int) -> ReadableLogRecord:
+    def log(self, record: dict, ns: int, resource: Resource | None = None) -> ReadableLogRecord:
         error = is_error(record.get("status"), record.get("success"))
         log = LogRecord(
             timestamp=ns,  # the event, never now (observed = now)
@@ -124,7 +127,7 @@ class OtlpSink:
             body=body_of(record),
             attributes=attributes_of(record),
         )
-        return ReadableLogRecord(log, self.resource, self.scope)
+        return ReadableLogRecord(log, resource or self.resource, self.scope)
 
     def refused(self, detail: str) -> str:
         return PARTIAL_REASON  # every record of the export refused: the collector's words are the detail

@@ -47,7 +47,10 @@ _ERRORS = f"r[{len(RESPONSE_HEADERS) + 1}]"
 
 MAX_PROVIDER_ERRORS = 5  # per entry: a provider that failed a hundred times is not a hundred errors long
 IS_ERROR = IS_ERROR_SQL  # the pipeline's one definition of an error (stackone/records.py)
-EVENT_TIME = "strftime(event_datetime, '%Y-%m-%dT%H:%M:%S.%gZ')"  # ISO, milliseconds (session in UTC)
+EVENT_TIME = "strftime(event_datetime, '%Y-%m-%dT%H:%M:%S.%gZ')"
+# The row's project as a sink label or tag, null for the default one: a single-key setup's streams,
+# tags and series stay as they were; with several projects each entry says which it is from.
+PROJECT = "nullif(project, 'default')"  # ISO, milliseconds (session in UTC)
 
 
 def sql_str(value: str) -> str:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from ..http import Action, Classifier, Transport, Verdict, retry_after_seconds
+from ..projects import DEFAULT_PROJECT
 from ..settings import PrometheusSettings
 from ..storage import Storage
 from .delivery import DeliveryError, stored_rows
@@ -170,6 +171,9 @@ def _batches(series: HourSeries, extra: Labels, max_samples: int):
 def _send(sink, transport, ledger, hour, rev, series: HourSeries, landed: set, report) -> None:
     report.revision = rev
     extra = (("revision", str(rev)),) if rev else ()
+    project = ledger.storage.project
+    if project != DEFAULT_PROJECT:  # another project than the default one: its own series
+        extra = (("project", project), *extra)
     for i, batch in enumerate(_batches(series, extra, sink.max_samples)):
         mark = f"{BATCH}{rev}:{i}"
         if mark in landed:
