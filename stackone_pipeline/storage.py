@@ -79,12 +79,12 @@ class Storage:
         return out
 
     def views_key(self) -> str:
-        """What query.duckdb's views are made for: this directory's lake, and each other project's
-        datasets (a new project or dataset makes every view anew, to include it)."""
+        """What query.duckdb's views are made for: this directory's lake and, with several projects,
+        each one's datasets (a new project or dataset makes every view anew, to include it)."""
         key = str((self.root / "lake").resolve())
-        for name, lake in self.lakes().items():
-            if name != DEFAULT_PROJECT:
-                key += f"|{name}:{','.join(lake.datasets())}"
+        lakes = self.lakes()
+        if len(lakes) > 1:  # several projects: which of them has which dataset
+            key += "".join(f"|{name}:{','.join(lake.datasets())}" for name, lake in lakes.items())
         return key
 
     @contextmanager
@@ -137,18 +137,28 @@ class Storage:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @contextmanager
+    def _views_lock(self, exclusive: bool) -> Iterator[None]:
+        """The pipeline's processes take turns with query.duckdb (a reader and a writer of one
+        DuckDB file cannot be open at once); a person's session on it is not theirs to wait for."""
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".locks" / "query-views.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+
     def views(self) -> set[str]:
         """Views that query.duckdb has now (empty while it is missing or open elsewhere)."""
         if not self.query_path.exists():
             return set()
-        try:
-            con = duckdb.connect(str(self.query_path), read_only=True)
-        except duckdb.Error:
-            return set()
-        try:
-            return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-        finally:
-            con.close()
+        with self._views_lock(exclusive=False):
+            try:
+                con = duckdb.connect(str(self.query_path), read_only=True)
+            except duckdb.Error:
+                return set()
+            try:
+                return {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+            finally:
+                con.close()
 
     def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
         """Create the views of query.duckdb that are missing: one per lake dataset (every
@@ -163,9 +173,7 @@ class Storage:
         lakes = self.lakes()
         datasets = sorted({d for lake in lakes.values() for d in lake.datasets()})
         key = self.views_key()
-        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".locks" / "query-views.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._views_lock(exclusive=True):
             try:
                 con = duckdb.connect(str(self.query_path))
             except duckdb.IOException as exc:
@@ -200,16 +208,18 @@ class Storage:
         """Whether query.duckdb's views were made for this data directory's lake."""
         if not self.query_path.exists():
             return True
-        try:
-            con = duckdb.connect(str(self.query_path), read_only=True)
-        except duckdb.Error:
-            return True  # open elsewhere: the next publish checks again
-        try:
-            return con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall() == [(self.views_key(),)]
-        except duckdb.CatalogException:
-            return False
-        finally:
-            con.close()
+        key = self.views_key()
+        with self._views_lock(exclusive=False):
+            try:
+                con = duckdb.connect(str(self.query_path), read_only=True)
+            except duckdb.Error:
+                return True  # open elsewhere: the next publish checks again
+            try:
+                return con.execute(f"SELECT lake_root FROM {VIEWS_META}").fetchall() == [(key,)]
+            except duckdb.CatalogException:
+                return False
+            finally:
+                con.close()
 
 
 def _create_dataset_view(con: duckdb.DuckDBPyConnection, name: str, globs: list[str]) -> None:

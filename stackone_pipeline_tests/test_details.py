@@ -13,7 +13,7 @@ from stackone_pipeline.assets.request_logs import request_logs
 from stackone_pipeline.ingest import ingest_hour
 from stackone_pipeline.ingest.details import DETAILS, fetch_details, selected_ids
 from stackone_pipeline.partitions import HOUR
-from stackone_pipeline.resources import DetailsResource
+from stackone_pipeline.resources import DetailsResource, LokiResource
 from stackone_pipeline.settings import DetailsSettings
 from stackone_pipeline.simulator import SECRET_MARKER
 from stackone_pipeline.stackone.ratelimit import RateLimiter
@@ -117,6 +117,27 @@ def test_the_asset_materialises_details_or_skips_when_off(sim, tmp_path):
         assert con.execute(f"SELECT count(*) FROM {DETAILS}").fetchone()[0] == meta["rows"].value
     finally:
         con.close()
-    off = {**resources, "details": DetailsResource(enabled=False)}
-    skipped = dg.materialize([request_log_details], partition_key=partition_key(hour), resources=off)
-    assert skipped.success and not skipped.asset_materializations_for_node(DETAILS)
+    # Off: materialised with nothing fetched, so a sink downstream in the same run still delivers
+    # (an observation alone would make Dagster skip every step after it)
+    from stackone_pipeline.assets.sinks import delivery_asset
+    from stackone_pipeline.sinks.registry import BY_NAME
+
+    from .receivers.loki import LokiReceiver
+
+    with LokiReceiver() as loki:
+        off = {
+            **resources,
+            "details": DetailsResource(enabled=False),
+            "loki": LokiResource(url=loki.url, tenant_id="tenant-1"),
+        }
+        loki_delivery = delivery_asset(BY_NAME["loki"])
+        skipped = dg.materialize(
+            [request_log_details, loki_delivery],
+            partition_key=partition_key(hour),
+            resources=off,
+            selection=[request_log_details.key, loki_delivery.key],
+        )
+        assert skipped.success
+        (meta,) = [m.metadata for m in skipped.asset_materializations_for_node(DETAILS)]
+        assert meta["skipped"].value == "STACKONE_DETAILS is off" and meta["fetched"].value == 0
+        assert skipped.asset_materializations_for_node("loki_delivery") and len(loki.entries()) > 0

@@ -45,8 +45,10 @@ def details_asset(project: Project = Project()) -> dg.AssetsDefinition:
         keys = hours_of_run(context)
         settings = details.settings()
         if not settings.enabled:
+            # materialised with nothing fetched: an output (not just an observation), or Dagster would
+            # skip every sink delivery downstream in the same run
             context.log.info("skipped: STACKONE_DETAILS is off")
-            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": "STACKONE_DETAILS is off"})
+            yield dg.MaterializeResult(metadata={"skipped": "STACKONE_DETAILS is off", "fetched": 0})
             return
         store = storage.storage(project.name)
         limiter = stackone.share_limiter("details", settings.share, project.name)
