@@ -371,7 +371,13 @@ def test_every_promql_of_the_dashboards_returns_data(backfilled, prometheus):
         if (target.get("datasource") or panel.get("datasource") or {}).get("type") != "prometheus":
             continue
         expr = target["expr"]
-        for var, value in (("$__rate_interval", "5m"), ("$__interval", "5m"), ("$__range", "1h"), ("$provider", ".*")):
+        for var, value in (
+            ("$__rate_interval", "5m"),
+            ("$__interval", "5m"),
+            ("$__range", "1h"),
+            ("$provider", ".*"),
+            ("$project", ".*"),
+        ):
             expr = expr.replace(var, value)
         assert prometheus.query(expr, at), f"{name} / {panel['title']}: no data for {expr}"
         checked += 1
