@@ -34,6 +34,7 @@ E2E_DIR = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 SEED = 11
 ROWS_PER_HOUR = 300
+STAGING_KEY = "v1.sim.e2e-staging-key"  # a second StackOne project (projects.py) beside the default one
 READY_TIMEOUT_S = 120.0
 BACKFILL_TIMEOUT_S = 300.0
 # Variables that would switch a sink on (or change the pipeline) if inherited from the caller.
@@ -434,13 +435,19 @@ def e2e(request, tmp_path_factory) -> E2E:
     """The simulator (in a thread) and `dagster dev` on fresh DAGSTER_HOME and data directories."""
     request.addfinalizer(_stop_all)  # registered first: runs even if starting fails half-way
     base = tmp_path_factory.mktemp("e2e")
-    sim = start_simulator(SimulatorConfig(seed=SEED, rows_per_hour=ROWS_PER_HOUR, diurnal=False))
+    sim = start_simulator(
+        SimulatorConfig(
+            seed=SEED, rows_per_hour=ROWS_PER_HOUR, diurnal=False, extra_projects=(("staging", STAGING_KEY),)
+        )
+    )
     _TO_STOP.append(sim.stop)
     data_dir, home = base / "data", base / "dagster_home"
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV_PREFIXES)}
     env.update(
+        STACKONE_PROJECTS="default=STACKONE_API_KEY,staging=STACKONE_STAGING_KEY",
         STACKONE_API_KEY=DEFAULT_API_KEY,
+        STACKONE_STAGING_KEY=STAGING_KEY,
         STACKONE_BASE_URL=sim.url,
         STACKONE_DATA_DIR=str(data_dir),
         DAGSTER_HOME=str(home),
@@ -459,6 +466,14 @@ def e2e_backfill(e2e) -> BackfillOutcome:
     ("Materialize all" leaves out assets that cannot be executed: sinks that are not configured)."""
     assets = [a for a in e2e.dev.downstream_of("request_logs") if a.executable]
     return run_backfill(e2e.dev, e2e.keys, "e2e: 6 hours, request_logs and downstream", assets)
+
+
+@pytest.fixture(scope="session")
+def e2e_staging_backfill(e2e, e2e_backfill) -> BackfillOutcome:
+    """The second project's family: its request_logs and everything downstream, the last two of
+    the hours, launched like the UI does (after the default project's, which the others assert on)."""
+    assets = [a for a in e2e.dev.downstream_of("staging/request_logs") if a.executable]
+    return run_backfill(e2e.dev, e2e.keys[-2:], "e2e: project staging, 2 hours", assets)
 
 
 @pytest.hookimpl(trylast=True)

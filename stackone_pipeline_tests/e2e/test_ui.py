@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 60_000  # a loaded 2-core machine renders the asset graph in seconds, not milliseconds
 DOCS_SCREENSHOT = ROOT / "docs" / "ui-screenshot.png"
+PROJECTS_SCREENSHOT = ROOT / "docs" / "ui-projects.png"
+PROJECTS_PARTITIONS_SCREENSHOT = ROOT / "docs" / "ui-project-partitions.png"
 
 # Visible leaf texts of the page (asset graph nodes are HTML: names are plain text, long ones
 # middle-truncated with an ellipsis).
@@ -217,3 +220,37 @@ def test_the_per_hour_metadata_is_plotted(page, e2e):
         expect(heading).to_be_visible()
     assert page.locator("canvas").count() >= 2
     shot(page, "request_logs-plots-by-event")
+
+
+def test_several_projects_are_asset_families_side_by_side(page, e2e, e2e_staging_backfill):
+    """With STACKONE_PROJECTS naming a second project, the UI shows its asset family beside the
+    default one; its backfill materialises its own hours into its own warehouse."""
+    from playwright.sync_api import expect
+
+    from stackone_pipeline.storage import Storage
+
+    outcome = e2e_staging_backfill
+    assert outcome.result is not None and outcome.result.status == "COMPLETED_SUCCESS", outcome.describe(e2e.dev)
+    hours = e2e.hours[-2:]
+    staging = e2e.sim.projects["staging"]
+    want = sum(len(staging.expected_records(h, h + timedelta(hours=1))) for h in hours)
+    with Storage(e2e.data_dir, project="staging").warehouse.reader() as con:
+        assert con.execute("SELECT count(*), min(project), max(project) FROM request_logs").fetchone() == (
+            want,
+            "staging",
+            "staging",
+        )
+    open_asset(page, ["staging", "request_logs"])
+    page.get_by_role("tab", name="Partitions").click()
+    expect(page.get_by_text("Materialized (2)", exact=True)).to_be_visible()
+    partitions = shot(page, "staging-request_logs-partitions")
+    # The global lineage: each project's groups (ingestion, analytics, sinks) side by side.
+    page.get_by_role("link", name=re.compile(r"Lineage$")).click()
+    expect(page.get_by_text("Global asset lineage")).to_be_visible()
+    groups = ["ingestion", "analytics", "ingestion_staging", "analytics_staging", "sinks_staging"]
+    missing = wait_until_shown(page, groups)
+    lineage = shot(page, "global-lineage-two-projects")
+    assert not missing, f"groups not on the global asset graph: {missing}"
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        shutil.copyfile(lineage, PROJECTS_SCREENSHOT)
+        shutil.copyfile(partitions, PROJECTS_PARTITIONS_SCREENSHOT)
