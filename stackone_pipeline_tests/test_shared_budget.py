@@ -137,3 +137,24 @@ def test_two_backfills_on_one_key_spend_one_budget_and_a_429_pauses_both(tmp_pat
     for t429 in throttled:
         during = [t for t in times if t429 < t < t429 + 1.9]
         assert len(during) <= 4, (t429, during)
+
+
+def test_two_backfills_started_at_once_on_a_fresh_dagster_home_both_succeed(tmp_path):
+    """Both create the SQLite instance of one new DAGSTER_HOME at the same moment: they take turns
+    (instance.pipeline_instance) instead of one dying with `table secondary_indexes already exists`."""
+    hours = [closed_hour(3), closed_hour(2)]
+    with start_simulator(SimulatorConfig(seed=29, rows_per_hour=40, diurnal=False)) as sim:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("LOKI_", "DATADOG_", "OTEL_", "PROMETHEUS_"))},
+            "STACKONE_API_KEY": DEFAULT_API_KEY, "STACKONE_BASE_URL": sim.url,
+            "STACKONE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "fresh-home"),
+            "STACKONE_DETAILS": "false",
+        }  # fmt: skip
+        runs = [backfill(env, h, h + HOUR) for h in hours]
+        outs = [p.communicate(timeout=300) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [o[1][-2000:] for o in outs]
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "fresh-home")) as instance:
+        runs_recorded = instance.get_run_records()
+    assert len(runs_recorded) == 2 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs_recorded)
