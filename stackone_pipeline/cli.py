@@ -7,7 +7,6 @@ Dagster's stack traces behind `--verbose` (and always in the run's logs).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
@@ -19,6 +18,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .arguments import build_parser
 from .settings import Settings, UsageError, require_api_key
 
 DEMO_MARKER = ".stackone-demo"
@@ -80,13 +80,6 @@ def _run_outcome(result, what: str, verbose: bool) -> int:
     hint = "" if verbose else "; --verbose shows Dagster's stack traces"
     print(f"{what} failed (run {result.run_id}{hint})", file=sys.stderr)
     return 1
-
-
-def _project_key(value: str) -> tuple[str, str]:
-    name, sep, key = value.partition("=")
-    if not sep or not name or not key:
-        raise argparse.ArgumentTypeError(f"expected NAME=KEY, got {value!r}")
-    return name, key
 
 
 def cmd_simulate(args) -> int:
@@ -365,159 +358,29 @@ def cmd_dev(args) -> int:
     return run_dev(args.data_dir, args.port, args.sim_port, args.seed)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like every other wrong input
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def bounded_int(lo: int, hi: int | None = None):
-    """An argparse type: an integer in [lo, hi]."""
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, not {raw!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(
-                f"must be between {lo} and {hi}, not {value}"
-                if hi is not None
-                else f"must be at least {lo}, not {value}"
-            )
-        return value
-
-    return parse
-
-
-def positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {raw!r}")
-    return value
-
-
-PORT = bounded_int(0, 65535)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="show Dagster's stack traces and debug logs")
-    p = Parser(prog="stackone-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def command(name: str, help: str):
-        return sub.add_parser(name, help=help, parents=[common])
-
-    d = command("demo", "run the whole pipeline for the last 24 hours on the built-in simulator")
-    d.add_argument("--data-dir", default="./demo-data")
-    d.add_argument("--hours", type=bounded_int(1), default=24, help="closed hours to backfill (default 24)")
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--port", type=PORT, default=0, help="simulator port (default: a free one)")
-    d.set_defaults(func=cmd_demo)
-
-    b = command("backfill", "materialise [start, end) through Dagster in one run")
-    b.add_argument("--start", required=True, help="ISO-8601, e.g. 2026-11-25T00:00Z")
-    b.add_argument("--end", required=True, help="ISO-8601, exclusive")
-    b.add_argument("--project", help="one project of STACKONE_PROJECTS (default: each, in parallel)")
-    b.set_defaults(func=cmd_backfill)
-
-    r = command("report", "the guide's key metrics for a window, as text and a self-contained HTML file")
-    r.add_argument("--since", default="24h", help="the last closed hours, e.g. 24h, 90m, 7d (default 24h)")
-    r.add_argument("--start", help="ISO-8601 start (instead of --since)")
-    r.add_argument("--end", help="ISO-8601 end (default now)")
-    r.add_argument("--html", default="stackone-report.html", help="where to write the HTML report")
-    r.set_defaults(func=cmd_report)
-
-    c = command("check", "verify the lake, the warehouse and query.duckdb against each other; say what to re-run")
-    c.set_defaults(func=cmd_check)
-
-    q = command("query", "run SQL on query.duckdb (read-only) and print the result")
-    q.add_argument("sql", help="the SQL, or - to read it from stdin")
-    q.add_argument("--max-rows", type=bounded_int(1), default=40)
-    q.set_defaults(func=cmd_query)
-
-    k = command("sinks", "list what the sinks refused (dead-letters), or send it again (replay)")
-    k.add_argument("action", choices=("dead-letters", "replay"))
-    k.add_argument("--sink", choices=("loki", "datadog", "otlp"), help="required for replay")
-    k.add_argument("--hour", help="one hour, ISO-8601 (e.g. 2026-11-25T13:00Z)")
-    k.add_argument("--start", help="ISO-8601, the first hour")
-    k.add_argument("--end", help="ISO-8601, exclusive")
-    k.add_argument("--reason", help="replay only the dead letters of this reason (as `dead-letters` shows it)")
-    k.set_defaults(func=cmd_sinks)
-
-    s = command("simulate", "serve the StackOne request-logs API simulator")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=PORT, default=8765)
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--rows-per-hour", type=bounded_int(0), default=1200)
-    s.add_argument("--rate-limit", type=bounded_int(1), default=1000, help="requests per minute per key")
-    s.add_argument("--retention-days", type=bounded_int(1, 3650), default=90, help="days of logs the API keeps")
-    s.add_argument(
-        "--list-shape",
-        choices=("partial", "full"),
-        default="partial",
-        help="list pages carry the SDK's partial records (default) or the guide's full ones",
-    )
-    s.add_argument(
-        "--filter-encoding",
-        choices=("both", "bracket", "flat", "none"),
-        default="both",
-        help="which filter spelling is honoured: filter[start_date]= (bracket), start_date= (flat), both, none",
-    )
-    s.add_argument(
-        "--reject-unknown-params", action="store_true", help="answer 400 to query parameters it does not know"
-    )
-    s.add_argument("--max-page-size", type=bounded_int(1), default=1000, help="the largest page served")
-    s.add_argument(
-        "--project",
-        action="append",
-        default=[],
-        type=_project_key,
-        metavar="NAME=KEY",
-        help="one more StackOne project with its own API key, traffic and rate limit (repeatable)",
-    )
-    s.add_argument(
-        "--page-size-policy",
-        choices=("clamp", "refuse"),
-        default="clamp",
-        help="a larger page_size is served as the maximum (clamp, default) or answered 400 (refuse)",
-    )
-    s.set_defaults(func=cmd_simulate)
-
-    w = command(
-        "webhooks",
-        "receive signed StackOne webhooks into <data dir>/webhooks/staging "
-        "(needs STACKONE_WEBHOOK_SECRET, or STACKONE_WEBHOOK_SECRETS=old,new while rotating)",
-    )
-    w.add_argument("--host", default="127.0.0.1")
-    w.add_argument("--port", type=PORT, default=8780)
-    w.add_argument("--signature-header", default="X-StackOne-Signature", help="header carrying the HMAC-SHA256")
-    w.add_argument("--tolerance", type=positive_float, default=300.0, help="seconds an event time may be from now")
-    w.set_defaults(func=cmd_webhooks)
-
-    v = command("dev", "start the simulator and `dagster dev` on the same data directory")
-    v.add_argument("--data-dir", default="./data")
-    v.add_argument("--port", type=PORT, default=3000)
-    v.add_argument("--sim-port", type=PORT, default=8765)
-    v.add_argument("--seed", type=int, default=42)
-    v.set_defaults(func=cmd_dev)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)
     if not args.verbose:
         logging.setLoggerClass(ShortErrorsLogger)  # Dagster makes its console logger from this class
     try:
-        return args.func(args)
+        return COMMANDS[args.command_name](args)
     except UsageError as exc:  # wrong settings, options or ranges: nothing has run
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "backfill": cmd_backfill,
+    "report": cmd_report,
+    "check": cmd_check,
+    "query": cmd_query,
+    "sinks": cmd_sinks,
+    "simulate": cmd_simulate,
+    "webhooks": cmd_webhooks,
+    "dev": cmd_dev,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
