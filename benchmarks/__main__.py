@@ -587,7 +587,7 @@ def section_budget(cfg: Config) -> Section:
         "One rate budget per key: concurrent backfills",
         "Two, then three whole `stackone-pipeline backfill` processes at once on one key and one data "
         "directory (detail fetches on), against a simulator that allows 300 requests a minute in a 60 s "
-        "sliding window and answers 429 with Retry-After beyond it; page_size 10, so the walk needs "
+        "sliding window and answers 429 with Retry-After beyond it; page_size 10 and one fetch thread a run, so the walk needs "
         "about three minutes of requests. The runs cover 1, 2 (, 3) units of hours, so the first to finish "
         "its walk fetches its detail records while the others still walk. Counted at the simulator: the "
         "share of all requests answered 429, and the limit used by every request (list or detail) while "

@@ -78,13 +78,11 @@ def generate(con, hours: list[datetime], rows: int) -> None:
 def bulk_derive_history(con, before: datetime) -> None:
     """The derived tables' history rows, in bulk, from the same SQL (volume and evaluations simplified)."""
     ensure_schema(con)
-    view = (
-        tables.sql("hour_requests")
-        .replace("TEMP TABLE", "TEMP VIEW")
-        .replace("WHERE hour = $hour", f"WHERE hour < TIMESTAMPTZ '{before.isoformat()}'")
+    view = tables.sql("hour_requests").replace(
+        "WHERE hour IN (SELECT hour FROM batch_hours)", f"WHERE hour < TIMESTAMPTZ '{before.isoformat()}'"
     )
     con.execute(view)
-    params = {"provider_error_rate": 0.10}
+    params = {"provider_error_rate": 0.10, "project": "default"}
     for table in tables.DERIVED_TABLES[:-1]:
         select = tables.sql(table)
         con.execute(f"INSERT INTO {table} BY NAME ({select})", tables.params_for(select, params))

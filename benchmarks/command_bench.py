@@ -270,8 +270,9 @@ def bench_pages(quick: bool, limit: int = 1000) -> dict:
 def bench_budget(quick: bool, limit: int = 300, runs: int = 2, minutes: float = 3.0) -> dict:
     """`runs` whole backfills at once on one key and one data directory, detail fetches on,
     against a simulator that allows `limit` requests a minute (a 60 s sliding window, 429 with
-    Retry-After beyond it). The runs cover 1, 2, ... units of hours, so the first to finish its
-    list walk fetches its details while the others still walk: details beside ingestion. Figures:
+    Retry-After beyond it). The runs cover 1, 2, ... units of hours, one fetch thread each, so the
+    first to finish its list walk fetches its details while the others still walk: details beside
+    ingestion. Figures:
     the share of all requests answered 429, and the limit used (every request, list or detail)
     while list pages were being fetched, counted at the simulator."""
     minutes = 0.5 if quick else minutes
@@ -290,6 +291,9 @@ def bench_budget(quick: bool, limit: int = 300, runs: int = 2, minutes: float = 
                 DAGSTER_HOME=str(Path(HOME.name)),
                 STACKONE_RATE_LIMIT_PER_MINUTE=str(limit),
                 STACKONE_PAGE_SIZE=str(page),
+                # one fetch thread a run: the budget is shared by request, so a run with more
+                # threads would take more of it and the runs would all end their walks together
+                STACKONE_CONCURRENCY="1",
             )
             if not (Path(HOME.name) / "history").exists():
                 backfill(sim.url, [hours[0] - timedelta(hours=1)], page)
