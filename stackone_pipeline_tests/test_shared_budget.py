@@ -58,14 +58,15 @@ def spenders(state_dirs: list[Path], n: int, per_minute: float) -> list[float]:
 
 
 def test_processes_sharing_a_state_directory_share_one_budget(tmp_path):
-    per_minute, n = 600.0, 30  # 10 a second; three processes x 30 slots
+    per_minute, n = 1200.0, 20  # 20 a second; three processes x 20 slots
     times = spenders([tmp_path / "shared"] * 3, n, per_minute)
     interval = 60 / per_minute * 1.02
     # one budget: 90 slots spaced by the interval, whoever took them (each process alone would
     # have finished its 30 in 3 s, all three together in the same 3 s)
     assert len(times) == 3 * n
     assert times[-1] - times[0] >= (3 * n - 1) * interval * 0.98
-    assert min(b - a for a, b in zip(times, times[1:])) >= interval * 0.9
+    window = 10 * interval  # and no burst: in any ten intervals, about ten slots (sleep jitter aside)
+    assert max(sum(1 for u in times if t <= u < t + window) for t in times) <= 12
     # the state names the key by a hash only
     (state,) = (tmp_path / "shared").iterdir()
     assert state.name == f"{key_hash('https://api.example.test', 'v1.key-under-test')}.tat"
@@ -75,7 +76,7 @@ def test_processes_sharing_a_state_directory_share_one_budget(tmp_path):
 def test_without_a_shared_directory_each_process_spends_its_own(tmp_path):
     """The control: the same three processes each with a directory of their own run three times
     as fast, so the test above measures the sharing, not the machine."""
-    per_minute, n = 600.0, 30
+    per_minute, n = 1200.0, 20
     times = spenders([tmp_path / f"own-{i}" for i in range(3)], n, per_minute)
     assert len(times) == 3 * n
     assert times[-1] - times[0] < (3 * n - 1) * 60 / per_minute / 2  # about a third of the shared span
