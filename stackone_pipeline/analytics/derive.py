@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
@@ -184,12 +183,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS project VARCHAR")
     for name, select in tables.views().items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
-
-
-def export_hour(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, hour: datetime) -> Path:
-    """Publish `table`'s rows of `hour` to the lake (even none: an empty file replaces stale rows)."""
-    export_hours(con, storage, table, [hour])
-    return storage.lake.hour_file(table, hour)
 
 
 def export_hours(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, hours: list[datetime]) -> dict:
