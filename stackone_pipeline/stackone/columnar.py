@@ -54,13 +54,21 @@ _URL_CHARS = r"[?@#;]|eyJ"  # what Redactor.url looks for in a string; without t
 class Page:
     """One list page parsed by Arrow: its records (a struct array) and its `next` cursor."""
 
-    __slots__ = ("records", "next")
+    __slots__ = ("records", "next", "_event_times")
 
     def __init__(self, records: pa.StructArray, next_cursor: str | None):
         self.records, self.next = records, next_cursor
+        self._event_times: pa.TimestampArray | None = None
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def event_times(self) -> pa.TimestampArray:
+        """`event_datetime` as UTC timestamps, parsed once (the window check and the
+        normalisation both need them)."""
+        if self._event_times is None:
+            self._event_times = _timestamps(self.records.field("event_datetime"))
+        return self._event_times
 
 
 def parse_page(body: bytes) -> Page | None:
@@ -97,7 +105,7 @@ def normalise_page(
     n = len(rec)
     cols: dict[str, pa.Array] = {name: rec.field(name) for name in _STRING_FIELDS}
     for name in _TIMESTAMP_FIELDS:
-        cols[name] = _timestamps(rec.field(name))
+        cols[name] = page.event_times() if name == "event_datetime" else _timestamps(rec.field(name))
     cols["status"] = rec.field("status").cast(pa.int32())  # overflow raises, as to_batch would
     cols["success"] = rec.field("success")
     cols["duration_ms"] = rec.field("duration")
@@ -115,7 +123,7 @@ def normalise_page(
 
 def event_range_us(page: Page) -> tuple[int | None, int | None]:
     """The page's earliest and latest event time, epoch microseconds (None: no time at all)."""
-    bounds = pc.min_max(_timestamps(page.records.field("event_datetime")).cast(pa.int64()))
+    bounds = pc.min_max(page.event_times().cast(pa.int64()))
     return bounds["min"].as_py(), bounds["max"].as_py()
 
 
