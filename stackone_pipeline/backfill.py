@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from .footprint import freeze_imports
 from .instance import pipeline_instance, run_tags
 from .partitions import (
     RETENTION_DAYS,
@@ -85,7 +84,6 @@ def run_backfill(
     settings = settings or Settings.from_env()
     keys = partition_keys(start, end, retention_days=settings.retention_days)
     defs = build_defs(settings)
-    freeze_imports()  # footprint.py: the collector leaves the modules alone during the run and at exit
     if instance is None:
         instance = pipeline_instance()
     # Every hourly asset (ingestion, analytics, configured sinks: the others are stand-in specs);

@@ -35,7 +35,9 @@ def _quiet_dagster() -> None:
     lean_process()
     for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
-    freeze_imports()  # Dagster's modules now, the pipeline's once loaded (backfill.py)
+    from . import definitions  # noqa: F401  every module a run needs, loaded before the freeze
+
+    freeze_imports()
 
 
 def short_error(text: str) -> str:
