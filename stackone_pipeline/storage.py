@@ -2,8 +2,8 @@
 
     storage.lake       the Parquet lake (lake/): hour paths, require an hour, atomic publish
     storage.warehouse  warehouse.duckdb (warehouse/): writer, reader, transaction()
-    storage.state      the pipeline's own state (delivery ledger, late arrivals, notifications);
-                       the warehouse file today, the seam where a shared store plugs in
+    storage.state      the pipeline's own state (delivery ledger, late arrivals, notifications,
+                       locks): the warehouse file, or PostgreSQL with STACKONE_STATE_URL (state/)
     query.duckdb       views over the lake for people (`publish_views`), never locked by a run
 
 Every stage takes a `Storage`, so a lake on object storage or state in PostgreSQL changes this
@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import re
 import shutil
 import time
@@ -27,6 +28,8 @@ import duckdb
 
 from .lake import Lake
 from .projects import DEFAULT_PROJECT
+from .state import PostgresState
+from .state.postgres import StateBusyError
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -57,14 +60,30 @@ class Storage:
     itself, another project `p`'s is `<data dir>/projects/p/` (projects.py). `query.duckdb`, at
     the top, has every project's rows."""
 
-    def __init__(self, data_dir: Path | str, lock_timeout_s: float = 600.0, project: str = DEFAULT_PROJECT):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        lock_timeout_s: float = 600.0,
+        project: str = DEFAULT_PROJECT,
+        state_url: str | None = None,
+    ):
         self.root = Path(data_dir)
         self.project = project
         self.data_dir = self.root if project == DEFAULT_PROJECT else self.root / PROJECTS_DIR / project
         self.lake = Lake(self.data_dir / "lake")
         self.warehouse = Warehouse(self.data_dir, lock_timeout_s=lock_timeout_s)
-        self.state = self.warehouse
+        # Every process of a deployment shares its environment: the state follows STACKONE_STATE_URL
+        # unless a caller says otherwise ("" = the data directory).
+        state_url = os.environ.get("STACKONE_STATE_URL", "") if state_url is None else state_url
+        self.state: Warehouse | PostgresState = (
+            PostgresState(state_url, lock_timeout_s=lock_timeout_s) if state_url else self.warehouse
+        )
         self.query_path = self.root / "query.duckdb"
+
+    @property
+    def shared_state(self) -> PostgresState | None:
+        """The PostgreSQL state, when the state is shared between machines; else None."""
+        return self.state if isinstance(self.state, PostgresState) else None
 
     def __repr__(self) -> str:
         extra = "" if self.project == DEFAULT_PROJECT else f", project={self.project!r}"
@@ -90,8 +109,15 @@ class Storage:
     @contextmanager
     def hour_lock(self, stage: str, hour: datetime) -> Iterator[None]:
         """Exclusive use of (stage, hour) across threads and processes: a second run of the
-        same hour queues behind the first instead of breaking it (file locks on one machine;
-        the seam where a shared store's advisory locks plug in)."""
+        same hour queues behind the first instead of breaking it (file locks on one machine,
+        PostgreSQL advisory locks across machines)."""
+        if self.shared_state is not None:
+            try:
+                with self.shared_state.advisory_lock(f"hour:{self.project}:{stage}:{hour:%Y-%m-%dT%H}"):
+                    yield
+                return
+            except StateBusyError as exc:
+                raise StorageBusyError(f"{stage} of {hour:%Y-%m-%d %H}:00 UTC: {exc}") from None
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", stage)
         path = self.local_dir(".locks") / f"{name}--{hour:%Y-%m-%dT%H}.lock"
         deadline = time.monotonic() + self.warehouse.lock_timeout_s

@@ -137,3 +137,37 @@ def transport():
     t = Transport(backoff_base_s=0.01, backoff_max_s=0.05)
     yield t
     t.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL cluster for the session (postgres_server.py); tests make their own database."""
+    from .postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """One real S3-compatible server (moto) for the session; tests make their own bucket."""
+    from .s3_server import running_s3
+
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch) -> dict:
+    """A fresh bucket, and this process's environment pointed at the store; `lake_url` is in it."""
+    bucket = s3.create_bucket()
+    env = {**s3.env(), "STACKONE_LAKE_URL": f"s3://{bucket}/stackone"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
