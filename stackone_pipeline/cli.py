@@ -194,11 +194,16 @@ def cmd_query(args) -> int:
 
     from .storage import Storage
 
-    path = Storage(settings.data_dir).query_path
+    storage = Storage(settings.data_dir)
+    path = storage.query_path
+    if not path.exists() and storage.remote_lake is not None:  # a reader's own views over the shared lake
+        from .analytics import tables
+
+        storage.publish_views(extra_views=tables.views())
     if not path.exists():
         raise UsageError(f"no {path} yet: ingest some hours first (stackone-pipeline backfill or demo)")
     sql = args.sql if args.sql != "-" else sys.stdin.read()
-    con = duckdb.connect(str(path), read_only=True)
+    con = storage.connect_query_engine(duckdb.connect(str(path), read_only=True))
     try:
         relation = con.sql(sql)
         if relation is not None:

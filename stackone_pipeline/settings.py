@@ -27,6 +27,14 @@ when a run starts and never shown in the UI.
 | STACKONE_NOTIFY_*, STACKONE_DAGSTER_URL | see `NotifySettings` | notification channels                |
 | STACKONE_WEBHOOK_SECRET, _SECRETS  | see `WebhookSettings`    | the webhook receiver's signing secret(s)  |
 | LOKI_*, DATADOG_*, OTEL_*, PROMETHEUS_* | see each sink's settings | a sink is on when its URL/key is set |
+| STACKONE_LAKE_URL                  | (data dir's lake/)       | s3://bucket/prefix: the lake in an object |
+|                                    |                          | store (docs/deploy.md); file:///path      |
+| STACKONE_STATE_URL                 | (warehouse.duckdb)       | postgresql://…: ledger, late arrivals,    |
+|                                    |                          | notifications, rate limit, locks shared   |
+| STACKONE_BACKFILL_RUN_HOURS        | (one run per backfill)   | hours per run of a Dagster backfill: its  |
+|                                    |                          | chunks run in parallel on the workers     |
+| STACKONE_SCRATCH_PER_RUN           | false                    | each run in its own scratch directory,    |
+|                                    |                          | removed after (needs the two URLs above)  |
 """
 
 from __future__ import annotations
@@ -448,10 +456,17 @@ class Settings:
     datadog: DatadogSettings | None = None
     otlp: OtlpSettings | None = None
     prometheus: PrometheusSettings | None = None
+    scratch_per_run: bool = False  # docs/deploy.md: runs on workers with no shared disk
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
+        scratch_per_run = env_bool(env, "STACKONE_SCRATCH_PER_RUN", False)
+        if scratch_per_run and not (env.get("STACKONE_LAKE_URL") and env.get("STACKONE_STATE_URL")):
+            raise SettingsError(
+                "STACKONE_SCRATCH_PER_RUN=true removes each run's directory when it ends: it needs the lake "
+                "and the state elsewhere (STACKONE_LAKE_URL and STACKONE_STATE_URL), or the data would go with it"
+            )
         return cls(
             base_url=env_url(env, "STACKONE_BASE_URL", cls.base_url),
             data_dir=env.get("STACKONE_DATA_DIR") or cls.data_dir,
@@ -470,6 +485,7 @@ class Settings:
             datadog=DatadogSettings.from_env(env),
             otlp=OtlpSettings.from_env(env),
             prometheus=PrometheusSettings.from_env(env),
+            scratch_per_run=scratch_per_run,
         )
 
     def project(self, name: str) -> Project:

@@ -1,6 +1,7 @@
 """Where the pipeline keeps things: one `Storage` per data directory.
 
-    storage.lake       the Parquet lake (lake/): hour paths, require an hour, atomic publish
+    storage.lake       the Parquet lake (lake/): hour paths, require an hour, atomic publish; with
+                       STACKONE_LAKE_URL=s3://… the object store is the lake and lake/ its mirror
     storage.warehouse  warehouse.duckdb (warehouse/): writer, reader, transaction()
     storage.state      the pipeline's own state (delivery ledger, late arrivals, notifications,
                        locks): the warehouse file, or PostgreSQL with STACKONE_STATE_URL (state/)
@@ -27,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from .lake import Lake
+from .lake.object_store import ObjectStore, is_remote_url, local_path
 from .projects import DEFAULT_PROJECT
 from .state import PostgresState
 from .state.postgres import StateBusyError
@@ -66,11 +68,18 @@ class Storage:
         lock_timeout_s: float = 600.0,
         project: str = DEFAULT_PROJECT,
         state_url: str | None = None,
+        lake_url: str | None = None,
     ):
         self.root = Path(data_dir)
         self.project = project
         self.data_dir = self.root if project == DEFAULT_PROJECT else self.root / PROJECTS_DIR / project
-        self.lake = Lake(self.data_dir / "lake")
+        # Like the state, the lake follows the deployment's environment (STACKONE_LAKE_URL): a
+        # file:// URL (or a path) is a lake directory of its own, an object store URL is mirrored
+        # under the data directory; "" = the data directory's lake/, as on a laptop.
+        lake_url = os.environ.get("STACKONE_LAKE_URL", "") if lake_url is None else lake_url
+        self.lake_url = lake_url
+        self.remote_lake = ObjectStore(lake_url) if is_remote_url(lake_url) else None
+        self.lake = self._lake(project)
         self.warehouse = Warehouse(self.data_dir, lock_timeout_s=lock_timeout_s)
         # Every process of a deployment shares its environment: the state follows STACKONE_STATE_URL
         # unless a caller says otherwise ("" = the data directory).
@@ -89,18 +98,40 @@ class Storage:
         extra = "" if self.project == DEFAULT_PROJECT else f", project={self.project!r}"
         return f"Storage({str(self.root)!r}{extra})"
 
+    def _lake(self, project: str) -> Lake:
+        """A project's lake: the default project's at the lake's top, another's under projects/<name>/."""
+        sub = "" if project == DEFAULT_PROJECT else f"{PROJECTS_DIR}/{project}"
+        data_dir = self.root if project == DEFAULT_PROJECT else self.root / PROJECTS_DIR / project
+        if self.remote_lake is not None:
+            remote = ObjectStore(f"{self.remote_lake.url}/{sub}") if sub else self.remote_lake
+            return Lake(data_dir / "lake", remote=remote)
+        if self.lake_url:
+            return Lake(local_path(self.lake_url) / sub if sub else local_path(self.lake_url))
+        return Lake(data_dir / "lake")
+
     def lakes(self) -> dict[str, Lake]:
-        """{project: its lake} for every project of the data directory with a lake."""
-        out = {DEFAULT_PROJECT: Lake(self.root / "lake")}
-        named = self.root / PROJECTS_DIR
-        if named.is_dir():
-            out |= {p.name: Lake(p / "lake") for p in sorted(named.iterdir()) if (p / "lake").is_dir()}
-        return out
+        """{project: its lake} for every project with a lake."""
+        if self.remote_lake is not None:
+            names = self.remote_lake.children(PROJECTS_DIR)
+        else:
+            named = (local_path(self.lake_url) if self.lake_url else self.root) / PROJECTS_DIR
+            if self.lake_url:
+                names = sorted(p.name for p in named.iterdir() if p.is_dir()) if named.is_dir() else []
+            else:
+                names = sorted(p.name for p in named.iterdir() if (p / "lake").is_dir()) if named.is_dir() else []
+        return {DEFAULT_PROJECT: self._lake(DEFAULT_PROJECT)} | {name: self._lake(name) for name in names}
+
+    def connect_query_engine(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Let `con` read the lake wherever it lives (an object store's filesystem registered)."""
+        if self.remote_lake is not None:
+            self.remote_lake.register(con)
+        return con
 
     def views_key(self) -> str:
         """What query.duckdb's views are made for: this directory's lake and, with several projects,
         each one's datasets (a new project or dataset makes every view anew, to include it)."""
-        key = str((self.root / "lake").resolve())
+        lake = self._lake(DEFAULT_PROJECT)
+        key = lake.remote.url if lake.remote else str(lake.root.resolve())
         lakes = self.lakes()
         if len(lakes) > 1:  # several projects: which of them has which dataset
             key += "".join(f"|{name}:{','.join(lake.datasets())}" for name, lake in lakes.items())
@@ -206,6 +237,7 @@ class Storage:
                 log.warning("query.duckdb is open elsewhere; its views were not refreshed (%s)", exc)
                 return []
             try:
+                self.connect_query_engine(con)
                 existing = {
                     n for (n,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
                 }

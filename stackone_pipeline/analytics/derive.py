@@ -32,8 +32,10 @@ import pyarrow.compute as pc
 from ..settings import Thresholds
 from ..storage import Storage
 from ..warehouse import in_transaction
-from ..warehouse.schema import CREATE_REQUEST_LOGS
+from ..warehouse.schema import CREATE_REQUEST_LOGS, REQUEST_LOGS
 from . import tables
+
+VOLUME = "request_volume_hourly"  # the table whose past hours are the volume baseline
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,8 @@ def derive_batch(
     con.execute(
         "CREATE OR REPLACE TEMP TABLE batch_hours AS SELECT unnest($hours::TIMESTAMPTZ[]) AS hour", {"hours": hours}
     )
+    if storage.remote_lake is not None:
+        hydrate_from_lake(con, storage, hours)
     with in_transaction(con):
         _run(con, tables.sql("hour_requests"), params)
         for table in tables.TABLES:
@@ -173,6 +177,41 @@ def derive_batch(
         summary.seconds = seconds
     log.debug("derived %d hour(s) from %s in %.3fs", len(hours), hours[0], seconds * len(hours))
     return [summaries[h] for h in sorted(summaries)]
+
+
+def hydrate_from_lake(con: duckdb.DuckDBPyConnection, storage: Storage, hours: list[datetime]) -> None:
+    """With the lake in an object store, this machine's warehouse is a cache of it: another worker
+    may have ingested (or re-ingested) these hours, or their history. So the batch's request_logs
+    are loaded again from the lake's current files (the mirror fetches only what changed), and
+    volume history this warehouse lacks is read from the lake's request_volume_hourly. A worker
+    therefore derives the same figures whatever ran where before, as long as the history is in the
+    lake by then (docs/deploy.md: chunks of a parallel backfill see earlier chunks' history only
+    once those have run)."""
+    with in_transaction(con):
+        for hour in hours:
+            path = storage.lake.find_hour(REQUEST_LOGS, hour)
+            con.execute("DELETE FROM request_logs WHERE hour = ?", [hour])
+            if path is not None:
+                con.execute(
+                    "INSERT INTO request_logs BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
+                    [str(path)],
+                )
+        wanted = {h - timedelta(days=d) for h in hours for d in range(1, tables.BASELINE_DAYS + 1)}
+        have = {
+            h
+            for (h,) in con.execute(
+                "SELECT hour FROM request_volume_hourly WHERE hour IN (SELECT unnest($h::TIMESTAMPTZ[]))",
+                {"h": sorted(wanted)},
+            ).fetchall()
+        }
+        missing = (wanted - have) & storage.lake.hours(VOLUME) if wanted - have else set()
+        for hour in sorted(missing):
+            path = storage.lake.find_hour(VOLUME, hour)
+            if path is not None:
+                con.execute(
+                    "INSERT INTO request_volume_hourly BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
+                    [str(path)],
+                )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -19,7 +19,7 @@ import dagster as dg
 from ..analytics import tables
 from ..analytics.alerts import CHECKS, CheckOutcome, fmt_value, outcomes
 from ..analytics.derive import HourSummary, derive_hours
-from ..partitions import hourly_partitions, hours_of_run
+from ..partitions import hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import AlertThresholdsResource, StorageResource
 from ..settings import Thresholds
@@ -68,7 +68,7 @@ def analytics_asset(project: Project = Project()) -> dg.AssetsDefinition:
         specs=[_spec(t, project) for t in tables.TABLES],
         check_specs=[dg.AssetCheckSpec(c.name, asset=key(c.table), description=c.description) for c in CHECKS],
         partitions_def=hourly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=hourly_backfill_policy(),
         can_subset=False,
     )
     def analytics_tables(context: dg.AssetExecutionContext, storage: StorageResource, alerts: AlertThresholdsResource):

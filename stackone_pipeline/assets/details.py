@@ -7,7 +7,7 @@ import functools
 import dagster as dg
 
 from ..ingest.details import DETAIL_COLUMNS, DETAILS, fetch_details
-from ..partitions import hourly_partitions, hours_of_run
+from ..partitions import API_POOL, hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import DetailsResource, StackOneResource, StorageResource
 from ..stackone.client import StackOneAuthError, StackOneError
@@ -26,7 +26,8 @@ def details_asset(project: Project = Project()) -> dg.AssetsDefinition:
         name=DETAILS,
         key_prefix=project.asset_prefix(),
         partitions_def=hourly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=hourly_backfill_policy(),
+        pool=project.suffix(API_POOL),  # steps that spend the key's budget (docs/deploy.md: pool limits)
         deps=[dg.AssetKey([*project.asset_prefix(), "request_logs"])],
         kinds={"parquet", "duckdb"},
         group_name=project.suffix("ingestion"),

@@ -9,7 +9,7 @@ import functools
 import dagster as dg
 
 from ..ingest import count_late_arrivals_hours
-from ..partitions import hourly_partitions, hours_of_run
+from ..partitions import hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import StorageResource
 
@@ -21,7 +21,7 @@ def late_arrivals_asset(keep_baseline_hours: int = 48, project: Project = Projec
         key_prefix=project.asset_prefix(),
         deps=[dg.AssetKey([*project.asset_prefix(), "request_logs"])],
         partitions_def=hourly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=hourly_backfill_policy(),
         group_name=project.suffix("ingestion"),
         kinds={"duckdb"},
         metadata={"dagster/table_name": "warehouse.late_arrivals"},

@@ -5,7 +5,7 @@ import functools
 import dagster as dg
 
 from ..ingest import HourFailures, Progress, ingest_hours
-from ..partitions import expired_hours, hourly_partitions, hours_of_run
+from ..partitions import API_POOL, expired_hours, hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import StackOneResource, StorageResource
 from ..stackone.client import StackOneAuthError
@@ -22,7 +22,8 @@ def request_logs_asset(project: Project = Project()) -> dg.AssetsDefinition:
         name="request_logs",
         key_prefix=project.asset_prefix(),
         partitions_def=hourly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=hourly_backfill_policy(),
+        pool=project.suffix(API_POOL),  # steps that spend the key's budget (docs/deploy.md: pool limits)
         kinds={"parquet", "duckdb"},
         group_name=project.suffix("ingestion"),
         metadata={"dagster/column_schema": COLUMN_SCHEMA, "dagster/table_name": "warehouse.request_logs"},

@@ -10,7 +10,7 @@ materialising, and an observation says why.
 import dagster as dg
 
 from ..http import Transport
-from ..partitions import hourly_partitions, hours_of_run
+from ..partitions import hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..sinks.errors import DeliveryError
 from ..sinks.registry import SinkSpec
@@ -29,7 +29,7 @@ def delivery_asset(spec: SinkSpec, project: Project = Project()) -> dg.AssetsDef
         name=spec.asset_name,
         key_prefix=prefix,
         partitions_def=hourly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=hourly_backfill_policy(),
         # details: a failed request's provider error
         deps=[dg.AssetKey([*prefix, "request_logs"]), dg.AssetKey([*prefix, "request_log_details"])],
         group_name=project.suffix("sinks"),

@@ -85,10 +85,11 @@ def selected_ids(storage: Storage, hour: datetime, slow_ms: float = 0.0) -> list
 
 def _stored(storage: Storage, hour: datetime, wanted: list[str]) -> pa.Table:
     """Detail rows an earlier run stored for `hour` that are still wanted."""
-    if not storage.lake.has_hour(DETAILS, hour):
+    path = storage.lake.find_hour(DETAILS, hour)
+    if path is None:
         return DETAIL_SCHEMA.empty_table()
     try:
-        table = pq.read_table(storage.lake.hour_file(DETAILS, hour)).cast(DETAIL_SCHEMA)
+        table = pq.read_table(path).cast(DETAIL_SCHEMA)
     except (pa.ArrowInvalid, OSError):  # a truncated or corrupt file: fetch them all again
         return DETAIL_SCHEMA.empty_table()
     return table.filter(pc.is_in(table["request_id"], pa.array(wanted, pa.string())))

@@ -5,8 +5,12 @@ pandas and Spark read it as a partitioned dataset). Every write goes through `La
 written under a temporary name in the same folder, fsync'd and renamed over the old one, so a
 reader, or a run killed half-way, only ever sees the previous hour or the new hour complete.
 
-This is the local-filesystem lake. An object-store lake (s3://…) implements the same methods:
-there a single PUT is already atomic, so `publishing` writes to the final key directly.
+With an object store (`remote`, object_store.py) the store is the lake and this directory is
+its local mirror: a file is written here as above, uploaded to its final key in one atomic PUT
+and only then renamed into place here; reading an hour (`require_hour`) fetches the store's
+current object when the mirror's copy is missing or older (compared by ETag, kept beside it
+in `<file>.etag`). So a step on any machine reads what any other published, and nothing it
+needs lives on another machine's disk.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .object_store import ObjectStore
 
 FILE_NAME = "part-0.parquet"
 # Temporary names start with a dot and do not end in .parquet: DuckDB's `*.parquet` glob matches
@@ -74,13 +80,29 @@ def write_atomically(path: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+def _tag_file(path: Path) -> Path:
+    """Where the mirror keeps the store's ETag of its copy of `path` (not a *.parquet name)."""
+    return path.with_name(path.name + ".etag")
+
+
 class HourNotIngested(FileNotFoundError):
     """The lake has no file for a dataset's hour."""
 
 
 class Lake:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, remote: ObjectStore | None = None):
         self.root = Path(root)
+        self.remote = remote  # None: this directory is the lake; else its mirror
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r}{f', remote={self.remote.url!r}' if self.remote else ''})"
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def location(self, path: Path) -> str:
+        """Where a lake file really is: its URL in the object store, else its path."""
+        return self.remote.uri(self._rel(path)) if self.remote else str(path)
 
     # -- where things are -----------------------------------------------------------------
     def dataset_root(self, dataset: str) -> Path:
@@ -93,23 +115,64 @@ class Lake:
         return self.hour_dir(dataset, hour) / FILE_NAME
 
     def has_hour(self, dataset: str, hour: datetime) -> bool:
-        return self.hour_file(dataset, hour).exists()
+        return self._has(self.hour_file(dataset, hour))
+
+    def _has(self, path: Path) -> bool:
+        return self.remote.exists(self._rel(path)) if self.remote else path.exists()
 
     def require_hour(self, dataset: str, hour: datetime) -> Path:
-        """The hour's file, or a clear error naming what to materialise first."""
+        """The hour's file (on this machine), or a clear error naming what to materialise first."""
         path = self.hour_file(dataset, hour)
-        if not path.exists():
+        if not (self._fetch(path) if self.remote else path.exists()):
             raise HourNotIngested(
-                f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise {dataset} first ({path} is missing)"
+                f"{hour:%Y-%m-%d %H}:00 UTC has not been ingested: materialise {dataset} first "
+                f"({self.location(path)} is missing)"
             )
         return path
 
+    def find_hour(self, dataset: str, hour: datetime) -> Path | None:
+        """The hour's file (on this machine) if the lake has one, else None."""
+        path = self.hour_file(dataset, hour)
+        return path if (self._fetch(path) if self.remote else path.exists()) else None
+
+    def _fetch(self, path: Path) -> bool:
+        """Bring the mirror's copy of `path` up to the store's current object; False if the store
+        has none."""
+        rel = self._rel(path)
+        etag = self.remote.etag(rel)
+        if etag is None:
+            return False
+        tag = _tag_file(path)
+        if not (path.exists() and tag.exists() and tag.read_text() == etag):
+            self.remote.download(rel, path)
+            tag.write_text(etag)
+        return True
+
     def dataset_glob(self, dataset: str) -> str:
-        """Every hour of `dataset`, as a glob DuckDB's read_parquet expands at query time."""
+        """Every hour of `dataset`, as a glob DuckDB's read_parquet expands at query time (a URL
+        of the object store when there is one: the reader registers it, see object_store.py)."""
+        if self.remote:
+            return self.remote.uri(f"{dataset}/date=*/hour=*/*.parquet")
         return str(self.dataset_root(dataset).resolve() / "date=*" / "hour=*" / "*.parquet")
+
+    def hours(self, dataset: str) -> set[datetime]:
+        """The hours of `dataset` the lake holds (one listing of the store, or of the folder)."""
+        if self.remote:
+            names = self.remote.files(dataset)
+        else:
+            root = self.dataset_root(dataset)
+            names = [p.relative_to(root).as_posix() for p in root.glob(f"date=*/hour=*/{FILE_NAME}")]
+        out = set()
+        for name in names:
+            m = re.fullmatch(rf"date=(\d{{4}}-\d{{2}}-\d{{2}})/hour=(\d{{2}})/{re.escape(FILE_NAME)}", name)
+            if m:
+                out.add(datetime.fromisoformat(f"{m[1]}T{m[2]}:00:00+00:00"))
+        return out
 
     def datasets(self) -> list[str]:
         """Datasets with at least one published hour."""
+        if self.remote:  # an object store has no empty folders: a dataset's prefix means files
+            return [d for d in self.remote.children() if d != "projects" and not d.startswith(".")]
         if not self.root.exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("date=*/hour=*/*.parquet")))
@@ -137,7 +200,17 @@ class Lake:
 
     def publish(self, tmp: Path, dataset: str, hour: datetime) -> Path:
         """Make `tmp` the hour's file."""
-        return replace_durably(tmp, self.hour_file(dataset, hour))
+        return self._publish(tmp, self.hour_file(dataset, hour))
+
+    def _publish(self, tmp: Path, final: Path) -> Path:
+        """The store first (one atomic upload), then the mirror: if the upload fails, the mirror
+        keeps the copy that matches the store."""
+        if self.remote is None:
+            return replace_durably(tmp, final)
+        etag = self.remote.upload(tmp, self._rel(final))
+        os.replace(tmp, final)
+        _tag_file(final).write_text(etag)
+        return final
 
     def publish_table(self, dataset: str, hour: datetime, table: pa.Table) -> Path:
         """Replace the hour's file with `table` (even an empty one: it replaces stale rows)."""
@@ -151,7 +224,7 @@ class Lake:
         return self.hour_dir(dataset, hour) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', part)}.parquet"
 
     def has_part(self, dataset: str, hour: datetime, part: str) -> bool:
-        return self.part_file(dataset, hour, part).exists()
+        return self._has(self.part_file(dataset, hour, part))
 
     def publish_part(self, dataset: str, hour: datetime, part: str, table: pa.Table) -> Path:
         """Replace one writer's file of the hour with `table` (even an empty one)."""
@@ -160,7 +233,7 @@ class Lake:
         tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
         try:
             pq.write_table(table, tmp, compression="zstd")
-            return replace_durably(tmp, final)
+            return self._publish(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 

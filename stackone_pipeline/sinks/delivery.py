@@ -379,7 +379,7 @@ def _deliver_hour(
     ledger = Ledger(storage)
     if force:
         ledger.forget(sink.name, hour)
-    details = storage.lake.hour_file(DETAILS, hour) if storage.lake.has_hour(DETAILS, hour) else None
+    details = storage.lake.find_hour(DETAILS, hour)
     delivered = ledger.delivered_ids(sink.name, hour)
     if replay is not None:  # the dead letters to send are, for this run, as if never sent
         keep = pc.invert(pc.is_in(delivered.column("request_id"), value_set=replay.column("request_id")))
