@@ -51,7 +51,9 @@ class StackOneResource(dg.ConfigurableResource):
     keep_bodies: bool = False
     redact_names: list[str] = []
     # Where each key's rate budget is shared with every other process that uses it ("": this
-    # process only). The CLI and the definitions put it in the data directory.
+    # process only). The CLI and the definitions put it in the data directory. With
+    # STACKONE_STATE_URL (the state shared between machines) the budget is a row of that
+    # PostgreSQL database instead, shared by every machine (stackone/ratelimit.py).
     rate_limit_state_dir: str = ""
 
     @classmethod
@@ -80,13 +82,10 @@ class StackOneResource(dg.ConfigurableResource):
     def client(self, project: str = DEFAULT_PROJECT) -> StackOneClient:
         """A client with `project`'s key, paced by that key's shared budget."""
         key = self.key(project)
-        limiter = shared_limiter(
-            self.base_url, key, self.rate_limit_per_minute, self.rate_limit_window_s, self.rate_limit_state_dir or None
-        )
         return StackOneClient(
             key,
             self.base_url,
-            rate_limiter=limiter,
+            rate_limiter=self._limiter(self.base_url, key, self.rate_limit_per_minute),
             page_size=self.page_size,
             deadline_s=self.deadline_s,
             max_connections=max(self.concurrency, 1),
@@ -98,10 +97,17 @@ class StackOneResource(dg.ConfigurableResource):
     def share_limiter(self, name: str, share: float, project: str = DEFAULT_PROJECT) -> RateLimiter:
         """A limiter at `share` of the key's limit, for work (detail fetches) that must never
         starve ingestion; its requests take from the key's own limiter as well."""
+        return self._limiter(f"{self.base_url}#{name}", self.key(project), self.rate_limit_per_minute * share)
+
+    def _limiter(self, base_url: str, key: str, per_minute: float) -> RateLimiter:
+        """The key's budget, shared by every process of the deployment: a row of the PostgreSQL
+        state when STACKONE_STATE_URL is set (shared_limiter reads it from the environment of the
+        run, so the URL, which may hold a password, is never part of the resource's config), else
+        a file of the state directory."""
         return shared_limiter(
-            f"{self.base_url}#{name}",
-            self.key(project),
-            self.rate_limit_per_minute * share,
+            base_url,
+            key,
+            per_minute,
             self.rate_limit_window_s,
             self.rate_limit_state_dir or None,
         )

@@ -22,12 +22,27 @@ HOUR = datetime(2026, 11, 25, 14, tzinfo=timezone.utc)
 SENSORS = {s.name: s for s in build_sensors(AutomationSettings())}
 
 
-@pytest.fixture
-def wh(tmp_path):
+@pytest.fixture(params=["duckdb", "postgres"])
+def wh(request, tmp_path, monkeypatch):
+    """A data directory; its notification state in warehouse.duckdb, or in a shared PostgreSQL
+    (STACKONE_STATE_URL, which every Storage of the test follows)."""
+    if request.param == "postgres":
+        monkeypatch.setenv("STACKONE_STATE_URL", request.getfixturevalue("postgres_url"))
+    else:
+        monkeypatch.delenv("STACKONE_STATE_URL", raising=False)
     storage = Storage(tmp_path / "data")
     with storage.warehouse.writer() as con:
         con.execute(tables.sql("schema"))
     return storage
+
+
+def state_rows(wh: Storage, sql: str) -> list[tuple]:
+    """The rows of `sql` on the notification state, wherever it is."""
+    if wh.shared_state is not None:
+        with wh.shared_state.transaction() as con:
+            return con.execute(sql).fetchall()
+    with wh.warehouse.reader() as con:
+        return con.execute(sql).fetchall()
 
 
 def evaluate(wh: Storage, hour: datetime, failing: list[tuple[str, str, float, float]]) -> None:
@@ -114,11 +129,11 @@ def test_a_down_channel_is_retried_on_the_next_tick_without_blocking(wh, hooks):
     # retried inside the deadline (3 attempts at most), then left for the next tick: the webhook
     # saw the attempts of one message only (counted by the receiver, not by the wall clock)
     assert 2 <= webhook.attempts <= 3
-    with wh.warehouse.reader() as con:
-        pending = con.execute(
-            "SELECT channel, count(*), min(last_error), list(attempts ORDER BY attempts) FROM notify_deliveries "
-            "WHERE status = 'pending' GROUP BY channel ORDER BY channel"
-        ).fetchall()
+    pending = state_rows(
+        wh,
+        "SELECT channel, count(*), min(last_error), array_agg(attempts ORDER BY attempts) FROM notify_deliveries "
+        "WHERE status = 'pending' GROUP BY channel ORDER BY channel",
+    )
     assert [(c, n) for c, n, _, _ in pending] == [("alertmanager", 2), ("webhook", 2)]
     assert "HTTP 503" in pending[1][2] and "refused" in pending[0][2].lower()  # the cause, in any wording
     # one deadline per down channel, not per message: of each channel's two messages, the first
@@ -142,8 +157,7 @@ def test_a_message_a_channel_refuses_is_not_retried(wh, hooks):
     tick(wh, webhook, slack)
     tick(wh, webhook, slack)
     assert slack.attempts == 1 and len(webhook.bodies) == 1
-    with wh.warehouse.reader() as con:
-        assert con.execute("SELECT status FROM notify_deliveries WHERE channel = 'slack'").fetchall() == [("rejected",)]
+    assert state_rows(wh, "SELECT status FROM notify_deliveries WHERE channel = 'slack'") == [("rejected",)]
 
 
 def test_alertmanager_alerts_are_refreshed_before_they_expire(wh, hooks, alertmanager):

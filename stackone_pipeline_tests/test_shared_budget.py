@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SPENDER = """
 import sys, time
 from stackone_pipeline.stackone.ratelimit import shared_limiter
-state_dir, n, per_minute = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-limiter = shared_limiter("https://api.example.test", "v1.key-under-test", per_minute, 60.0, state_dir)
+state_dir, n, per_minute, key = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+limiter = shared_limiter("https://api.example.test", key, per_minute, 60.0, state_dir)
 print("ready", flush=True)
 sys.stdin.readline()  # every process starts together
 for _ in range(n):
@@ -31,18 +31,23 @@ for _ in range(n):
 """
 
 
-def spenders(state_dirs: list[Path], n: int, per_minute: float) -> list[float]:
+def spenders(
+    state_dirs: list[Path], n: int, per_minute: float, keys: list[str] | None = None, env: dict | None = None
+) -> list[float]:
     """Start one process per state directory, all at once, each taking `n` slots of one key's
-    budget; the wall times at which the slots were granted, all processes merged."""
+    budget (or of its own key of `keys`, in `env`); the wall times at which the slots were
+    granted, all processes merged."""
+    keys = keys or ["v1.key-under-test"] * len(state_dirs)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", SPENDER, str(state_dir), str(n), str(per_minute)],
+            [sys.executable, "-c", SPENDER, str(state_dir), str(n), str(per_minute), key],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env=env,
         )
-        for state_dir in state_dirs
+        for state_dir, key in zip(state_dirs, keys)
     ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"

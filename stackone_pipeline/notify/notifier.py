@@ -8,7 +8,9 @@
    so a channel that is down costs one deadline, never more;
 3. under the lock again, record what got through.
 Messages that did not get through stay pending: the next sync (the next sensor tick) retries.
-A file lock (`.notify.lock`) serialises syncs of several sensors, so nothing is sent twice.
+A lock held from 1 to 3 serialises syncs of several sensors, so nothing is sent twice: a file
+lock (`.notify.lock`) in the data directory, or, when the state is shared between machines
+(PostgreSQL), an advisory lock in that database, which the notifiers of every machine take.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import fcntl
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -29,6 +32,7 @@ from .model import Condition, Notification
 
 log = logging.getLogger(__name__)
 _thread_lock = threading.Lock()  # flock is per open file: threads of one process need their own guard
+NOTIFY_LOCK = "notify"  # the advisory lock of the shared state's notifications
 
 
 @dataclass
@@ -72,18 +76,29 @@ class Notifier:
         `events`: one-shot conditions (already known ones are ignored)."""
         report = SyncReport()
         self.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        with _thread_lock, open(self.storage.data_dir / ".notify.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _thread_lock, self._exclusive():
             now = self.clock()
-            with self.storage.state.transaction() as con:
+            with state.transaction(self.storage) as con:
                 work, report.opened, report.resolved = state.plan(con, now, self.channels, open_alerts, list(events))
             outcomes = self._send(work, now, report) if work else []
             if outcomes:
-                with self.storage.state.transaction() as con:
+                with state.transaction(self.storage) as con:
                     state.record(con, self.clock(), outcomes)
         if report.failed:
             log.warning("notifications: %s", report.summary())
         return report
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Only this sync plans, sends and records, among every notifier that shares the state."""
+        shared = self.storage.shared_state
+        if shared is not None:  # a session lock: released when the block ends, or if this process dies
+            with shared.advisory_lock(NOTIFY_LOCK):
+                yield
+            return
+        with open(self.storage.data_dir / ".notify.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            yield
 
     def _send(self, work: list[state.Work], now: datetime, report: SyncReport) -> list:
         by_name = {ch.name: ch for ch in self.channels}

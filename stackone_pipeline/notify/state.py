@@ -4,15 +4,20 @@
 `notify_deliveries` one row per (condition, channel, phase) with its status:
 pending -> delivered | rejected (the channel refused it for good) | cancelled (resolved before
 the firing message got through: neither is sent) | expired (still failing after a day).
+
+The tables live in warehouse.duckdb, or in PostgreSQL when the state is shared between machines
+(`STACKONE_STATE_URL`): `transaction(storage)` opens either, and one set of statements serves
+both (DuckDB's `?` placeholders become psycopg's `%s` on the way to PostgreSQL).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import duckdb
-
+from ..storage import Storage
 from .model import FIRING, RESOLVED, Condition
 
 CREATE = """
@@ -37,8 +42,35 @@ CREATE TABLE IF NOT EXISTS notify_deliveries (
     last_error VARCHAR
 );
 """
+PG_CREATE = tuple(statement.strip() for statement in CREATE.split(";") if statement.strip())  # the same DDL
 GIVE_UP = timedelta(days=1)  # a message still undelivered after a day is expired, not retried
 KEEP = timedelta(days=30)  # closed conditions and old events are forgotten after this
+
+
+class _Qmark:
+    """A psycopg connection that takes DuckDB's `?` placeholders (the statements here have no
+    other `?` or `%`)."""
+
+    def __init__(self, con):
+        self._con = con
+
+    def execute(self, sql: str, params=None):
+        return self._con.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+
+@contextmanager
+def transaction(storage: Storage) -> Iterator:
+    """A connection to the notification state inside one transaction (committed when the block
+    ends, rolled back if it raises), its tables created: the warehouse's or the shared PostgreSQL's."""
+    shared = storage.shared_state
+    if shared is None:
+        with storage.state.transaction() as con:
+            con.execute(CREATE)
+            yield con
+        return
+    with shared.transaction(*PG_CREATE) as con:
+        con.execute("SET LOCAL TIME ZONE 'UTC'")  # times come back in UTC, as DuckDB's writer gives them
+        yield _Qmark(con)
 
 
 @dataclass(frozen=True)
@@ -53,14 +85,14 @@ class Work:
 
 
 def plan(
-    con: duckdb.DuckDBPyConnection,
+    con,
     now: datetime,
     channels: list,
     open_alerts: list[Condition] | None,
     events: list[Condition],
 ) -> tuple[list[Work], list[str], list[str]]:
-    """Apply what is true now to the state; return (messages due, opened keys, resolved keys)."""
-    con.execute(CREATE)
+    """Apply what is true now to the state (`con`: from `transaction`); return (messages due,
+    opened keys, resolved keys)."""
     rows = con.execute("SELECT key, one_shot, resolved_at FROM notify_conditions").fetchall()
     known = {k: (one_shot, resolved_at) for k, one_shot, resolved_at in rows}
     opened, resolved = [], []
@@ -130,11 +162,11 @@ def plan(
     return due(con, now, channels), opened, resolved
 
 
-def due(con: duckdb.DuckDBPyConnection, now: datetime, channels: list) -> list[Work]:
+def due(con, now: datetime, channels: list) -> list[Work]:
     """Pending messages of configured channels, and open conditions whose Alertmanager refresh is due."""
     refresh = {ch.name: ch.refresh_s for ch in channels if ch.refresh_s}
     rows = con.execute(
-        "SELECT c.body, d.channel, d.phase, c.opened_at, c.resolved_at, d.status, d.delivered_at "
+        "SELECT CAST(c.body AS VARCHAR), d.channel, d.phase, c.opened_at, c.resolved_at, d.status, d.delivered_at "
         "FROM notify_deliveries d JOIN notify_conditions c USING (key) "
         "WHERE d.status = 'pending' OR d.status = 'delivered' AND d.phase = ? AND c.resolved_at IS NULL "
         "AND NOT c.one_shot ORDER BY c.opened_at, c.key, d.phase",
@@ -152,9 +184,8 @@ def due(con: duckdb.DuckDBPyConnection, now: datetime, channels: list) -> list[W
     return out
 
 
-def record(con: duckdb.DuckDBPyConnection, now: datetime, outcomes: list[tuple[Work, str, str | None]]) -> None:
+def record(con, now: datetime, outcomes: list[tuple[Work, str, str | None]]) -> None:
     """Store what each send did: status "delivered", "rejected" or "pending" (try again)."""
-    con.execute(CREATE)
     for work, status, error in outcomes:
         con.execute(
             "UPDATE notify_deliveries SET status = ?, attempts = attempts + 1, last_attempt_at = ?, "
