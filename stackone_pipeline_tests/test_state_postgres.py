@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -159,35 +160,44 @@ def test_without_the_lock_two_notifiers_would_send_twice(postgres_url, tmp_path,
 # -- the rate limiter ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["local", "file", "postgres"])
 def test_postgres_tat_paces_like_the_others(kind, request, tmp_path):
-    """The same limiter on each Tat: evenly spaced slots, and a pause holds back what follows."""
+    """The same limiter on each Tat, its clock stopped: evenly spaced slots, and a pause holds
+    back what follows."""
     if kind == "postgres":
         tat = PostgresTat(request.getfixturevalue("postgres_url"), key_hash("https://api.example.test", "k"))
     else:
         tat = FileTat(tmp_path / "k.tat") if kind == "file" else LocalTat()
     waits: list[float] = []
-    limiter = RateLimiter(600, 60.0, sleep=waits.append, tat=tat)  # one slot every 0.102 s
+    start = tat.clock()
+    limiter = RateLimiter(600, 60.0, clock=lambda: start, sleep=waits.append, tat=tat)  # a slot every 0.102 s
     for _ in range(5):
         limiter.acquire()  # the sleep is recorded, not slept: each caller waits one interval more
     limiter.pause(2.0)
     limiter.acquire()
-    assert waits[0] == pytest.approx(0.102, abs=0.01) and len(waits) == 5  # the first slot was free
-    assert [b - a for a, b in zip(waits, waits[1:3])] == pytest.approx([0.102, 0.102], abs=0.01)
-    assert waits[-1] == pytest.approx(2.0, abs=0.05)  # the pause, not the queue, decides
+    assert waits == pytest.approx([0.102, 0.204, 0.306, 0.408, 2.0])  # the first slot was free
+    assert tat.get() == pytest.approx(start + 2.102)
 
 
 def test_postgres_tat_survives_a_lost_connection_and_stores_no_key(postgres_url):
     name = key_hash("https://api.example.test", "v1.secret-key-123")
     first, second = PostgresTat(postgres_url, name), PostgresTat(postgres_url, name)  # two machines
+
+    def tat() -> float:
+        with first.state.transaction() as con:
+            return con.execute("SELECT tat FROM rate_limit_tat WHERE key_hash = %s", [name]).fetchone()[0]
+
     waits: list[float] = []
     RateLimiter(60, 60.0, sleep=waits.append, tat=first).acquire()
+    before = tat()
+    assert before == pytest.approx(time.time() + 1.02, abs=0.5)  # the database's clock, the machine's alike
     with first.state.transaction() as con:  # the server drops the connection (restart, idle timeout)
         con.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     RateLimiter(60, 60.0, sleep=waits.append, tat=first).acquire()
-    RateLimiter(60, 60.0, sleep=waits.append, tat=second).acquire()  # the other machine: same budget
-    assert waits == pytest.approx([1.02, 2.04], abs=0.05)
+    RateLimiter(60, 60.0, sleep=waits.append, tat=second).acquire()  # the other machine: the same budget
+    assert tat() == pytest.approx(before + 2 * 1.02)  # two more slots, one after the other
+    assert len(waits) == 2 and waits[1] > waits[0] + 0.9
     with first.state.transaction() as con:
         assert con.execute("SELECT key_hash FROM rate_limit_tat").fetchall() == [(name,)]
     first.close()
