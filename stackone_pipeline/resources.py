@@ -7,11 +7,13 @@ of `Settings` that builds the plain object the stages use (a client, a `Storage`
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from .http import Transport
 from .ingest import RedactionSettings
@@ -134,9 +136,27 @@ class DetailsResource(dg.ConfigurableResource):
 class StorageResource(dg.ConfigurableResource):
     data_dir: str = "./data"
     lock_timeout_s: float = 600.0
+    # STACKONE_SCRATCH_PER_RUN: each run works in <data_dir>/runs/<run id>/, removed when it ends,
+    # as a Kubernetes run pod's emptyDir is. Only with the lake and the state shared (settings.py
+    # refuses it otherwise): then nothing a run needs is on a disk another run wrote.
+    scratch_per_run: bool = False
+    _run_id: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id or ""
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self.scratch_per_run and self._run_id:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    @property
+    def work_dir(self) -> Path:
+        if self.scratch_per_run and self._run_id:
+            return Path(self.data_dir) / "runs" / self._run_id
+        return Path(self.data_dir)
 
     def storage(self, project: str = DEFAULT_PROJECT) -> Storage:
-        return Storage(self.data_dir, lock_timeout_s=self.lock_timeout_s, project=project)
+        return Storage(self.work_dir, lock_timeout_s=self.lock_timeout_s, project=project)
 
 
 class AlertThresholdsResource(dg.ConfigurableResource):
@@ -267,7 +287,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Every resource the definitions need (a sink that is not configured gets an 'off' resource)."""
     resources: dict[str, dg.ConfigurableResource] = {
         "stackone": StackOneResource.from_settings(settings),
-        "storage": StorageResource(data_dir=settings.data_dir),
+        "storage": StorageResource(data_dir=settings.data_dir, scratch_per_run=settings.scratch_per_run),
         "alerts": AlertThresholdsResource.from_thresholds(settings.thresholds),
         "details": DetailsResource.from_settings(settings.details),
         "notify": NotifyResource.from_settings(settings.notify),
