@@ -11,15 +11,25 @@ Table `sink_dead_letters` in the state store; a copy per (sink, hour) in the lak
 `lake/sink_dead_letters/date=YYYY-MM-DD/hour=HH/<sink>.parquet`, re-published whenever the
 (sink, hour) changes, so the lake stays the complete record. `request_id` is the ledger's key: the
 record's request_id, or `row:<sha256>` for a row without one.
+
+With the state in PostgreSQL (`storage.shared_state`), the table is `sink_dead_letters` there, with
+the project in its key (every project of a deployment shares the database; each project's DuckDB
+state is its own file): primary key (project, sink, hour, request_id). Every function here works
+on both backends: those taking a `storage` pick its state store, `merge` and `rows` the backend of
+the connection they are given (a PostgreSQL one from `pg_transaction`, where the tables exist).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import duckdb
 import pyarrow as pa
 
+from ..projects import DEFAULT_PROJECT
+from ..state import PostgresState
 from ..storage import Storage
 
 TABLE = "sink_dead_letters"
@@ -30,12 +40,49 @@ CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
 )"""
 COLUMNS = "sink, hour, request_id, reason, detail, batch_refused, batch_size, first_refused_at, refused_at, refusals"
 PARTIAL_REASON = "partial_success"  # the reason of records kept from a partly refused OTLP batch
+# The same table in PostgreSQL: keyed, and by project (one database holds every project's state).
+PG_CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+  project TEXT NOT NULL, sink TEXT NOT NULL, hour TIMESTAMPTZ NOT NULL, request_id TEXT NOT NULL, reason TEXT,
+  detail TEXT, batch_refused INTEGER, batch_size INTEGER, first_refused_at TIMESTAMPTZ, refused_at TIMESTAMPTZ,
+  refusals INTEGER, PRIMARY KEY (project, sink, hour, request_id)
+)"""
+# The lake copy's columns, as DuckDB gives them (the PostgreSQL rows are read into the same types).
+SCHEMA = pa.schema(
+    [
+        ("sink", pa.string()),
+        ("hour", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("batch_refused", pa.int32()),
+        ("batch_size", pa.int32()),
+        ("first_refused_at", pa.timestamp("us", tz="UTC")),
+        ("refused_at", pa.timestamp("us", tz="UTC")),
+        ("refusals", pa.int32()),
+    ]
+)
+KEYS_SCHEMA = pa.schema([("request_id", pa.string()), ("in_doubt", pa.bool_())])
 
 
-def merge(con: duckdb.DuckDBPyConnection, sink: str, hour: datetime, refused: str, journal: str = "journal") -> int:
+@contextmanager
+def pg_transaction(state: PostgresState, *ddl: str) -> Iterator:
+    """One PostgreSQL transaction on the state tables (`ddl` creates them on first use; the dead
+    letters' own by default), in UTC as the DuckDB state is: hours without a zone are UTC ones,
+    and hours come back in UTC."""
+    with state.transaction(*(ddl or (PG_CREATE,))) as con:
+        con.execute("SET LOCAL TimeZone = 'UTC'")
+        yield con
+
+
+def merge(
+    con, sink: str, hour: datetime, refused: str, journal: str = "journal", project: str = DEFAULT_PROJECT
+) -> int:
     """Inside the ledger's merge transaction, after the outcomes are written: drop the dead letters
     the journal has a new outcome for, then keep those whose new outcome is a refusal (`refused`:
-    SQL over the journal row), counting each record's refusals. Returns how many rows changed."""
+    SQL over the journal row `j`), counting each record's refusals. Returns how many rows changed.
+    `con` is a DuckDB connection, or a PostgreSQL one (where `project` says whose rows they are)."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return _merge_pg(con, sink, hour, refused, journal, project)
     con.execute(CREATE)
     params = {"sink": sink, "hour": hour}
     gone = f"sink = $sink AND hour = $hour AND request_id IN (SELECT request_id FROM {journal})"
@@ -53,8 +100,39 @@ def merge(con: duckdb.DuckDBPyConnection, sink: str, hour: datetime, refused: st
     return removed + added
 
 
-def rows(con: duckdb.DuckDBPyConnection, sink: str, hour: datetime) -> pa.Table:
-    """The (sink, hour) dead letters, for the lake copy (read inside the merge's connection)."""
+def _merge_pg(con, sink: str, hour: datetime, refused: str, journal: str, project: str) -> int:
+    """`merge` in PostgreSQL: the same steps (the DELETE hands the earlier rows over itself)."""
+    params = {"project": project, "sink": sink, "hour": hour}
+    con.execute(
+        "CREATE TEMP TABLE earlier (request_id TEXT, first_refused_at TIMESTAMPTZ, refusals INTEGER) ON COMMIT DROP"
+    )
+    removed = con.execute(
+        f"WITH gone AS (DELETE FROM {TABLE} WHERE project = %(project)s AND sink = %(sink)s AND hour = %(hour)s "
+        f"AND request_id IN (SELECT request_id FROM {journal}) RETURNING request_id, first_refused_at, refusals) "
+        "INSERT INTO earlier SELECT * FROM gone",
+        params,
+    ).rowcount
+    added = con.execute(
+        f"INSERT INTO {TABLE} (project, {COLUMNS}) SELECT %(project)s, %(sink)s, %(hour)s, j.request_id, j.reason, "
+        "j.detail, j.batch_refused, j.batch_size, coalesce(e.first_refused_at, j.delivered_at), j.delivered_at, "
+        f"coalesce(e.refusals, 0) + 1 FROM {journal} j LEFT JOIN earlier e ON e.request_id = j.request_id WHERE {refused}",
+        params,
+    ).rowcount
+    con.execute("DROP TABLE earlier")
+    return removed + added
+
+
+def rows(con, sink: str, hour: datetime, project: str = DEFAULT_PROJECT) -> pa.Table:
+    """The (sink, hour) dead letters, for the lake copy (read inside the merge's connection, DuckDB
+    or PostgreSQL: the same columns and order either way)."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return PostgresState.query_arrow(
+            con,
+            f"SELECT {COLUMNS} FROM {TABLE} WHERE project = %s AND sink = %s AND hour = %s "
+            'ORDER BY request_id COLLATE "C"',  # DuckDB's order: by bytes
+            [project, sink, hour],
+            schema=SCHEMA,
+        )
     return con.sql(
         f"SELECT {COLUMNS} FROM {TABLE} WHERE sink = $sink AND hour = $hour ORDER BY request_id",
         params={"sink": sink, "hour": hour},
@@ -65,6 +143,16 @@ def keys(storage: Storage, sink: str, hour: datetime, reason: str | None = None)
     """The (sink, hour) dead letters to replay (`request_id`, and `outcome`: the ledger's, which a
     replay replaces), optionally only those of one reason."""
     empty = pa.table({"request_id": pa.array([], pa.string()), "in_doubt": pa.array([], pa.bool_())})
+    if storage.shared_state is not None:
+        where = " AND reason = %s" if reason is not None else ""
+        with pg_transaction(storage.shared_state) as con:
+            return PostgresState.query_arrow(
+                con,
+                f"SELECT request_id, (batch_size > batch_refused)::int AS in_doubt FROM {TABLE} "
+                f"WHERE project = %s AND sink = %s AND hour = %s{where}",
+                [storage.project, sink, hour] + ([reason] if reason is not None else []),
+                schema=KEYS_SCHEMA,
+            )
     if not storage.state.path.exists():
         return empty
     with storage.state.reader() as con:
@@ -83,6 +171,8 @@ def summary(
 ) -> list[tuple[str, datetime, str, int, int]]:
     """(sink, hour, reason, records, of which certainly refused) over the dead letters, oldest hour
     first: a record of a partly refused batch is counted once, and its batch's refusals spread over it."""
+    if storage.shared_state is not None:
+        return _summary_pg(storage, sink, start, end)
     if not storage.state.path.exists():
         return []
     with storage.state.reader() as con:
@@ -96,6 +186,26 @@ def summary(
             ).fetchall()
         except duckdb.CatalogException:
             return []
+
+
+def _summary_pg(
+    storage: Storage, sink: str | None, start: datetime | None, end: datetime | None
+) -> list[tuple[str, datetime, str, int, int]]:
+    """`summary` in PostgreSQL (numeric: its round() takes halves away from zero, as DuckDB's does;
+    names ordered by bytes, as DuckDB orders them)."""
+    where, params = ["project = %s"], [storage.project]
+    for condition, value in (("sink = %s", sink), ("hour >= %s", start), ("hour < %s", end)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    with pg_transaction(storage.shared_state) as con:
+        return con.execute(
+            "SELECT sink, hour, reason, count(*)::BIGINT, "
+            "round(sum(batch_refused::NUMERIC / greatest(batch_size, 1)))::BIGINT "
+            f"FROM {TABLE} WHERE {' AND '.join(where)} GROUP BY sink, hour, reason "
+            'ORDER BY hour, sink COLLATE "C", reason COLLATE "C"',
+            params,
+        ).fetchall()
 
 
 def hours(storage: Storage, sink: str, start: datetime | None = None, end: datetime | None = None) -> list[datetime]:

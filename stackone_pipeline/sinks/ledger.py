@@ -20,6 +20,15 @@ stopped, and a re-run of a delivered hour sends only what is new (late arrivals)
 line is `key, outcome, time, reason, detail, batch_refused, batch_size, "."`: the final "."
 tells a whole line from one torn by a kill, which is skipped (that batch is not a delivery we
 can vouch for, so it is sent again).
+
+With the state in PostgreSQL (`storage.shared_state`, shared by every machine of a deployment), a
+journal on one machine's disk would be invisible to a retry on another, which would send the
+accepted batches again. There the journal is the table `delivery_journal`: `add()` copies each
+answered batch's lines into it and commits, before the next batch is sent (the fsync's guarantee),
+and `flush()` merges the (sink, hour) rows into `delivery_ledger` with the same rules, the dead
+letters in the same transaction, and deletes them in it (a merge of one (sink, hour) at a time, by
+an advisory lock). A COPY is whole or absent: no torn line. Rows carry the project (one database
+holds every project's state), and (project, sink, hour[, request_id]) keys every table.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..stackone.records import COLUMNS
+from ..state import PostgresState
 from ..storage import Storage
 from ..warehouse import in_transaction
 from . import dead_letters
@@ -40,6 +50,20 @@ from .payload import json_object
 CREATE = """CREATE TABLE IF NOT EXISTS delivery_ledger (
   sink VARCHAR, hour TIMESTAMPTZ, request_id VARCHAR, outcome VARCHAR, delivered_at TIMESTAMPTZ
 )"""
+# The same tables in PostgreSQL, by project (module docstring); created on first use, in this order.
+PG_CREATE = (
+    """CREATE TABLE IF NOT EXISTS delivery_ledger (
+  project TEXT NOT NULL, sink TEXT NOT NULL, hour TIMESTAMPTZ NOT NULL, request_id TEXT NOT NULL,
+  outcome TEXT NOT NULL, delivered_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (project, sink, hour, request_id)
+)""",
+    """CREATE TABLE IF NOT EXISTS delivery_journal (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, project TEXT NOT NULL, sink TEXT NOT NULL,
+  hour TIMESTAMPTZ NOT NULL, request_id TEXT NOT NULL, outcome TEXT NOT NULL, delivered_at TIMESTAMPTZ NOT NULL,
+  reason TEXT, detail TEXT, batch_refused INTEGER, batch_size INTEGER
+)""",
+    "CREATE INDEX IF NOT EXISTS delivery_journal_hour ON delivery_journal (project, sink, hour)",
+    dead_letters.PG_CREATE,
+)
 
 ACCEPTED, PARTIAL = "accepted", "partial"
 REJECTED = "rejected: "  # the prefix of every outcome that ends delivery without the sink having it
@@ -50,9 +74,16 @@ TOO_OLD = REJECTED + "too old"
 # them again (the row may have been given a time, the sink's age limit raised).
 RECHECKED = (NO_EVENT_TIME, TOO_OLD)
 RECHECKED_SQL = ", ".join(f"'{o}'" for o in RECHECKED)
-# SQL over a journal or ledger row `j`: the record is not in the sink (a dead letter), and an outcome a
-# later one (a replay's, or a delivery's once the row has a time) replaces.
-REFUSED = f"(starts_with(j.outcome, '{REJECTED}') OR j.outcome = '{PARTIAL}')"
+
+
+def refused_sql(alias: str) -> str:
+    """SQL (DuckDB and PostgreSQL alike) over a journal or ledger row `alias`: the record is not in
+    the sink (a dead letter), and an outcome a later one (a replay's, or a delivery's once the row
+    has a time) replaces. The one rule of both backends' merges."""
+    return f"(starts_with({alias}.outcome, '{REJECTED}') OR {alias}.outcome = '{PARTIAL}')"
+
+
+REFUSED = refused_sql("j")
 JOURNAL_COLUMNS = (
     "{'request_id': 'VARCHAR', 'outcome': 'VARCHAR', 'delivered_at': 'TIMESTAMPTZ', 'reason': 'VARCHAR', "
     "'detail': 'VARCHAR', 'batch_refused': 'INTEGER', 'batch_size': 'INTEGER', 'end': 'VARCHAR'}"
@@ -83,6 +114,7 @@ class Ledger:
     def __init__(self, storage: Storage):
         self.storage = storage
         self.state = storage.state
+        self.shared = storage.shared_state  # PostgreSQL: journal and ledger there (module docstring)
         self.journal_dir = storage.data_dir / "ledger-journal"
 
     def _journal(self, sink: str, hour: datetime) -> Path:
@@ -93,6 +125,14 @@ class Ledger:
         the outcome, as Arrow columns: half a million ids cost ~20 MB here, several times that as
         a Python set."""
         self.flush(sink, hour)
+        if self.shared is not None:
+            with self._pg() as con:
+                return PostgresState.query_arrow(
+                    con,
+                    "SELECT request_id, outcome FROM delivery_ledger WHERE project = %s AND sink = %s AND hour = %s",
+                    [self.storage.project, sink, hour],
+                    schema=NO_IDS.schema,
+                )
         if not self.state.path.exists():
             return NO_IDS
         with self.state.writer() as con:  # writer: the table may not exist yet
@@ -124,21 +164,61 @@ class Ledger:
         batch, (refused, size)."""
         if not request_ids:
             return
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        now = datetime.now(timezone.utc).isoformat()
         reason = outcome.removeprefix(REJECTED) if outcome.startswith(REJECTED) else dead_letters.PARTIAL_REASON
         refused, size = batch or (1, 1)
+        if self.shared is not None:
+            self._add_pg(sink, hour, request_ids, outcome, reason, detail, refused, size)
+            return
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(timezone.utc).isoformat()
         tail = f"{now}\t{_field(reason)}\t{_field(detail)}\t{refused}\t{size}\t.\n"
         with open(self._journal(sink, hour), "a", encoding="utf-8") as f:
             f.write("".join(f"{rid}\t{outcome}\t{tail}" for rid in request_ids))
             f.flush()
             os.fsync(f.fileno())
 
+    def _add_pg(
+        self, sink: str, hour: datetime, ids: list[str], outcome: str, reason: str, detail: str, refused: int, size: int
+    ) -> None:
+        """`add` in PostgreSQL: the batch's journal lines in one COPY, committed. Fields as a journal
+        file gives them back (one line each, an empty one read as NULL)."""
+        n = len(ids)
+        fields = {
+            "project": self.storage.project,
+            "sink": sink,
+            "hour": hour.isoformat(),
+            "outcome": outcome,
+            "delivered_at": datetime.now(timezone.utc).isoformat(),
+            "reason": _field(reason) or None,
+            "detail": _field(detail) or None,
+            "batch_refused": refused,
+            "batch_size": size,
+        }
+        lines = pa.table({"request_id": pa.array(ids, pa.string())} | {k: pa.repeat(v, n) for k, v in fields.items()})
+        with self._pg() as con:
+            PostgresState.copy_in(con, "delivery_journal", lines)
+
+    def _pg(self):
+        """A PostgreSQL transaction on the ledger's tables (created on first use), in UTC."""
+        return dead_letters.pg_transaction(self.shared, *PG_CREATE)
+
+    def _pg_lock(self, con, sink: str, hour: datetime) -> None:
+        """Merges and forgets of one (sink, hour) take turns, across machines, until the commit."""
+        con.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            [f"ledger:{self.storage.project}:{sink}:{hour:%Y-%m-%dT%H}"],
+        )
+
     def flush(self, sink: str, hour: datetime) -> None:
         """Merge the (sink, hour) journal into the table in one transaction, then drop it. A key
         keeps its first outcome, unless that was a refusal (`REFUSED`): a later outcome replaces it
         (a replay delivered it, or the row was given a time). The dead letters follow in the same
         transaction, and their lake copy after it."""
+        if self.shared is not None:
+            letters = self._merge_pg(sink, hour)
+            if letters is not None:
+                self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)
+            return
         path = self._journal(sink, hour)
         if not path.exists():
             return
@@ -180,6 +260,48 @@ class Ledger:
             self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)
         path.unlink()
 
+    def _merge_pg(self, sink: str, hour: datetime) -> pa.Table | None:
+        """`flush` in PostgreSQL, up to the lake copy: the (sink, hour) journal rows leave the
+        journal table (the DELETE hands them over, last line of each key first) and are merged as
+        the DuckDB journal is, in one transaction. Returns the dead letters when they changed."""
+        key = {"project": self.storage.project, "sink": sink, "hour": hour}
+        this_hour = "project = %(project)s AND sink = %(sink)s AND hour = %(hour)s"
+        with self._pg() as con:
+            if con.execute(f"SELECT FROM delivery_journal WHERE {this_hour} LIMIT 1", key).fetchone() is None:
+                return None
+            self._pg_lock(con, sink, hour)
+            con.execute(
+                "CREATE TEMP TABLE journal (request_id TEXT, outcome TEXT, delivered_at TIMESTAMPTZ, reason TEXT, "
+                "detail TEXT, batch_refused INTEGER, batch_size INTEGER) ON COMMIT DROP"
+            )
+            con.execute(
+                f"WITH taken AS (DELETE FROM delivery_journal WHERE {this_hour} RETURNING *) "
+                "INSERT INTO journal SELECT DISTINCT ON (request_id) request_id, outcome, delivered_at, reason, "
+                "detail, batch_refused, batch_size FROM taken ORDER BY request_id, delivered_at DESC, seq DESC",
+                key,
+            )
+            con.execute("ANALYZE journal")  # up to an hour's ids: joins planned for their number
+            ledger_row = (
+                "l.project = %(project)s AND l.sink = %(sink)s AND l.hour = %(hour)s AND l.request_id = j.request_id"
+            )
+            con.execute(f"DELETE FROM delivery_ledger l USING journal j WHERE {ledger_row} AND {refused_sql('l')}", key)
+            con.execute(
+                "INSERT INTO delivery_ledger (project, sink, hour, request_id, outcome, delivered_at) "
+                "SELECT %(project)s, %(sink)s, %(hour)s, j.request_id, j.outcome, j.delivered_at FROM journal j "
+                "ON CONFLICT (project, sink, hour, request_id) DO NOTHING",
+                key,
+            )
+            # a key the ledger already had accepted keeps that outcome: drop its line before the
+            # dead letters read the journal
+            con.execute(
+                f"DELETE FROM journal j USING delivery_ledger l WHERE {ledger_row} AND l.outcome IS DISTINCT FROM j.outcome",
+                key,
+            )
+            changed = dead_letters.merge(con, sink, hour, refused=REFUSED, project=self.storage.project)
+            letters = dead_letters.rows(con, sink, hour, project=self.storage.project) if changed else None
+            con.execute("DROP TABLE journal")
+        return letters
+
     def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
         """Journal and merge at once (for callers that answer for a whole hour in one go)."""
         self.add(sink, hour, request_ids, outcome)
@@ -187,6 +309,18 @@ class Ledger:
 
     def forget(self, sink: str, hour: datetime) -> None:
         """For a forced full resend."""
+        if self.shared is not None:
+            with self._pg() as con:
+                self._pg_lock(con, sink, hour)
+                for table in ("delivery_journal", "delivery_ledger", dead_letters.TABLE):
+                    con.execute(
+                        f"DELETE FROM {table} WHERE project = %s AND sink = %s AND hour = %s",
+                        [self.storage.project, sink, hour],
+                    )
+                letters = dead_letters.rows(con, sink, hour, project=self.storage.project)
+            if self.storage.lake.has_part(dead_letters.TABLE, hour, sink):
+                self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)
+            return
         self._journal(sink, hour).unlink(missing_ok=True)
         if not self.state.path.exists():
             return
