@@ -545,7 +545,8 @@ def test_sensor_requests_a_run_only_when_events_are_staged(data_dir):
     storage = StorageResource(data_dir=str(data_dir))
 
     def tick():
-        return webhook_events_sensor(dg.build_sensor_context(resources={"storage": storage}))
+        with dg.build_sensor_context(resources={"storage": storage}) as context:  # the resource has a teardown
+            return webhook_events_sensor(context)
 
     assert isinstance(tick(), dg.SkipReason)
     with start_receiver(data_dir, SECRET) as running:

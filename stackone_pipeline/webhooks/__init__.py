@@ -37,9 +37,19 @@ The seen-keys set is rebuilt at start-up from the staged segments and
 `<data_dir>/webhooks/loaded_ids`, so duplicates are recognised across restarts. One receiver
 per data directory: a second one refuses to start (`StagingBusyError`).
 
+Shared staging (postgres_staging.py). With `STACKONE_STATE_URL=postgresql://…` (the deployment's
+shared state), receivers stage into the table `webhook_staging` of that database instead: 200
+only after the batch's INSERT committed (one commit per batch of concurrent deliveries), the key
+deduplicated by the primary key (ON CONFLICT DO NOTHING), so any number of receivers on any
+machines behind one load balancer accept a key once, and a loader on any machine loads what they
+staged. `open_staging(data_dir, state_url)` picks the one or the other (a `Staging`);
+`staging_for(storage)` is the one a `Storage` loads from, and its `waiting()` is what a sensor
+watches.
+
 Loading (loading.py). `load_staged_events(storage)` inserts staged events into the
 `webhook_events` table of warehouse.duckdb through the warehouse writer, idempotent by
-`event_id` (the key), records their keys in `loaded_ids`, then deletes the loaded segments, and
+`event_id` (the key), then marks them done in the staging (files: keys into `loaded_ids`, then
+the loaded segments deleted; PostgreSQL: the rows marked loaded, after the DuckDB commit), and
 returns the newly inserted events as dicts. The Dagster asset `webhook_events` calls it (and
 counts them by type); the sensor `webhook_events_sensor` requests that asset while events are
 staged. A copy per `received_at` hour goes to `lake/webhook_events/` so `query.duckdb` has a
@@ -72,7 +82,7 @@ from .signing import (
     stackone_headers,
     verify,
 )
-from .staging import StagingBusyError, closed_segments, staged_records
+from .staging import Staging, StagingBusyError, closed_segments, open_staging, staged_records, staging_for
 
 __all__ = [
     "COLUMNS",
@@ -89,15 +99,18 @@ __all__ = [
     "RunningReceiver",
     "WebhookConfigError",
     "create_app",
+    "Staging",
     "StagingBusyError",
     "closed_segments",
     "load_staged_events",
+    "open_staging",
     "serve",
     "sign",
     "sign_base64url",
     "signed_headers",
     "stackone_headers",
     "staged_records",
+    "staging_for",
     "start_receiver",
     "verify",
 ]

@@ -14,13 +14,20 @@ Per request, in this order:
 5. no time, or one more than `tolerance_s` (300 s) away from now, in the past or the future ->
    401 (400 if absent); the time is the signed `X-StackOne-Timestamp` header when sent, else the
    body's `sent_at` (else `created_at`, `timestamp`, `event_date`);
-6. appended to the staging log and fsync'd (staging.py) -> 200 `{"status": "stored"}`. A storage
+6. staged and committed (staging.py) -> 200 `{"status": "stored"}`, or, if another receiver
+   committed the key first (shared staging), 200 `{"status": "already received"}`. A storage
    failure -> 503, so the sender retries.
 
 Other paths -> 404, other methods -> 405. Responses and log lines name the key and the reason,
-never a secret nor a signature. One receiver per data directory (a lock file enforces it): the
-seen-keys set is in memory, rebuilt from disk at start-up; concurrent deliveries of one key wait
-for the first.
+never a secret nor a signature. Concurrent deliveries of one key to one receiver wait for the
+first.
+
+Where events are staged (`open_staging`, staging.py): without STACKONE_STATE_URL, the data
+directory's segment log, one receiver per data directory (a lock file enforces it), the seen-keys
+set in memory, rebuilt from disk at start-up. With STACKONE_STATE_URL=postgresql://…, the
+`webhook_staging` table (postgres_staging.py): any number of receivers on any machines, the key
+deduplicated by the database (step 4 asks it only when step 5 would refuse the delivery; step 6
+otherwise finds out).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from starlette.routing import Route
 
 from .events import EventError, parse_event
 from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from .staging import StagingLog, record_line, seen_ids
+from .staging import open_staging
 
 log = logging.getLogger("stackone_pipeline.webhooks")
 
@@ -86,28 +93,24 @@ class Receiver:
         signature_header: str = SIGNATURE_HEADER,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         clock=time.time,
+        state_url: str | None = None,
     ):
         self._secrets = tuple(s.encode() for s in require_secrets(secrets))
         self.signature_header = signature_header
         self.tolerance_s = tolerance_s
         self.clock = clock
-        self.staging = StagingLog(data_dir)  # takes the data directory's receiver lock
-        try:
-            self.seen: set[str] = seen_ids(data_dir)
-        except BaseException:
-            self.staging.close()
-            raise
+        # files: takes the data directory's receiver lock; PostgreSQL: connects (or raises)
+        self.staging = open_staging(data_dir, state_url).open_writer()
         self._inflight: dict[str, asyncio.Future] = {}
         log.info(
-            "webhook receiver: staging in %s; %d secret(s); %d event keys already received%s",
-            self.staging.dir,
+            "webhook receiver: staging in %s; %d secret(s)%s",
+            self.staging.where,
             len(self._secrets),
-            len(self.seen),
-            f"; closed {self.staging.recovered} segment(s) left open" if self.staging.recovered else "",
+            self.staging.describe(),
         )
 
     def __repr__(self) -> str:  # never show a secret
-        return f"Receiver(staging={self.staging.dir})"
+        return f"Receiver(staging={self.staging.where})"
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()  # the route's max_body_size turns an oversize body into 413
@@ -121,7 +124,7 @@ class Receiver:
             log.warning("rejected delivery from %s: %s", _client(request), exc)
             return _json(400, error=str(exc))
         key = event.key
-        if key in self.seen:
+        if self.staging.known(key):
             return _json(200, status="already received", id=key)
         pending = self._inflight.get(key)
         if pending is not None:
@@ -130,12 +133,45 @@ class Receiver:
             return _json(503, error="could not store the event; retry")
 
         now = self.clock()
+        refusal = self._check_time(key, ts_header, event.timestamp, now)
+        if refusal is not None:
+            try:  # a retry of an event staged by another receiver (or before a restart) is no error
+                if await self.staging.contains(key):
+                    return _json(200, status="already received", id=key)
+            except Exception as exc:
+                log.error("could not look up event %r: %s", key, type(exc).__name__)
+                return _json(503, error="could not store the event; retry")
+            return refusal
+
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            stored = await self.staging.stage(key, datetime.fromtimestamp(now, timezone.utc), event.payload)
+            done.set_result(True)
+        except EventError as exc:  # an event this staging cannot hold
+            log.warning("rejected event %r: %s", key, exc)
+            return _json(400, error=str(exc), id=key)
+        except Exception as exc:
+            log.error("could not stage event %r: %s", key, type(exc).__name__)
+            return _json(503, error="could not store the event; retry")
+        finally:
+            if not done.done():
+                done.set_result(False)
+            self._inflight.pop(key, None)
+        if not stored:
+            log.info("%s %r was staged by another receiver", event.type, key)
+            return _json(200, status="already received", id=key)
+        log.info("stored %s %r", event.type, key)
+        return _json(200, status="stored", id=key)
+
+    def _check_time(self, key: str, ts_header: str | None, timestamp: datetime | None, now: float) -> Response | None:
+        """The refusal of a delivery whose time is missing or outside the tolerance, else None."""
         if ts_header is not None:
             if not ts_header.strip().isdigit():
                 return _json(400, error=f"{TIMESTAMP_HEADER} must be unix seconds")
             when = float(ts_header)
-        elif event.timestamp is not None:
-            when = event.timestamp.timestamp()
+        elif timestamp is not None:
+            when = timestamp.timestamp()
         else:
             fields = "`sent_at` / `event_date` / `created_at` / `timestamp`"
             return _json(400, error=f"no {fields} in the event and no {TIMESTAMP_HEADER} header")
@@ -147,23 +183,7 @@ class Receiver:
                 self.tolerance_s,
             )
             return _json(401, error=f"timestamp outside the {self.tolerance_s:.0f} s tolerance", id=key)
-
-        received_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="microseconds")
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = done
-        try:
-            await self.staging.append(record_line(received_at, event.payload, key))
-            self.seen.add(key)
-            done.set_result(True)
-        except (OSError, RuntimeError) as exc:
-            log.error("could not stage event %r: %s", key, type(exc).__name__)
-            return _json(503, error="could not store the event; retry")
-        finally:
-            if not done.done():
-                done.set_result(False)
-            self._inflight.pop(key, None)
-        log.info("stored %s %r", event.type, key)
-        return _json(200, status="stored", id=key)
+        return None
 
     def close(self) -> None:
         self.staging.close()
@@ -186,15 +206,25 @@ def create_app(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     max_body_bytes: int = MAX_BODY_BYTES,
     clock=time.time,
+    state_url: str | None = None,
 ) -> Starlette:
-    receiver = Receiver(data_dir, secrets, signature_header=signature_header, tolerance_s=tolerance_s, clock=clock)
+    """The receiver's app. `state_url`: where to stage (a postgresql:// URL: the shared table; "":
+    the data directory's files; None: STACKONE_STATE_URL decides, as for every other stage)."""
+    receiver = Receiver(
+        data_dir,
+        secrets,
+        signature_header=signature_header,
+        tolerance_s=tolerance_s,
+        clock=clock,
+        state_url=state_url,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
         try:
             yield
         finally:
-            receiver.close()  # flush, close the open segment, release the data directory
+            receiver.close()  # commit what is pending; files: close the open segment, release the data directory
 
     app = Starlette(
         routes=[

@@ -1,16 +1,20 @@
 """Staged events -> table `webhook_events` in warehouse.duckdb (and a Parquet copy in the lake).
 
-`load_staged_events(storage)` reads every closed staging segment, inserts the events whose
+`load_staged_events(storage)` takes what is staged (`staging_for(storage)`: every closed segment of
+the data directory, or, with STACKONE_STATE_URL, the not-yet-loaded rows of the shared
+`webhook_staging` table, whichever machine's receiver staged them), inserts the events whose
 `event_id` (the idempotency key: the delivery's `id`, else `sha256:<hex>` of its raw body) is
 not in the table yet (one transaction per batch, through the warehouse writer, the
-only write path), records their ids in `loaded_ids` (fsync'd), and only then deletes the
-segments. A crash anywhere leaves the segments staged and the next load skips what the table
-already holds, so each event is in the table exactly once. It returns the events it newly
-inserted.
+only write path), republishes their hours, and only then tells the staging they are done: files
+record their ids in `loaded_ids` (fsync'd) and then delete the segments; PostgreSQL marks exactly
+the rows it handed out as loaded, in one transaction, after the DuckDB commit. A crash anywhere
+before that leaves the events staged and the next load skips what the table already holds, so
+each event is in the table exactly once. It returns the events it newly inserted.
 
-The touched `received_at` hours are also republished to `lake/webhook_events/date=/hour=/`
-(atomically, through the lake), so `query.duckdb` gets a `webhook_events` view that never locks the
-pipeline's file.
+The `received_at` hours of the events taken are also republished to
+`lake/webhook_events/date=/hour=/` (atomically, through the lake), so `query.duckdb` gets a
+`webhook_events` view that never locks the pipeline's file; a load that died before its `done`
+republishes them on the next load.
 
 A table created by an earlier version (without the columns added since, at the end of `COLUMNS`)
 gets them on the next load (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`); its older rows keep null
@@ -30,7 +34,7 @@ from ..partitions import HOUR, floor_hour
 from ..storage import Storage
 from ..warehouse import in_transaction
 from .events import columns
-from .staging import append_loaded, closed_segments, read_segment, record_key
+from .staging import Staged, staging_for
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,8 @@ CREATE_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  " + ",\n  ".join(f"{n} {t
 _ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "TIMESTAMPTZ": pa.timestamp("us", tz="UTC")}
 _SCHEMA = pa.schema([(n, _ARROW[t]) for n, t, _ in COLUMNS if n != "loaded_at"])
 _NAMES = [n for n, _, _ in COLUMNS if n != "loaded_at"]
-BATCH = 10_000
+BATCH = 10_000  # rows per DuckDB transaction
+ROUND = 50_000  # rows per take from PostgreSQL (files: every closed segment at once)
 
 
 def ensure_table(con) -> None:
@@ -91,16 +96,8 @@ def ensure_table(con) -> None:
             con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {typ}")
 
 
-def _row(record: dict) -> dict | None:
-    event, key = record["event"], record_key(record)
-    try:
-        received_at = datetime.fromisoformat(record["received_at"]).astimezone(timezone.utc)
-    except (TypeError, ValueError):
-        received_at = None
-    if key is None or received_at is None:
-        log.warning("skipped a staged record without an event key or receive time")
-        return None
-    return {"event_id": key, "received_at": received_at, **columns(event), "payload": event}
+def _row(staged: Staged) -> dict:
+    return {"event_id": staged.key, "received_at": staged.received_at, **columns(staged.event), "payload": staged.event}
 
 
 def _export_hours(con, storage: Storage, hours: set[datetime]) -> None:
@@ -116,17 +113,37 @@ def _export_hours(con, storage: Storage, hours: set[datetime]) -> None:
             )
 
 
-def load_staged_events(storage: Storage, batch_size: int = BATCH) -> list[dict]:
-    """Load every staged event into `webhook_events` (idempotent by event_id, the key), then remove the
-    loaded segments. Returns the newly inserted events, oldest `received_at` first, as dicts with the
-    table's columns (`payload` as a dict, `error` as parsed JSON)."""
-    segments = closed_segments(storage.data_dir)
-    if not segments:
-        return []
+def load_staged_events(storage: Storage, batch_size: int = BATCH, round_size: int = ROUND) -> list[dict]:
+    """Load every staged event into `webhook_events` (idempotent by event_id, the key), then mark
+    them done in the staging (segments removed, or rows marked loaded). Returns the newly inserted
+    events, oldest `received_at` first, as dicts with the table's columns (`payload` as a dict,
+    `error` as parsed JSON)."""
+    staging = staging_for(storage)
+    new: list[dict] = []
+    taken = 0
+    with staging.loading():
+        while True:
+            batch = staging.take(round_size)
+            if not batch.token:
+                break
+            new += _load(storage, batch.events, batch_size)
+            staging.done(batch)  # only after the warehouse commit: see the module doc
+            taken += len(batch.events)
+            if not batch.more:
+                break
+    if not taken:
+        return new
+    storage.publish_views()
+    new.sort(key=lambda r: (r["received_at"], r["event_id"]))
+    log.info("loaded %d new webhook event(s) of %d staged in %s", len(new), taken, staging.where)
+    return new
+
+
+def _load(storage: Storage, staged: list[Staged], batch_size: int) -> list[dict]:
+    """Insert the events of `staged` that the table lacks and republish their hours; the new rows."""
     by_id = {}
-    for segment in segments:
-        for row in filter(None, map(_row, read_segment(segment))):
-            by_id.setdefault(row["event_id"], row)
+    for row in map(_row, staged):
+        by_id.setdefault(row["event_id"], row)
     rows = sorted(by_id.values(), key=lambda r: (r["received_at"], r["event_id"]))
     new_ids: set[str] = set()
     loaded_at = datetime.now(timezone.utc)
@@ -149,18 +166,11 @@ def load_staged_events(storage: Storage, batch_size: int = BATCH) -> list[dict]:
             finally:
                 con.unregister("staged_webhook_events")
             new_ids.update(i for (i,) in inserted)
-        hours = {floor_hour(r["received_at"]) for r in rows if r["event_id"] in new_ids}
-        _export_hours(con, storage, hours)
-    # The index is fsync'd before any segment goes; a concurrent load that re-reads a segment
-    # skips its events in the table.
-    append_loaded(storage.data_dir, [r["event_id"] for r in rows])
-    for segment in segments:
-        segment.unlink(missing_ok=True)
-    if new_ids:
-        storage.publish_views()
+        # every hour taken, not only the new rows': a load killed between its commit and `done`
+        # left those hours unpublished, and the events come back here as not new
+        _export_hours(con, storage, {floor_hour(r["received_at"]) for r in rows})
     new = [r for r in rows if r["event_id"] in new_ids]
     for r in new:
         r["error"] = None if r["error"] is None else orjson.loads(r["error"])
         r["loaded_at"] = loaded_at
-    log.info("loaded %d new webhook event(s) from %d staged segment(s)", len(new), len(segments))
     return new

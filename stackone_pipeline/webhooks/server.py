@@ -42,16 +42,20 @@ def serve(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     log_level: str = "info",
     access_log: bool = False,
+    state_url: str | None = None,
 ) -> None:
     """Serve the webhook receiver until Ctrl-C / SIGTERM. `secrets`: the signing secret, or
     several (while rotating: the old and the new; a delivery signed with any of them is
     accepted). Raises `WebhookConfigError` (clear message, before binding anything) when there
-    is none."""
+    is none. `state_url` (None: STACKONE_STATE_URL): stage in that PostgreSQL database instead
+    of the data directory (`ConnectionError` if it cannot be reached)."""
     secrets = require_secrets(secrets)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("stackone_pipeline.webhooks").setLevel(log_level.upper())
-    app = create_app(data_dir, secrets, path=path, signature_header=signature_header, tolerance_s=tolerance_s)
+    app = create_app(
+        data_dir, secrets, path=path, signature_header=signature_header, tolerance_s=tolerance_s, state_url=state_url
+    )
     log.info(
         "StackOne webhook receiver on http://%s:%d%s (signature header %s, %d secret(s), tolerance %.0f s)",
         host,

@@ -21,6 +21,15 @@ torn last line (a write that never completed, so was never acknowledged).
 The receiver's seen-keys set survives restarts: it is the keys in staged segments plus
 `loaded_ids`, to which the loader appends (fsync'd) *before* it deletes segments. Segments are
 read before the index, so a segment deleted in between is found in the index.
+
+Two places to stage, one interface. `open_staging(data_dir, state_url)` returns a `Staging`: these
+files (`FileStaging`), or, when the state is shared between machines (`STACKONE_STATE_URL=
+postgresql://…`), a PostgreSQL table that every receiver and loader of the deployment reads and
+writes (`PostgresStaging`, postgres_staging.py). The receiver calls `open_writer()` (a
+`StagingWriter`: `known`, `contains`, `stage`, `close`); the loader calls `take`, loads what it
+got, then `done` (loading.py). Both writers commit through `GroupCommit`: one thread commits
+whatever requests are waiting in one go (here one write + fdatasync, there one INSERT), and
+only then are those requests acknowledged.
 """
 
 from __future__ import annotations
@@ -32,11 +41,16 @@ import os
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
+
+from ..state.postgres import PostgresState
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +173,106 @@ def append_loaded(data_dir: Path | str, ids: list[str]) -> None:
     fsync_dir(path.parent)
 
 
-class StagingLog:
+class GroupCommit:
+    """A writer thread that commits whatever is waiting in one go, then answers each submitter.
+
+    Subclasses say what a commit is (`_commit`: the items of one batch -> one result per item, or
+    raise, and every item of the batch gets the error); `_due`/`_tick` give them a timer (the
+    segment rotation) and `_finish` runs once everything pending is committed at `close()`."""
+
+    thread_name = "webhook-staging"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[tuple[object, Callable[[object, BaseException | None], None]]] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    async def append(self, item):
+        """Returns (the commit's result for `item`) once `item` is committed."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def resolve(result, exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(result)
+            else:
+                done.set_exception(exc)
+
+        self.submit(item, lambda result, exc: loop.call_soon_threadsafe(resolve, result, exc))
+        return await asyncio.shield(done)
+
+    def submit(self, item, callback: Callable[[object, BaseException | None], None]) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("staging is closed")
+            self._pending.append((item, callback))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Commit what is pending, then `_finish`."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # --- for subclasses ---
+
+    def _commit(self, items: list) -> list:
+        raise NotImplementedError
+
+    def _due(self) -> float | None:
+        """Seconds until `_tick` has something to do while nothing is pending (None: never)."""
+        return None
+
+    def _tick(self) -> None:
+        pass
+
+    def _finish(self) -> None:
+        pass
+
+    # --- the writer thread ---
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    due = self._due()
+                    if due is None:
+                        self._cond.wait()
+                    elif due <= 0:
+                        break
+                    else:
+                        self._cond.wait(due)
+                batch, self._pending = self._pending, []
+                closing = self._closing
+            self._tick()
+            if batch:
+                self._deliver(batch)
+            if closing and not batch:
+                self._finish()
+                return
+
+    def _deliver(self, batch) -> None:
+        error: BaseException | None = None
+        try:
+            results = self._commit([item for item, _ in batch])
+        except Exception as exc:  # every request of the batch is told (-> 503, the sender retries)
+            results, error = [None] * len(batch), exc
+        for (_, callback), result in zip(batch, results):
+            try:
+                callback(result, error)
+            except RuntimeError:  # the event loop is gone (shutting down); the item is committed
+                pass
+
+
+class StagingLog(GroupCommit):
     """The receiver's writer: `await append(line)` returns once the line is on disk."""
 
     def __init__(self, data_dir: Path | str, rotate_s: float = 1.0, rotate_bytes: int = 16 << 20):
+        super().__init__()
         self.dir = staging_dir(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rotate_s, self.rotate_bytes = rotate_s, rotate_bytes
@@ -173,14 +283,10 @@ class StagingLog:
             self._lock_file.close()
             raise StagingBusyError(f"another webhook receiver is already using {self.dir}") from None
         self.recovered = self._close_leftovers()
-        self._cond = threading.Condition()
-        self._pending: list[tuple[bytes, Callable[[BaseException | None], None]]] = []
-        self._closing = False
         self._fd: int | None = None
         self._path: Path | None = None
         self._opened_at = 0.0
         self._size = 0
-        self._thread = threading.Thread(target=self._run, name="webhook-staging", daemon=True)
         self._thread.start()
 
     def _close_leftovers(self) -> int:
@@ -198,64 +304,27 @@ class StagingLog:
             fsync_dir(self.dir)
         return len(leftovers)
 
-    async def append(self, line: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def resolve(exc: BaseException | None) -> None:
-            if done.done():
-                return
-            if exc is None:
-                done.set_result(None)
-            else:
-                done.set_exception(exc)
-
-        self.submit(line, lambda exc: loop.call_soon_threadsafe(resolve, exc))
-        await asyncio.shield(done)
-
-    def submit(self, line: bytes, callback: Callable[[BaseException | None], None]) -> None:
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("staging is closed")
-            self._pending.append((line, callback))
-            self._cond.notify()
-
     def close(self) -> None:
         """Write what is pending, close the open segment, release the data directory."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+        super().close()
         self._lock_file.close()
 
-    # --- the writer thread ---
+    # --- in the writer thread ---
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    if self._fd is None:
-                        self._cond.wait()
-                    else:
-                        due = self._opened_at + self.rotate_s - time.monotonic()
-                        if due <= 0:
-                            break
-                        self._cond.wait(due)
-                batch, self._pending = self._pending, []
-                closing = self._closing
-            if self._fd is not None and (
-                time.monotonic() - self._opened_at >= self.rotate_s or self._size >= self.rotate_bytes
-            ):
-                self._close_segment()
-            if batch:
-                self._write(batch)
-            if closing and not batch:
-                self._close_segment()
-                return
+    def _due(self) -> float | None:
+        return None if self._fd is None else self._opened_at + self.rotate_s - time.monotonic()
 
-    def _write(self, batch) -> None:
-        data = b"".join(line for line, _ in batch)
-        error: BaseException | None = None
+    def _tick(self) -> None:
+        if self._fd is not None and (
+            time.monotonic() - self._opened_at >= self.rotate_s or self._size >= self.rotate_bytes
+        ):
+            self._close_segment()
+
+    def _finish(self) -> None:
+        self._close_segment()
+
+    def _commit(self, lines: list[bytes]) -> list[None]:
+        data = b"".join(lines)
         try:
             if self._fd is None:
                 self._open_segment()
@@ -265,14 +334,10 @@ class StagingLog:
             os.fdatasync(self._fd)
             self._size += len(data)
         except OSError as exc:
-            error = exc
-            log.error("could not stage %d event(s): %s", len(batch), exc.strerror or type(exc).__name__)
+            log.error("could not stage %d event(s): %s", len(lines), exc.strerror or type(exc).__name__)
             self._abandon_segment()
-        for _, callback in batch:
-            try:
-                callback(error)
-            except RuntimeError:  # the event loop is gone (shutting down); the line is on disk
-                pass
+            raise
+        return [None] * len(lines)
 
     def _open_segment(self) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -302,3 +367,184 @@ class StagingLog:
         except OSError:
             os.close(self._fd)  # left open: the next start-up closes it, minus any torn line
             self._fd = self._path = None
+
+
+# --- the interface: where staged events wait, for the receiver and the loader ------------------
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One staged event, as the loader reads it."""
+
+    key: str  # the idempotency key
+    received_at: datetime  # aware, UTC
+    event: dict  # the body as received
+
+
+@dataclass
+class StagedBatch:
+    """What one `Staging.take` found; hand it back to `Staging.done` once it is in the warehouse."""
+
+    events: list[Staged]
+    more: bool = False  # another take() may find more right away
+    token: list = field(default_factory=list)  # what done() removes: segments, or keys
+
+
+class StagingWriter(ABC):
+    """The receiver's side: stage an event durably, say whether a key was received already."""
+
+    where: str
+    recovered = 0  # segments a killed receiver left open, closed at start-up
+
+    @abstractmethod
+    def known(self, key: str) -> bool:
+        """Whether `key` is known to be received, from memory (the hot path: no I/O)."""
+
+    @abstractmethod
+    async def contains(self, key: str) -> bool:
+        """Whether `key` was received, by any receiver sharing this staging (may ask the database)."""
+
+    @abstractmethod
+    async def stage(self, key: str, received_at: datetime, event: dict) -> bool:
+        """Stage `event` durably; returns once it is committed: True, or False when `key` was
+        staged already (by another receiver) and nothing was written. Raises if it could not."""
+
+    def describe(self) -> str:
+        """For the start-up log line."""
+        return ""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Commit what is pending and let go."""
+
+
+class Staging(ABC):
+    """Where received events wait for the loader (files of a data directory, or a PostgreSQL table)."""
+
+    kind: str
+    where: str
+
+    @abstractmethod
+    def open_writer(self) -> StagingWriter:
+        """The receiver's writer (one thread committing in batches)."""
+
+    @abstractmethod
+    def take(self, limit: int) -> StagedBatch:
+        """Staged events not loaded yet (files: every closed segment, whatever `limit`)."""
+
+    @abstractmethod
+    def done(self, batch: StagedBatch) -> None:
+        """`batch` is in the warehouse: never hand it out again (call only after the commit)."""
+
+    def loading(self) -> AbstractContextManager:
+        """Held for the length of a load (loads are idempotent; this only saves double work)."""
+        return nullcontext()
+
+    @abstractmethod
+    def waiting(self) -> list[tuple[str, float]]:
+        """(name, unix time) of each loadable unit, oldest first: what the sensor watches. The
+        names change when new events are staged; the time is when the unit became loadable."""
+
+
+def _staged(record: dict) -> Staged | None:
+    key = record_key(record)
+    try:
+        received_at = datetime.fromisoformat(record["received_at"]).astimezone(timezone.utc)
+    except (TypeError, ValueError):
+        received_at = None
+    if key is None or received_at is None:
+        log.warning("skipped a staged record without an event key or receive time")
+        return None
+    return Staged(key, received_at, record["event"])
+
+
+class FileWriter(StagingWriter):
+    """The staging log of one data directory, with the seen-keys set (rebuilt from disk at
+    start-up; see the module doc). One per data directory: a second one raises StagingBusyError."""
+
+    def __init__(self, data_dir: Path | str):
+        self.log = StagingLog(data_dir)  # takes the data directory's receiver lock
+        try:
+            self.seen: set[str] = seen_ids(data_dir)
+        except BaseException:
+            self.log.close()
+            raise
+        self.where = str(self.log.dir)
+        self.recovered = self.log.recovered
+
+    def known(self, key: str) -> bool:
+        return key in self.seen
+
+    async def contains(self, key: str) -> bool:
+        return key in self.seen
+
+    async def stage(self, key: str, received_at: datetime, event: dict) -> bool:
+        await self.log.append(record_line(received_at.isoformat(timespec="microseconds"), event, key))
+        self.seen.add(key)
+        return True
+
+    def describe(self) -> str:
+        text = f"; {len(self.seen)} event keys already received"
+        return text + (f"; closed {self.recovered} segment(s) left open" if self.recovered else "")
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class FileStaging(Staging):
+    """Segments under `<data_dir>/webhooks/staging/`: the receiver and the loader share the disk."""
+
+    kind = "files"
+
+    def __init__(self, data_dir: Path | str):
+        self.data_dir = Path(data_dir)
+        self.where = str(staging_dir(data_dir))
+
+    def __repr__(self) -> str:
+        return f"FileStaging({self.where!r})"
+
+    def open_writer(self) -> FileWriter:
+        return FileWriter(self.data_dir)
+
+    def take(self, limit: int) -> StagedBatch:
+        segments = closed_segments(self.data_dir)
+        events = [e for segment in segments for e in map(_staged, read_segment(segment)) if e is not None]
+        return StagedBatch(events, more=False, token=segments)
+
+    def done(self, batch: StagedBatch) -> None:
+        # The index is fsync'd before any segment goes; a concurrent load that re-reads a segment
+        # skips its events in the table.
+        append_loaded(self.data_dir, list(dict.fromkeys(e.key for e in batch.events)))
+        for segment in batch.token:
+            segment.unlink(missing_ok=True)
+
+    def waiting(self) -> list[tuple[str, float]]:
+        out = []
+        for path in closed_segments(self.data_dir):
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:  # loaded meanwhile
+                mtime = time.time()
+            out.append((path.name, mtime))
+        return out
+
+
+STATE_URL_ENV = "STACKONE_STATE_URL"
+
+
+def open_staging(data_dir: Path | str, state: PostgresState | str | None = None) -> Staging:
+    """The deployment's staging: a PostgreSQL table when the state is shared (`state`: a
+    PostgresState or a postgresql:// URL; None follows STACKONE_STATE_URL, "" means none), else
+    the segment files of `data_dir`."""
+    if state is None:
+        state = os.environ.get(STATE_URL_ENV, "")
+    if not state:
+        return FileStaging(data_dir)
+    from .postgres_staging import PostgresStaging  # psycopg is only there with the deploy extra
+
+    return PostgresStaging(state if isinstance(state, PostgresState) else PostgresState(state))
+
+
+def staging_for(storage) -> Staging:
+    """The staging a `Storage` loads from: its shared state's table, else its data directory's files."""
+    return open_staging(storage.data_dir, storage.shared_state or "")
