@@ -138,7 +138,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
     w = command(
         "webhooks",
-        "receive signed StackOne webhooks into <data dir>/webhooks/staging "
+        "receive signed StackOne webhooks into <data dir>/webhooks/staging (with STACKONE_STATE_URL: "
+        "the webhook_staging table) "
         "(needs STACKONE_WEBHOOK_SECRET, or STACKONE_WEBHOOK_SECRETS=old,new while rotating)",
     )
     w.add_argument("--host", default="127.0.0.1")

@@ -352,7 +352,7 @@ def cmd_webhooks(args) -> int:
             signature_header=args.signature_header,
             tolerance_s=args.tolerance,
         )
-    except (WebhookConfigError, StagingBusyError) as exc:
+    except (WebhookConfigError, StagingBusyError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -159,6 +159,7 @@ class DagsterDev:
     _log_file: object = None
     _stopped: bool = False
     stop_log: list = field(default_factory=list)
+    dagster_yaml: str = "telemetry:\n  enabled: false\n"
 
     @property
     def url(self) -> str:
@@ -166,7 +167,7 @@ class DagsterDev:
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (self.home / "dagster.yaml").write_text(self.dagster_yaml)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [
