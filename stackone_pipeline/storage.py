@@ -140,17 +140,23 @@ class Storage:
     @contextmanager
     def hour_lock(self, stage: str, hour: datetime) -> Iterator[None]:
         """Exclusive use of (stage, hour) across threads and processes: a second run of the
-        same hour queues behind the first instead of breaking it (file locks on one machine,
-        PostgreSQL advisory locks across machines)."""
+        same hour queues behind the first instead of breaking it."""
+        with self.named_lock(f"{stage}--{hour:%Y-%m-%dT%H}", what=f"{stage} of {hour:%Y-%m-%d %H}:00 UTC"):
+            yield
+
+    @contextmanager
+    def named_lock(self, name: str, what: str | None = None) -> Iterator[None]:
+        """Exclusive use of `name` (within this project) across threads and processes: file locks
+        on one machine, PostgreSQL advisory locks across machines."""
+        what = what or name
         if self.shared_state is not None:
             try:
-                with self.shared_state.advisory_lock(f"hour:{self.project}:{stage}:{hour:%Y-%m-%dT%H}"):
+                with self.shared_state.advisory_lock(f"lock:{self.project}:{name}"):
                     yield
                 return
             except StateBusyError as exc:
-                raise StorageBusyError(f"{stage} of {hour:%Y-%m-%d %H}:00 UTC: {exc}") from None
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", stage)
-        path = self.local_dir(".locks") / f"{name}--{hour:%Y-%m-%dT%H}.lock"
+                raise StorageBusyError(f"{what}: {exc}") from None
+        path = self.local_dir(".locks") / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
         deadline = time.monotonic() + self.warehouse.lock_timeout_s
         with open(path, "a") as f:
             while True:
@@ -160,8 +166,7 @@ class Storage:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise StorageBusyError(
-                            f"{stage} of {hour:%Y-%m-%d %H}:00 UTC is held by another run for more than "
-                            f"{self.warehouse.lock_timeout_s:.0f}s ({path})"
+                            f"{what} is held by another run for more than {self.warehouse.lock_timeout_s:.0f}s ({path})"
                         ) from None
                     time.sleep(0.05)
             try:

@@ -30,6 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,8 +165,10 @@ class HourQuery:
         memory_limit: str = "128MB",
         details: Path | None = None,
         only: pa.Table | None = None,
+        took_later: bool = False,
     ):
-        """`only` (a replay): just the rows whose ledger key is in its `request_id` column."""
+        """`only` (a replay): just the rows whose ledger key is in its `request_id` column.
+        `took_later`: the sink already has an hour after this one (for a time-ordered sink's key)."""
         self.path = str(path)
         self.details = str(details) if details else None
         self.con = duckdb.connect(config={"memory_limit": memory_limit})
@@ -174,6 +177,7 @@ class HourQuery:
         # more CPU for the same rows, and the cores are better spent on sending.
         self.con.execute("SET threads = 1")
         self.con.register("delivered", delivered)
+        self.con.execute("CREATE TEMP TABLE sink_state AS SELECT ?::BOOLEAN AS took_later", [took_later])
         self.only = only is not None
         if self.only:
             self.con.register("only_keys", only)
@@ -346,8 +350,21 @@ def deliver_hour(sink: Sink, storage: Storage, hour: datetime, transport: Transp
     """Deliver one hour to one sink. Exclusive per (sink, hour) across runs: the hourly run, the
     lookback and a webhook-triggered re-ingest delivering the same hour queue, and each reads
     the ledger only once the one before it has recorded what it sent (no duplicates)."""
-    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour):
+    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour), in_turn(sink, storage):
         return _deliver_hour(sink, storage, hour, transport, **kw)
+
+
+@contextmanager
+def in_turn(sink: Sink, storage: Storage) -> Iterator[None]:
+    """A time-ordered sink (Loki: a stream refuses entries an hour behind its newest) takes one
+    hour at a time per project, whichever run or machine delivers it, so that "has the sink taken
+    a later hour?" (`Ledger.took_later`, which sends an older hour to its own stream) is still true
+    when its entries arrive: runs of a backfill's chunks in parallel never race on a stream."""
+    if not sink.time_ordered:
+        yield
+        return
+    with storage.named_lock(f"deliver-{sink.name}-in-order"):
+        yield
 
 
 def replay_hour(
@@ -356,7 +373,7 @@ def replay_hour(
     """Send the (sink, hour) dead letters (only those of `reason`, if given) again, as a delivery
     does, under the same lock: what the sink takes now leaves the dead letters, what it refuses
     again stays (its refusals counted)."""
-    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour):
+    with storage.explained(), storage.hour_lock(f"deliver-{sink.name}", hour), in_turn(sink, storage):
         Ledger(storage).flush(sink.name, hour)  # a killed run's journal first: it may settle some
         return _deliver_hour(sink, storage, hour, transport, replay=dead_letters.keys(storage, sink.name, hour, reason))
 
@@ -387,7 +404,12 @@ def _deliver_hour(
     # A replay's rows are often the largest of the hour (refused as too large), and DuckDB's semi join
     # on them holds several copies of each entry at once: a higher ceiling, still a ceiling.
     query = HourQuery(
-        path, delivered, details=details, only=replay, memory_limit="128MB" if replay is None else "512MB"
+        path,
+        delivered,
+        details=details,
+        only=replay,
+        memory_limit="128MB" if replay is None else "512MB",
+        took_later=sink.time_ordered and ledger.took_later(sink.name, hour),
     )
     window = sink.window(now)
     report = DeliveryReport(sink.name, hour, on_resend=sink.on_resend, **query.counts(window))

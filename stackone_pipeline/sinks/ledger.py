@@ -142,6 +142,28 @@ class Ledger:
                 params={"sink": sink, "hour": hour},
             ).to_arrow_table()
 
+    def took_later(self, sink: str, hour: datetime) -> bool:
+        """Whether `sink` has taken records of an hour after `hour` (a time-ordered sink's stream has
+        moved past it: delivery.py sends such an hour to its own stream)."""
+        accepted = f"outcome IN ('{ACCEPTED}', '{PARTIAL}')"
+        if self.shared is not None:
+            with self._pg() as con:
+                (found,) = con.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM delivery_ledger WHERE project = %s AND sink = %s AND hour > %s "
+                    f"AND {accepted})",
+                    [self.storage.project, sink, hour],
+                ).fetchone()
+            return bool(found)
+        if not self.state.path.exists():
+            return False
+        with self.state.writer() as con:
+            con.execute(CREATE)
+            (found,) = con.execute(
+                f"SELECT EXISTS (SELECT 1 FROM delivery_ledger WHERE sink = ? AND hour > ? AND {accepted})",
+                [sink, hour],
+            ).fetchone()
+        return bool(found)
+
     def outcomes(self, sink: str, hour: datetime) -> dict[str, str]:
         """key -> outcome, for `sink` and `hour` (small hours and tests)."""
         table = self.delivered_ids(sink, hour)

@@ -19,8 +19,11 @@
   older than its newest entry minus `max_chunk_age`/2 (1 h by default: `too_far_behind`), so the
   rows of hour H found by the lookback after hours H+1.. were delivered would be refused from the
   plain stream. The rule: the *first* delivery of an hour (the ledger has no accepted record of
-  that sink and hour) goes to the plain stream, as before; every later delivery of that hour (its
-  late arrivals, a crash's rest) goes to the stream with one more label,
+  that sink and hour, nor of a later hour) goes to the plain stream, as before; every later
+  delivery of that hour (its late arrivals, a crash's rest), and the first delivery of an hour
+  older than one the sink already took (a backfill behind the schedule, or a chunk of a parallel
+  backfill behind another: delivery.in_turn takes such hours one at a time), goes to the stream
+  with one more label,
   `late_shard="<YYYY-MM-DDTHH>"`, the UTC hour of the entry's own event time. Such a stream only
   ever holds entries of one hour, so its newest entry is < H+1h and every entry it is sent is
   >= H > newest - 1 h: no push into it can be too far behind, whatever the order or number of
@@ -60,7 +63,10 @@ LATE_LABEL = "late_shard"
 _SHARD_SEP = "\x1f"  # between provider and shard hour in the batch key
 _PROJECT_SEP = "\x1e"  # between the project (when not the default one) and the provider
 # The hour already has a delivery to this sink: what is sent now is late, and goes to its hour's shard.
-_HAD_DELIVERY = "EXISTS (SELECT 1 FROM delivered WHERE outcome IN ('accepted', 'partial'))"
+# The hour goes to its own (late_shard) stream once the sink took some of it, or took a later hour.
+_HAD_DELIVERY = (
+    "(EXISTS (SELECT 1 FROM delivered WHERE outcome IN ('accepted', 'partial')) OR (SELECT took_later FROM sink_state))"
+)
 # Rejects of single entries (permanent for that entry). Anything else in a 400 is about the push
 # or the server's configuration, e.g. structured metadata disallowed (Loki 2.x): fail, send later.
 _ENTRY_ERROR = re.compile(
