@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from .settings import DEFAULT_RETENTION_DAYS, env_int, retention_days_from_env
+from .settings import DEFAULT_RETENTION_DAYS, backfill_run_hours_from_env, retention_days_from_env
 
 HOUR = timedelta(hours=1)
 RETENTION_DAYS = DEFAULT_RETENTION_DAYS  # StackOne's default; a project can set another (Settings.retention_days)
@@ -32,9 +32,7 @@ def hourly_backfill_policy(env=None) -> dg.BackfillPolicy:
     """How a Dagster backfill of the hourly assets is split into runs: one run for the whole range
     (the default: one process, one warehouse writer), or with STACKONE_BACKFILL_RUN_HOURS=N runs of
     N hours each, which the run queue hands to as many workers as it allows (docs/deploy.md)."""
-    import os
-
-    hours = env_int(os.environ if env is None else env, "STACKONE_BACKFILL_RUN_HOURS", 0, lo=0)
+    hours = backfill_run_hours_from_env(env)
     return dg.BackfillPolicy.multi_run(max_partitions_per_run=hours) if hours else dg.BackfillPolicy.single_run()
 
 

@@ -142,6 +142,24 @@ def retention_days_from_env(env: Env | None = None) -> int:
     return env_int(env, "STACKONE_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, 3650)
 
 
+# -- a deployment beyond one machine (docs/deploy.md) --------------------------------------------
+# Read on their own by the modules they place (storage.py, the rate limiter, webhook staging,
+# partitions.py): every process of a deployment, sensors and run workers alike, shares them.
+def lake_url_from_env(env: Env | None = None) -> str:
+    """STACKONE_LAKE_URL: "" (the data directory's lake/), file:///path, or s3://bucket/prefix."""
+    return (os.environ if env is None else env).get("STACKONE_LAKE_URL", "").strip()
+
+
+def state_url_from_env(env: Env | None = None) -> str:
+    """STACKONE_STATE_URL: "" (the data directory) or postgresql://… (the shared state)."""
+    return (os.environ if env is None else env).get("STACKONE_STATE_URL", "").strip()
+
+
+def backfill_run_hours_from_env(env: Env | None = None) -> int:
+    """STACKONE_BACKFILL_RUN_HOURS: hours per run of a Dagster backfill; 0 (unset): one run."""
+    return env_int(os.environ if env is None else env, "STACKONE_BACKFILL_RUN_HOURS", 0, lo=0)
+
+
 def _secrets(values: dict[str, str], names: dict[str, str]) -> dict[str, str]:
     """{field: variable} for the secret fields that are set."""
     return {f: var for f, var in names.items() if values.get(f)}
@@ -462,7 +480,7 @@ class Settings:
     def from_env(cls, env: Env | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         scratch_per_run = env_bool(env, "STACKONE_SCRATCH_PER_RUN", False)
-        if scratch_per_run and not (env.get("STACKONE_LAKE_URL") and env.get("STACKONE_STATE_URL")):
+        if scratch_per_run and not (lake_url_from_env(env) and state_url_from_env(env)):
             raise SettingsError(
                 "STACKONE_SCRATCH_PER_RUN=true removes each run's directory when it ends: it needs the lake "
                 "and the state elsewhere (STACKONE_LAKE_URL and STACKONE_STATE_URL), or the data would go with it"

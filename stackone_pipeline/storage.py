@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import os
 import re
 import shutil
 import time
@@ -30,6 +29,7 @@ import duckdb
 from .lake import Lake
 from .lake.object_store import ObjectStore, is_remote_url, local_path
 from .projects import DEFAULT_PROJECT
+from .settings import lake_url_from_env, state_url_from_env
 from .state import PostgresState
 from .state.postgres import StateBusyError
 from .warehouse import Warehouse
@@ -76,14 +76,14 @@ class Storage:
         # Like the state, the lake follows the deployment's environment (STACKONE_LAKE_URL): a
         # file:// URL (or a path) is a lake directory of its own, an object store URL is mirrored
         # under the data directory; "" = the data directory's lake/, as on a laptop.
-        lake_url = os.environ.get("STACKONE_LAKE_URL", "") if lake_url is None else lake_url
+        lake_url = lake_url_from_env() if lake_url is None else lake_url
         self.lake_url = lake_url
         self.remote_lake = ObjectStore(lake_url) if is_remote_url(lake_url) else None
         self.lake = self._lake(project)
         self.warehouse = Warehouse(self.data_dir, lock_timeout_s=lock_timeout_s)
         # Every process of a deployment shares its environment: the state follows STACKONE_STATE_URL
         # unless a caller says otherwise ("" = the data directory).
-        state_url = os.environ.get("STACKONE_STATE_URL", "") if state_url is None else state_url
+        state_url = state_url_from_env() if state_url is None else state_url
         self.state: Warehouse | PostgresState = (
             PostgresState(state_url, lock_timeout_s=lock_timeout_s) if state_url else self.warehouse
         )

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stackone_pipeline"
 # Lower layers never import higher ones; a layer may import itself and anything below.
 LAYERS = [
     {"settings", "partitions", "projects", "http"},
-    {"stackone", "simulator", "lake", "warehouse"},
+    {"stackone", "simulator", "lake", "warehouse", "state"},
     {"storage"},
     {"ingest", "analytics", "sinks", "notify", "webhooks"},
     {"reporting"},

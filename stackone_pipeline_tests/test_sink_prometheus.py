@@ -184,7 +184,11 @@ def test_the_guides_5_minute_error_rate_matches_duckdb_buckets(backfilled, prome
             assert (provider, bucket) not in got and e == 0, (provider, bucket)
     assert erring and len(erring) < len({provider for provider, *_ in rows})  # both branches are exercised
     burst = [got[("workday", int(ts(hour)) + m * 60)] for m in (20, 25, 30)]
-    assert min(burst) > 0.3  # the simulator's error burst is visible
+    calm = [got.get(("workday", int(ts(hour)) + m * 60), 0.0) for m in (0, 5, 45, 50, 55)]
+    calm = [v for v in calm if v == v] or [0.0]  # NaN: no workday request in that bucket
+    # the simulator's error burst is visible: a few workday rows a bucket, so one bucket may by
+    # chance hold no error on some days; the window as a whole stands out
+    assert sum(burst) / len(burst) > 0.3 and sum(burst) / len(burst) > 2 * sum(calm) / len(calm)
 
 
 def test_p95_lies_in_the_bucket_histogram_quantile_lands_in(backfilled, prometheus):

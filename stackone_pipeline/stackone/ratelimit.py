@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from ..settings import state_url_from_env
+
 SAFETY_MARGIN = 1.02
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,7 @@ def shared_limiter(
     key and database shares; else, with `state_dir`, the file `<state_dir>/<hash>.tat`, which
     every process using the key and directory shares."""
     name = key_hash(base_url, api_key)
-    state_url = os.environ.get("STACKONE_STATE_URL", "") if state_url is None else state_url
+    state_url = state_url_from_env() if state_url is None else state_url
     key = (name, per_minute, window_s, state_url or str(state_dir or ""))
     with _shared_lock:
         if key not in _shared:

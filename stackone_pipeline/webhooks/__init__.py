@@ -82,7 +82,8 @@ from .signing import (
     stackone_headers,
     verify,
 )
-from .staging import Staging, StagingBusyError, closed_segments, open_staging, staged_records, staging_for
+from .staging import Staging, StagingBusyError, closed_segments, staged_records
+from .staging_backend import open_staging, staging_for
 
 __all__ = [
     "COLUMNS",

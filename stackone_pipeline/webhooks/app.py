@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from .events import EventError, parse_event
 from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from .staging import open_staging
+from .staging_backend import open_staging
 
 log = logging.getLogger("stackone_pipeline.webhooks")
 

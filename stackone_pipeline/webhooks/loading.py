@@ -34,7 +34,8 @@ from ..partitions import HOUR, floor_hour
 from ..storage import Storage
 from ..warehouse import in_transaction
 from .events import columns
-from .staging import Staged, staging_for
+from .staging import Staged
+from .staging_backend import staging_for
 
 log = logging.getLogger(__name__)
 

@@ -50,8 +50,6 @@ from pathlib import Path
 
 import orjson
 
-from ..state.postgres import PostgresState
-
 log = logging.getLogger(__name__)
 
 CLOSED = ".jsonl"
@@ -527,24 +525,3 @@ class FileStaging(Staging):
                 mtime = time.time()
             out.append((path.name, mtime))
         return out
-
-
-STATE_URL_ENV = "STACKONE_STATE_URL"
-
-
-def open_staging(data_dir: Path | str, state: PostgresState | str | None = None) -> Staging:
-    """The deployment's staging: a PostgreSQL table when the state is shared (`state`: a
-    PostgresState or a postgresql:// URL; None follows STACKONE_STATE_URL, "" means none), else
-    the segment files of `data_dir`."""
-    if state is None:
-        state = os.environ.get(STATE_URL_ENV, "")
-    if not state:
-        return FileStaging(data_dir)
-    from .postgres_staging import PostgresStaging  # psycopg is only there with the deploy extra
-
-    return PostgresStaging(state if isinstance(state, PostgresState) else PostgresState(state))
-
-
-def staging_for(storage) -> Staging:
-    """The staging a `Storage` loads from: its shared state's table, else its data directory's files."""
-    return open_staging(storage.data_dir, storage.shared_state or "")
