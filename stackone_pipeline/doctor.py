@@ -278,6 +278,12 @@ def run_check(
 ) -> CheckResult:
     """Check the data directory; raises DoctorError if it holds neither a warehouse nor a lake."""
     storage = Storage(data_dir, lock_timeout_s=lock_timeout_s)
+    if storage.remote_lake is not None:
+        raise DoctorError(
+            f"check verifies a data directory that holds its lake; this one mirrors {storage.remote_lake.url} "
+            "(STACKONE_LAKE_URL), whose hours are whole by construction (one atomic upload each) and whose "
+            "machines' directories are caches. Query it with `stackone-pipeline query` (docs/deploy.md)."
+        )
     has_warehouse, has_lake = storage.warehouse.path.is_file(), storage.lake.root.is_dir()
     if not (has_warehouse or has_lake):
         raise DoctorError(

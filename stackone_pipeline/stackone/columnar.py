@@ -63,6 +63,18 @@ class Page:
     def __len__(self) -> int:
         return len(self.records)
 
+    @classmethod
+    def concat(cls, pages: list[Page]) -> Page:
+        """Several pages as one (their records in order), so that small pages are normalised
+        together: each compute call of the normalisation costs ~15 µs whatever its length, ~0.5 ms
+        a call of `normalise_page`, which is 5 µs a row at 100 rows a page."""
+        if len(pages) == 1:
+            return pages[0]
+        out = cls(pa.concat_arrays([p.records for p in pages]), pages[-1].next)
+        if all(p._event_times is not None for p in pages):
+            out._event_times = pa.concat_arrays([p._event_times for p in pages])
+        return out
+
     def event_times(self) -> pa.TimestampArray:
         """`event_datetime` as UTC timestamps, parsed once (the window check and the
         normalisation both need them)."""
