@@ -39,7 +39,7 @@ import ingest_bench  # noqa: E402
 import sinks_bench  # noqa: E402
 import webhooks_bench  # noqa: E402
 
-from benchmarks import deep_backfill, dlt_baseline, stages_bench  # noqa: E402
+from benchmarks import deep_backfill, deploy_bench, dlt_baseline, stages_bench  # noqa: E402
 from benchmarks.report import Row, Section, machine, render, verdict  # noqa: E402
 
 SECTIONS = (
@@ -49,6 +49,7 @@ SECTIONS = (
     "ingest",
     "ratelimit",
     "backfill",
+    "deploy",
     "ingest_rss",
     "analytics",
     "sinks",
@@ -82,6 +83,7 @@ class Config:
         self.sink_repeat = 1 if quick else 3
         self.wh_events, self.wh_naive = (1_000, 40) if quick else (5_000, 100)
         self.bf_hours = 48 if quick else 2150
+        self.dp_hours = 24 if quick else 48  # deploy: three `dagster dev` backfills (deploy_bench.py)
         self.bf_concurrency = 4  # StackOneResource's default, which the Dagster run uses
         # analytics: rows per history hour (the standalone script's default is 25,000: ~2 more minutes)
         self.an_history_rows = 5_000 if quick else (25_000 if full else 10_000)
@@ -470,6 +472,51 @@ def section_backfill(cfg: Config) -> Section:
     return s
 
 
+def section_deploy(cfg: Config) -> Section:
+    s = Section(
+        "deploy",
+        f"Deployment shapes: a {cfg.dp_hours}-hour backfill through `dagster dev`",
+        f"The same backfill of the last {cfg.dp_hours} closed hours (one page an hour, 600 requests/minute at "
+        "the simulator and in the pipeline, details off, no sinks) of `request_logs` and everything downstream, "
+        "launched with the UI's GraphQL mutation on a fresh `dagster dev`, three ways: SQLite instance with "
+        "local lake and state in one run; the PostgreSQL instance of docs/deploy/dagster.yaml in one run; and "
+        "that instance with the state in PostgreSQL, the lake in S3 (moto) and STACKONE_BACKFILL_RUN_HOURS "
+        "giving 4 chunks, two at once, each in its own scratch directory (`benchmarks/deploy_bench.py`). "
+        "Wall time from the launch to the end of the last run against the pure fetch time the limit allows; "
+        "step seconds per kind from the runs' step statistics; 'no step running' is the wall minus the union "
+        "of the step intervals. One run each.",
+        cmd(cfg, "deploy"),
+    )
+    for r in deploy_bench.run(cfg.dp_hours, 600, 100):
+        title = deploy_bench.TITLES[r.config]
+        if not r.runs:
+            s.rows.append(Row(f"{title}: wall", "FAILED", result="ERROR"))
+            s.notes.append(f"{r.config}: {r.error}")
+            continue
+        k, b = r.by_kind(), r.breakdown()
+        s.rows.append(
+            Row(
+                f"{title}: wall, launch to last run's end",
+                f"{r.wall:,.1f} s ({len(r.runs)} run(s))",
+                f"{r.fetch_floor:,.1f} s pure fetch ({r.ok_requests:,} requests at {r.rate_limit}/min)",
+                f"{r.ratio:.2f}x",
+                summary=f"{r.wall:,.0f} s vs {r.fetch_floor:,.1f} s pure fetch ({r.ratio:.1f}x)",
+            )
+        )
+        s.rows.append(
+            Row(
+                f"{title}: where the time goes",
+                ", ".join(f"{name} {k[name]:.1f} s" for name in deploy_bench.STEP_KINDS)
+                + f"; no step running {b['no_step']:.1f} s (launch to first run created "
+                f"{b['until_first_created']:.1f} s, to started {b['created_to_started']:.1f} s, later "
+                f"{b['no_step_later']:.1f} s); backfill settled after {r.settled:.1f} s",
+            )
+        )
+        if r.error:
+            s.notes.append(f"{r.config}: {r.error[:500]}")
+    return s
+
+
 def section_command(cfg: Config) -> Section:
     s = Section(
         "command",
@@ -632,6 +679,7 @@ RUNNERS: dict[str, Callable[[Config], Section]] = {
     "sinks": section_sinks,
     "webhooks": section_webhooks,
     "backfill": section_backfill,
+    "deploy": section_deploy,
 }
 
 
