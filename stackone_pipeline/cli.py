@@ -196,10 +196,10 @@ def cmd_query(args) -> int:
 
     storage = Storage(settings.data_dir)
     path = storage.query_path
-    if not path.exists() and storage.remote_lake is not None:  # a reader's own views over the shared lake
+    if storage.remote_lake is not None:  # a reader's own views over the shared lake (new datasets too)
         from .analytics import tables
 
-        storage.publish_views(extra_views=tables.views())
+        storage.publish_views(extra_views=tables.views(), reader=True)
     if not path.exists():
         raise UsageError(f"no {path} yet: ingest some hours first (stackone-pipeline backfill or demo)")
     sql = args.sql if args.sql != "-" else sys.stdin.read()

@@ -222,7 +222,7 @@ class Storage:
             finally:
                 con.close()
 
-    def publish_views(self, extra_views: dict[str, str] | None = None) -> list[str]:
+    def publish_views(self, extra_views: dict[str, str] | None = None, reader: bool = False) -> list[str]:
         """Create the views of query.duckdb that are missing: one per lake dataset (every
         project's files of it), then `extra_views` ({name: SELECT}) that build on them. Runs queue
         on a lock; skipped, with a warning, while a person has query.duckdb open.
@@ -231,7 +231,13 @@ class Storage:
         re-creating one reads every file's footer (union_by_name), a cost that grows with history,
         so existing views are left alone, unless they were made for another lake (the data
         directory was moved or copied, a project or a project's dataset appeared): then all of
-        them are made again."""
+        them are made again.
+
+        With the lake in an object store, runs make no views (a run's directory is a cache, and
+        making them reads every object's footer over the network); a reader asks (`reader=True`:
+        `stackone-pipeline query`)."""
+        if self.remote_lake is not None and not reader:
+            return []
         lakes = self.lakes()
         datasets = sorted({d for lake in lakes.values() for d in lake.datasets()})
         key = self.views_key()

@@ -187,9 +187,10 @@ def hydrate_from_lake(con: duckdb.DuckDBPyConnection, storage: Storage, hours: l
     therefore derives the same figures whatever ran where before, as long as the history is in the
     lake by then (docs/deploy.md: chunks of a parallel backfill see earlier chunks' history only
     once those have run)."""
+    found = storage.lake.fetch_hours(REQUEST_LOGS, hours)
     with in_transaction(con):
         for hour in hours:
-            path = storage.lake.find_hour(REQUEST_LOGS, hour)
+            path = found.get(hour)
             con.execute("DELETE FROM request_logs WHERE hour = ?", [hour])
             if path is not None:
                 con.execute(
@@ -205,8 +206,7 @@ def hydrate_from_lake(con: duckdb.DuckDBPyConnection, storage: Storage, hours: l
             ).fetchall()
         }
         missing = (wanted - have) & storage.lake.hours(VOLUME) if wanted - have else set()
-        for hour in sorted(missing):
-            path = storage.lake.find_hour(VOLUME, hour)
+        for path in storage.lake.fetch_hours(VOLUME, sorted(missing)).values():
             if path is not None:
                 con.execute(
                     "INSERT INTO request_volume_hourly BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
@@ -233,11 +233,12 @@ def export_hours(con: duckdb.DuckDBPyConnection, storage: Storage, table: str, h
     ).to_arrow_table()
     by_hour = pc.value_counts(data.column("hour")).to_pylist() if data.num_rows else []
     counts = {item["values"]: item["counts"] for item in by_hour}
-    out, start = {}, 0
+    out, parts, start = {}, {}, 0
     for hour in sorted(hours):  # ORDER BY ALL puts `hour`, every table's first column, first
         n = counts.get(hour, 0)
-        storage.lake.publish_table(table, hour, data.slice(start, n))
+        parts[hour] = data.slice(start, n)
         out[hour], start = n, start + n
+    storage.lake.publish_tables(table, parts)
     return out
 
 

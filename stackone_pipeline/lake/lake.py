@@ -20,6 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from .object_store import ObjectStore
 
 FILE_NAME = "part-0.parquet"
+UPLOADS_AT_ONCE = 8  # transfers in flight to and from an object store
 # Temporary names start with a dot and do not end in .parquet: DuckDB's `*.parquet` glob matches
 # dot-files too, so a half-written file must never carry that suffix.
 TMP_PREFIX = ".tmp-"
@@ -217,6 +219,26 @@ class Lake:
         with self.publishing(dataset, hour) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return self.hour_file(dataset, hour)
+
+    def publish_tables(self, dataset: str, tables: dict[datetime, pa.Table]) -> None:
+        """`publish_table` for several hours; to an object store, several uploads at once (each
+        is a round trip: ~10 ms to a local store, tens to a distant one)."""
+        if self.remote is None or len(tables) < 2:
+            for hour, table in tables.items():
+                self.publish_table(dataset, hour, table)
+            return
+        with ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="lake-upload") as pool:
+            for _ in pool.map(lambda item: self.publish_table(dataset, *item), tables.items()):
+                pass
+
+    def fetch_hours(self, dataset: str, hours: list[datetime]) -> dict[datetime, Path]:
+        """{hour: its file on this machine} for those of `hours` the lake has (several fetched at
+        once from an object store)."""
+        if self.remote is None or len(hours) < 2:
+            return {h: p for h in hours if (p := self.find_hour(dataset, h)) is not None}
+        with ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="lake-fetch") as pool:
+            found = dict(zip(hours, pool.map(lambda h: self.find_hour(dataset, h), hours)))
+        return {h: p for h, p in found.items() if p is not None}
 
     def part_file(self, dataset: str, hour: datetime, part: str) -> Path:
         """A dataset whose hour is written by several independent writers (one per sink) keeps one

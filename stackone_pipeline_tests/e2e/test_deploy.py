@@ -217,7 +217,7 @@ def test_the_lake_holds_every_hour_exactly_once_with_exactly_the_simulators_rows
         f"stackone/request_logs/date={h:%Y-%m-%d}/hour={h:%H}/part-0.parquet" for h in hours
     )  # one object per hour, nothing half-written beside it
     storage = reader
-    storage.publish_views(extra_views=tables.views())
+    storage.publish_views(extra_views=tables.views(), reader=True)
     con = storage.connect_query_engine(duckdb.connect(str(storage.query_path), read_only=True))
     try:
         got = con.execute("SELECT hour, request_id FROM request_logs ORDER BY ALL").fetchall()
@@ -258,8 +258,10 @@ def test_the_state_lives_in_postgresql_not_on_a_worker(deployment):
     import psycopg
 
     with psycopg.connect(deployment["env"]["STACKONE_STATE_URL"]) as con:
-        ledger = con.execute("SELECT count(*), count(DISTINCT request_id) FROM delivery_ledger").fetchone()
+        ledger = con.execute(
+            "SELECT sink, count(*), count(DISTINCT request_id) FROM delivery_ledger GROUP BY sink ORDER BY sink"
+        ).fetchall()
         tat = con.execute("SELECT count(*) FROM rate_limit_tat").fetchone()
     total = sum(len(rs) for rs in deployment["truth"].values())
-    assert ledger == (total, total)
+    assert ledger == [("loki", total, total), ("otlp", total, total)]  # every record once per sink
     assert tat == (1,)
