@@ -21,12 +21,17 @@ the connection they are given (a PostgreSQL one from `pg_transaction`, where the
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..projects import DEFAULT_PROJECT
 from ..state import PostgresState
@@ -75,28 +80,52 @@ def pg_transaction(state: PostgresState, *ddl: str) -> Iterator:
 
 
 def merge(
-    con, sink: str, hour: datetime, refused: str, journal: str = "journal", project: str = DEFAULT_PROJECT
+    con,
+    sink: str,
+    hour: datetime,
+    refused: str,
+    journal: str = "journal",
+    project: str = DEFAULT_PROJECT,
+    lines: str | None = None,
 ) -> int:
     """Inside the ledger's merge transaction, after the outcomes are written: drop the dead letters
     the journal has a new outcome for, then keep those whose new outcome is a refusal (`refused`:
     SQL over the journal row `j`), counting each record's refusals. Returns how many rows changed.
-    `con` is a DuckDB connection, or a PostgreSQL one (where `project` says whose rows they are)."""
+    `con` is a DuckDB connection, or a PostgreSQL one (where `project` says whose rows they are).
+
+    In DuckDB, `lines` may hold the journal's text: the journal then has only each key's
+    `request_id`, `outcome`, `delivered_at` and `line`, the rowid of its whole line in `lines`
+    (the same key and time, with `reason`, `detail`, `batch_refused`, `batch_size`). A refused hour
+    of a million records must merge within the writer's memory limit: the joins hold keys and
+    counts, one at a time, and the long text is read once, by the insert."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         return _merge_pg(con, sink, hour, refused, journal, project)
     con.execute(CREATE)
     params = {"sink": sink, "hour": hour}
     gone = f"sink = $sink AND hour = $hour AND request_id IN (SELECT request_id FROM {journal})"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE earlier AS SELECT * FROM {TABLE} WHERE {gone}", params)
-    (removed,) = con.execute("SELECT count(*) FROM earlier").fetchone()
-    con.execute(f"DELETE FROM {TABLE} WHERE {gone}", params)
+    # what a new row keeps of the one it replaces: its counts, not its text
     con.execute(
-        f"INSERT INTO {TABLE} SELECT $sink, $hour, j.request_id, j.reason, j.detail, j.batch_refused, "
-        "j.batch_size, coalesce(e.first_refused_at, j.delivered_at), j.delivered_at, coalesce(e.refusals, 0) + 1 "
-        f"FROM {journal} j LEFT JOIN earlier e ON e.request_id = j.request_id WHERE {refused}",
+        f"CREATE OR REPLACE TEMP TABLE earlier AS SELECT request_id, first_refused_at, refusals FROM {TABLE} "
+        f"WHERE {gone}",
         params,
     )
-    (added,) = con.execute(f"SELECT count(*) FROM {journal} j WHERE {refused}").fetchone()
+    (removed,) = con.execute("SELECT count(*) FROM earlier").fetchone()
+    con.execute(f"DELETE FROM {TABLE} WHERE {gone}", params)
+    # each refused key's line and counts; the insert joins them to the lines by rowid (a join
+    # holding a key's text, or even the key itself, for a million rows does not fit in memory)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE refusals AS SELECT {'j.line' if lines else 'j.rowid'} AS line, "
+        "coalesce(e.first_refused_at, j.delivered_at) AS first_refused_at, coalesce(e.refusals, 0) + 1 AS refusals "
+        f"FROM {journal} j LEFT JOIN earlier e ON e.request_id = j.request_id WHERE {refused}"
+    )
+    con.execute(
+        f"INSERT INTO {TABLE} SELECT $sink, $hour, t.request_id, t.reason, t.detail, t.batch_refused, t.batch_size, "
+        f"r.first_refused_at, t.delivered_at, r.refusals FROM {lines or journal} t JOIN refusals r ON t.rowid = r.line",
+        params,
+    )
+    (added,) = con.execute("SELECT count(*) FROM refusals").fetchone()
     con.execute("DROP TABLE earlier")
+    con.execute("DROP TABLE refusals")
     return removed + added
 
 
@@ -137,6 +166,60 @@ def rows(con, sink: str, hour: datetime, project: str = DEFAULT_PROJECT) -> pa.T
         f"SELECT {COLUMNS} FROM {TABLE} WHERE sink = $sink AND hour = $hour ORDER BY request_id",
         params={"sink": sink, "hour": hour},
     ).to_arrow_table()
+
+
+SCRATCH_PREFIX = ".dead-letters-"
+SLICE_ROWS = 10_000  # rows the lake copy sorts at once: ~1 KB each at most (reason and detail are cut to 500)
+
+
+def write_rows(
+    con: duckdb.DuckDBPyConnection, sink: str, hour: datetime, path: Path, scratch: Path, slice_rows: int = SLICE_ROWS
+) -> int:
+    """`rows` of a DuckDB connection, written to a Parquet file at `path` (the lake copy's schema),
+    with never more than `slice_rows` of them in memory; returns how many. A refused hour of a
+    million records is ~1 GB of dead letters with the sink's words, and DuckDB, which spills a
+    sort of the keys alone, runs out of memory sorting rows that wide within the writer's limit.
+    So DuckDB sorts the keys, which cut the rows into slices of consecutive keys; one pass files
+    each row in its slice's Arrow file (in a directory under `scratch`, removed after), and the
+    slices are sorted and written in order. `scratch` is the writer's own: a directory there that
+    a killed run left is removed (the writer's lock makes this the only run using it)."""
+    for stale in scratch.glob(f"{SCRATCH_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    params = {"sink": sink, "hour": hour}
+    this = f"FROM {TABLE} WHERE sink = $sink AND hour = $hour"
+    bounds: list[str] = []  # the first key of each slice
+    rows = 0
+    for batch in con.sql(f"SELECT request_id {this} ORDER BY request_id", params=params).to_arrow_reader(slice_rows):
+        while len(bounds) * slice_rows < rows + batch.num_rows:
+            bounds.append(batch.column(0)[len(bounds) * slice_rows - rows].as_py())
+        rows += batch.num_rows
+    with pq.ParquetWriter(path, SCHEMA, compression="zstd") as out:
+        if len(bounds) <= 1:
+            rel = con.sql(f"SELECT {COLUMNS} {this} ORDER BY request_id", params=params)
+            for batch in rel.to_arrow_reader(slice_rows):
+                out.write_batch(batch.cast(SCHEMA))
+            return rows
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch) as tmp:
+            files = [Path(tmp) / f"{k}.arrow" for k in range(len(bounds))]
+            with ExitStack() as opened:
+                writers = [
+                    opened.enter_context(pa.ipc.new_stream(opened.enter_context(pa.OSFile(str(f), "wb")), SCHEMA))
+                    for f in files
+                ]
+                for batch in con.sql(f"SELECT {COLUMNS} {this}", params=params).to_arrow_reader(10_000):
+                    batch = batch.cast(SCHEMA)
+                    keys = batch.column("request_id")
+                    # a row's slice: how many first keys (after the first slice's) are <= its key
+                    place = pc.greater_equal(keys, bounds[1]).cast(pa.int32())
+                    for bound in bounds[2:]:
+                        place = pc.add(place, pc.greater_equal(keys, bound).cast(pa.int32()))
+                    for k in pc.unique(place).to_pylist():
+                        writers[k].write_batch(batch.filter(pc.equal(place, k)))
+            for f in files:
+                with pa.OSFile(str(f)) as source:
+                    out.write_table(pa.ipc.open_stream(source).read_all().sort_by("request_id"))
+                f.unlink()
+    return rows
 
 
 def keys(storage: Storage, sink: str, hour: datetime, reason: str | None = None) -> pa.Table:

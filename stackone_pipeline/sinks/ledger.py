@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
+from ..lake.lake import TMP_PREFIX, TMP_SUFFIX
 from ..stackone.records import COLUMNS
 from ..state import PostgresState
 from ..storage import Storage
@@ -244,43 +246,71 @@ class Ledger:
         path = self._journal(sink, hour)
         if not path.exists():
             return
-        with self.state.writer() as con:
-            con.execute(CREATE)
-            con.execute("SET preserve_insertion_order = false")  # lets the de-duplication spill
-            # DuckDB reads the journal itself: no Python object per id. A line torn by a kill lacks
-            # its final "." (or does not parse) and is skipped.
-            with in_transaction(con):
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE journal AS "
-                    "SELECT DISTINCT ON (request_id) * EXCLUDE (\"end\") FROM read_csv(?, delim = '\t', "
-                    f"header = false, quote = '', escape = '', null_padding = true, columns = {JOURNAL_COLUMNS}, "
-                    "ignore_errors = true, auto_detect = false) "
-                    "WHERE \"end\" = '.' AND delivered_at IS NOT NULL ORDER BY request_id, delivered_at DESC",
-                    [str(path)],
-                )
-                con.execute(
-                    "DELETE FROM delivery_ledger j WHERE sink = ? AND hour = ? AND "
-                    f"{REFUSED} AND request_id IN (SELECT request_id FROM journal)",
-                    [sink, hour],
-                )
-                con.execute(
-                    "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM journal j "
-                    "WHERE j.request_id NOT IN (SELECT request_id FROM delivery_ledger WHERE sink = ? AND hour = ?)",
-                    [sink, hour, sink, hour],
-                )
-                # a key the ledger already had accepted keeps that outcome: drop its line before the
-                # dead letters read the journal
-                con.execute(
-                    "DELETE FROM journal WHERE request_id IN (SELECT l.request_id FROM delivery_ledger l "
-                    "WHERE l.sink = ? AND l.hour = ? AND l.outcome IS DISTINCT FROM journal.outcome)",
-                    [sink, hour],
-                )
-                changed = dead_letters.merge(con, sink, hour, refused=REFUSED)
-                letters = dead_letters.rows(con, sink, hour) if changed else None
-                con.execute("DROP TABLE journal")
-        if letters is not None:
-            self.storage.lake.publish_part(dead_letters.TABLE, hour, sink, letters)
+        lake = self.storage.lake
+        copy = lake.part_file(dead_letters.TABLE, hour, sink)
+        tmp = copy.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{copy.name}{TMP_SUFFIX}"
+        try:
+            with self.state.writer() as con:
+                changed = self._merge(con, path, sink, hour, tmp)
+            if changed:
+                lake._publish(tmp, copy)  # publish_part's last step: the file is written already
+        finally:
+            tmp.unlink(missing_ok=True)
         path.unlink()
+
+    def _merge(self, con, path: Path, sink: str, hour: datetime, letters: Path) -> bool:
+        """`flush` in DuckDB, up to the lake copy (written to `letters` when the dead letters changed;
+        returns whether they did). An hour may hold a million keys, a refused one as many lines with
+        the sink's words (up to 500 characters), and the writer has `memory_limit` (96 MB): every
+        statement is one DuckDB can spill to disk (a hash join or aggregate over narrow columns, a
+        sort; never an ordered aggregate such as DISTINCT ON ... ORDER BY, nor NOT IN), and the long
+        text stays in `journal_lines`, read once by the dead letters' insert."""
+        con.execute(CREATE)
+        con.execute("SET preserve_insertion_order = false")  # lets the statements below spill
+        key = [sink, hour]
+        # The journal's temporary tables are this connection's scratch, made before the transaction,
+        # which then holds only the tables' changes. DuckDB reads the journal itself: no Python
+        # object per id, in 4 MB buffers (not 32 MB each). A line torn by a kill lacks its final "."
+        # (or does not parse, or has no key) and is skipped.
+        con.execute(
+            'CREATE OR REPLACE TEMP TABLE journal_lines AS SELECT * EXCLUDE ("end") FROM read_csv(?, '
+            "delim = '\t', header = false, quote = '', escape = '', null_padding = true, "
+            f"columns = {JOURNAL_COLUMNS}, ignore_errors = true, auto_detect = false, buffer_size = {4 << 20}) "
+            "WHERE \"end\" = '.' AND delivered_at IS NOT NULL AND request_id IS NOT NULL",
+            [str(path)],
+        )
+        # each key's last line (lines of one time are one add()'s, alike but for the key), by rowid
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE journal AS SELECT l.request_id, l.outcome, l.delivered_at, "
+            "l.rowid AS line FROM journal_lines l SEMI JOIN (SELECT arg_max(rowid, delivered_at) AS line "
+            "FROM journal_lines GROUP BY request_id) last ON l.rowid = last.line"
+        )
+        with in_transaction(con):
+            con.execute(
+                "DELETE FROM delivery_ledger j WHERE sink = ? AND hour = ? AND "
+                f"{REFUSED} AND request_id IN (SELECT request_id FROM journal)",
+                key,
+            )
+            con.execute(
+                "INSERT INTO delivery_ledger SELECT ?, ?, j.request_id, j.outcome, j.delivered_at FROM journal j "
+                "WHERE NOT EXISTS (SELECT 1 FROM delivery_ledger l WHERE l.sink = ? AND l.hour = ? "
+                "AND l.request_id = j.request_id)",
+                key + key,
+            )
+            # a key the ledger already had accepted keeps that outcome: drop its line before the
+            # dead letters read the journal
+            con.execute(
+                "DELETE FROM journal j USING delivery_ledger l WHERE l.sink = ? AND l.hour = ? "
+                "AND l.request_id = j.request_id AND l.outcome IS DISTINCT FROM j.outcome",
+                key,
+            )
+            changed = dead_letters.merge(con, sink, hour, refused=REFUSED, lines="journal_lines")
+            if changed:  # before the commit: a copy that cannot be written keeps the journal for a retry
+                letters.parent.mkdir(parents=True, exist_ok=True)
+                dead_letters.write_rows(con, sink, hour, letters, scratch=self.journal_dir)
+        con.execute("DROP TABLE journal")
+        con.execute("DROP TABLE journal_lines")
+        return bool(changed)
 
     def _merge_pg(self, sink: str, hour: datetime) -> pa.Table | None:
         """`flush` in PostgreSQL, up to the lake copy: the (sink, hour) journal rows leave the
