@@ -248,6 +248,16 @@ class Lake:
     def has_part(self, dataset: str, hour: datetime, part: str) -> bool:
         return self._has(self.part_file(dataset, hour, part))
 
+    def temporary_part(self, dataset: str, hour: datetime, part: str) -> Path:
+        """A fresh temporary name beside one writer's file of the hour (for `publish_part_file`)."""
+        final = self.part_file(dataset, hour, part)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+
+    def publish_part_file(self, tmp: Path, dataset: str, hour: datetime, part: str) -> Path:
+        """Make the finished file `tmp` (written by DuckDB's COPY, say) one writer's file of the hour."""
+        return self._publish(tmp, self.part_file(dataset, hour, part))
+
     def publish_part(self, dataset: str, hour: datetime, part: str, table: pa.Table) -> Path:
         """Replace one writer's file of the hour with `table` (even an empty one)."""
         final = self.part_file(dataset, hour, part)

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
-from ..lake.lake import TMP_PREFIX, TMP_SUFFIX
 from ..stackone.records import COLUMNS
 from ..state import PostgresState
 from ..storage import Storage
@@ -247,13 +245,12 @@ class Ledger:
         if not path.exists():
             return
         lake = self.storage.lake
-        copy = lake.part_file(dead_letters.TABLE, hour, sink)
-        tmp = copy.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{copy.name}{TMP_SUFFIX}"
+        tmp = lake.temporary_part(dead_letters.TABLE, hour, sink)
         try:
             with self.state.writer() as con:
                 changed = self._merge(con, path, sink, hour, tmp)
             if changed:
-                lake._publish(tmp, copy)  # publish_part's last step: the file is written already
+                lake.publish_part_file(tmp, dead_letters.TABLE, hour, sink)
         finally:
             tmp.unlink(missing_ok=True)
         path.unlink()
