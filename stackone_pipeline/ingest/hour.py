@@ -57,7 +57,7 @@ class HourResult:
 
 # Small pages are normalised a few together (Page.concat): memory stays a few pages, and the
 # per-call cost of the column-by-column normalisation is paid once per ~2,000 rows, not per page.
-COLUMNAR_ROWS = 2_000
+COLUMNAR_ROWS = 1_000  # a page of 1,000 rows (the API's usual largest) is normalised alone: no copy
 
 
 @dataclass(frozen=True)
