@@ -251,6 +251,8 @@ def run_config(
             url = pg.create_database(f"dagster_{config}")
             # dagster-postgres is built on psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://
             env["DAGSTER_POSTGRES_URL"] = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            # the daemon of a deployment, as docs/deploy.md sets it up: one planned event per asset
+            env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
             dagster_yaml = DEPLOY_YAML.read_text()
         if config == "distributed":
             s3 = services.get("s3") or services.setdefault("s3", _s3(stack))

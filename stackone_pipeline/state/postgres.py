@@ -53,8 +53,6 @@ class PostgresState:
             raise ValueError(f"STACKONE_STATE_URL must be a postgresql:// URL, got {redact_url(url)!r}")
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.lock_timeout_s = lock_timeout_s
-        self._created: set[str] = set()
-        self._created_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresState({redact_url(self.url)!r})"
@@ -80,18 +78,23 @@ class PostgresState:
         finally:
             con.close()
 
+    # (database URL, statement) already run by this process: a Storage, hence a PostgresState, is
+    # made per step and hour, and the tables only need creating once
+    _created: set[tuple[str, str]] = set()
+    _created_lock = threading.Lock()
+
     def ensure(self, con, *ddl: str) -> None:
-        """Run each CREATE ... IF NOT EXISTS statement once per process (concurrent creators are
-        serialised by an advisory lock: PostgreSQL's IF NOT EXISTS is not race-free)."""
-        todo = [d for d in ddl if d not in self._created]
+        """Run each CREATE ... IF NOT EXISTS statement once per process and database (concurrent
+        creators are serialised by an advisory lock: PostgreSQL's IF NOT EXISTS is not race-free)."""
+        todo = [d for d in ddl if (self.url, d) not in PostgresState._created]
         if not todo:
             return
         with con.transaction():
             con.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_id("stackone:ddl")])
             for statement in todo:
                 con.execute(statement)
-        with self._created_lock:
-            self._created.update(todo)
+        with PostgresState._created_lock:
+            PostgresState._created.update((self.url, d) for d in todo)
 
     # -- locks --------------------------------------------------------------------------------
     @contextmanager

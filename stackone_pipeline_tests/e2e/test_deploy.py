@@ -104,6 +104,7 @@ def deployment(postgres, s3, tmp_path_factory):
         # dagster-postgres is built on psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://
         DAGSTER_POSTGRES_URL=dagster_url.replace("postgresql://", "postgresql+psycopg2://", 1),
         DAGSTER_HOME=str(base / "dagster_home"),
+        DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="true",  # as docs/deploy.md asks of the daemon
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url,
         LOKI_URL=loki.url,
         LOKI_TENANT_ID="tenant-1",
