@@ -71,10 +71,15 @@ def replace_durably(tmp: Path, final: Path) -> Path:
     return final
 
 
+def temporary_beside(final: Path) -> Path:
+    """A fresh temporary name in `final`'s folder: the writer's pid (see `_abandoned`), never `*.parquet`."""
+    return final.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}")
+
+
 def write_atomically(path: Path, data: bytes) -> Path:
     """Replace `path` with `data`: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}{TMP_SUFFIX}")
+    tmp = temporary_beside(path)
     try:
         tmp.write_bytes(data)
         return replace_durably(tmp, path)
@@ -198,7 +203,7 @@ class Lake:
         for stale in final.parent.glob(TMP_PREFIX + "*"):
             if _abandoned(stale):
                 stale.unlink(missing_ok=True)
-        return final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+        return temporary_beside(final)
 
     def publish(self, tmp: Path, dataset: str, hour: datetime) -> Path:
         """Make `tmp` the hour's file."""
@@ -252,7 +257,7 @@ class Lake:
         """A fresh temporary name beside one writer's file of the hour (for `publish_part_file`)."""
         final = self.part_file(dataset, hour, part)
         final.parent.mkdir(parents=True, exist_ok=True)
-        return final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+        return temporary_beside(final)
 
     def publish_part_file(self, tmp: Path, dataset: str, hour: datetime, part: str) -> Path:
         """Make the finished file `tmp` (written by DuckDB's COPY, say) one writer's file of the hour."""
@@ -260,12 +265,10 @@ class Lake:
 
     def publish_part(self, dataset: str, hour: datetime, part: str, table: pa.Table) -> Path:
         """Replace one writer's file of the hour with `table` (even an empty one)."""
-        final = self.part_file(dataset, hour, part)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}{TMP_SUFFIX}"
+        tmp = self.temporary_part(dataset, hour, part)
         try:
             pq.write_table(table, tmp, compression="zstd")
-            return self._publish(tmp, final)
+            return self.publish_part_file(tmp, dataset, hour, part)
         finally:
             tmp.unlink(missing_ok=True)
 
