@@ -152,7 +152,10 @@ def lake_url_from_env(env: Env | None = None) -> str:
 
 def state_url_from_env(env: Env | None = None) -> str:
     """STACKONE_STATE_URL: "" (the data directory) or postgresql://… (the shared state)."""
-    return (os.environ if env is None else env).get("STACKONE_STATE_URL", "").strip()
+    url = (os.environ if env is None else env).get("STACKONE_STATE_URL", "").strip()
+    if url and urlsplit(url).scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise SettingsError(f"STACKONE_STATE_URL must be a postgresql:// URL, got one starting {url.split(':')[0]}:")
+    return url
 
 
 def backfill_run_hours_from_env(env: Env | None = None) -> int:
@@ -485,6 +488,7 @@ class Settings:
                 "STACKONE_SCRATCH_PER_RUN=true removes each run's directory when it ends: it needs the lake "
                 "and the state elsewhere (STACKONE_LAKE_URL and STACKONE_STATE_URL), or the data would go with it"
             )
+        state_url_from_env(env)  # a wrong URL is one clear error here, before anything runs
         return cls(
             base_url=env_url(env, "STACKONE_BASE_URL", cls.base_url),
             data_dir=env.get("STACKONE_DATA_DIR") or cls.data_dir,

@@ -65,6 +65,8 @@ KEY = {"STACKONE_API_KEY": DEFAULT_API_KEY}
         ({**KEY, "STACKONE_AUTOMATION": "yes please"}, "STACKONE_AUTOMATION must be true or false"),
         ({**KEY, "STACKONE_BASE_URL": "api.stackone.com"}, "STACKONE_BASE_URL must be an http:// or https:// URL"),
         ({**KEY, "LOKI_URL": "loki:3100"}, "LOKI_URL must be an http:// or https:// URL"),
+        ({**KEY, "STACKONE_STATE_URL": "mysql://u:pw@db/x"}, "STACKONE_STATE_URL must be a postgresql:// URL"),
+        ({**KEY, "STACKONE_SCRATCH_PER_RUN": "true"}, "STACKONE_SCRATCH_PER_RUN=true removes each run's directory"),
     ],
 )
 def test_a_configuration_mistake_is_one_line_naming_the_variable_and_exit_2(tmp_path, env, names):
@@ -77,6 +79,9 @@ def test_a_configuration_mistake_is_one_line_naming_the_variable_and_exit_2(tmp_
 def test_a_secret_in_a_wrong_url_is_not_echoed(tmp_path):
     out = cli("report", STACKONE_NOTIFY_SLACK_URL="hooks.slack.com/services/T0/B0/s3cr3t-token")
     assert out.returncode == 2 and "STACKONE_NOTIFY_SLACK_URL" in one_error_line(out)
+    assert "s3cr3t" not in out.stderr
+    out = cli("report", STACKONE_STATE_URL="mysql://stackone:s3cr3t-pw@db/state")
+    assert out.returncode == 2 and "STACKONE_STATE_URL" in one_error_line(out)
     assert "s3cr3t" not in out.stderr
 
 
