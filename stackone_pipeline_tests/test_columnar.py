@@ -168,6 +168,8 @@ def test_what_the_fast_path_cannot_promise_goes_record_by_record():
         {**base, "duration": True},  # another JSON type than documented
         {**base, "status": "200"},
         {**base, "status": 200.5},
+        {**base, "status": 200.0},  # pyarrow alone would take it as 200
+        {**base, "is_worker": 0},
         {**base, "provider": 5},
         {**base, "provider": {"token": "x"}},
         {**base, "event_datetime": 1764583200000},
@@ -175,7 +177,14 @@ def test_what_the_fast_path_cannot_promise_goes_record_by_record():
     ]
     for rec in declined:
         assert fast(orjson.dumps({"data": [rec], "next": None})) is None, rec
-    for body in (b'{"data":[{"request_id":"x"}]', b'{"next":null}', b'{"data":"oops","next":12}', b"[1]"):
+    for body in (
+        b'{"data":[{"request_id":"x"}]',
+        b'{"next":null}',
+        b'{"data":"oops","next":12}',
+        b"[1]",
+        b'{"data":[null],"next":null}',
+        b'{"data":[["r"]],"next":null}',
+    ):
         assert fast(body) is None, body
     assert fast(b'{"data":[],"next":null}\n{"data":[{"request_id":"x"}],"next":null}') is None
     assert fast(orjson.dumps({"data": [{**base, "request": None}], "next": None})) is not None  # null is fine
