@@ -389,5 +389,15 @@ COMMANDS = {
     "dev": cmd_dev,
 }
 
+
+def run() -> None:
+    """The `stackone-pipeline` program: `main()`, then the process ends (footprint.exit_now)."""
+    from .footprint import exit_now
+
+    code = main()
+    exit_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -9,6 +9,11 @@
   hundred thousand) live as long as the process. `gc.freeze()` moves them out of the cyclic
   collector's sight, so its full collections during the run no longer walk them, and exiting
   no longer does either (measured: 0.45 s of a backfill's exit, of ~5 s).
+* Once the command is done, the interpreter's teardown would free every object of those modules
+  one by one (measured: ~0.3 s of a ~4 s backfill), memory the kernel takes back at once anyway.
+  `exit_now` runs the atexit handlers (logging, temporary directories, ...), flushes stdout and
+  stderr and ends the process there. Only the program's own entry point calls it, never `main()`
+  called from other code.
 * pyarrow's default allocator (mimalloc) keeps what it has freed for reuse; the system allocator
   gives it back. Batches here are a page at a time, so reuse saves little and costs ~15 MB.
   (`ARROW_DEFAULT_MEMORY_POOL`, read when pyarrow first allocates: set it to keep mimalloc.)
@@ -16,9 +21,11 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
+import threading
 from importlib.abc import MetaPathFinder
 
 
@@ -48,3 +55,22 @@ def freeze_imports() -> None:
     """Call once the modules the process needs are imported: what is alive now stays alive."""
     gc.collect()  # the garbage of importing, freed rather than frozen
     gc.freeze()
+
+
+def exit_now(code: int) -> None:
+    """End a process that froze its imports without the interpreter's teardown (module doc).
+    Returns, for a normal exit, when there is nothing to save or a thread of the command still
+    runs (a normal exit waits for it)."""
+    if not gc.get_freeze_count() or any(
+        t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    ):
+        return
+    try:
+        atexit._run_exitfuncs()  # what a normal exit runs first, in the same order
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+                pass
+        os._exit(code)
