@@ -52,8 +52,9 @@ def lean_process() -> None:
 
 
 def freeze_imports() -> None:
-    """Call once the modules the process needs are imported: what is alive now stays alive."""
-    gc.collect()  # the garbage of importing, freed rather than frozen
+    """Call once the modules the process needs are imported: what is alive now stays alive.
+    (No collection first: importing the definitions leaves a few dozen unreachable objects, not
+    worth the ~0.1 s a full collection of the ~150,000 tracked ones takes here.)"""
     gc.freeze()
 
 

@@ -241,6 +241,8 @@ class Storage:
         lakes = self.lakes()
         datasets = sorted({d for lake in lakes.values() for d in lake.datasets()})
         key = self.views_key()
+        if self.views_published({*datasets, *(extra_views or {})}, key):
+            return datasets
         with self._views_lock(exclusive=True):
             try:
                 con = duckdb.connect(str(self.query_path))
@@ -262,16 +264,35 @@ class Storage:
                     if name not in existing:
                         globs = [lake.dataset_glob(name) for lake in lakes.values() if name in lake.datasets()]
                         _create_dataset_view(con, name, globs)
+                        existing.add(name)
                 for name, select in (extra_views or {}).items():
                     if name in existing:
                         continue
                     try:
                         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+                        existing.add(name)
                     except duckdb.CatalogException:  # its base dataset has no files yet
                         pass
             finally:
                 con.close()
+            self.remember_views(existing, key)
         return datasets
+
+    def views_published(self, names: set[str], key: str | None = None) -> bool:
+        """Whether this process has seen `names` in query.duckdb, made for this lake, and the file
+        has not changed since: then nobody needs to open it again (a run asks after each asset;
+        each opening costs ~20 ms)."""
+        seen = _views_seen.get(str(self.query_path))
+        return (
+            seen is not None
+            and seen[0] == _file_stamp(self.query_path)
+            and seen[1] == (key or self.views_key())
+            and names <= seen[2]
+        )
+
+    def remember_views(self, names: set[str], key: str | None = None) -> None:
+        """Note that query.duckdb holds `names` now (`views_published`)."""
+        _views_seen[str(self.query_path)] = (_file_stamp(self.query_path), key or self.views_key(), frozenset(names))
 
     def views_follow_the_lake(self) -> bool:
         """Whether query.duckdb's views were made for this data directory's lake."""
@@ -289,6 +310,18 @@ class Storage:
                 return False
             finally:
                 con.close()
+
+
+# query.duckdb -> (its stamp, views key, view names) when this process last looked (views_published)
+_views_seen: dict[str, tuple[tuple | None, str, frozenset[str]]] = {}
+
+
+def _file_stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _create_dataset_view(con: duckdb.DuckDBPyConnection, name: str, globs: list[str]) -> None:

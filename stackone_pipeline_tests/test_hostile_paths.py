@@ -1,5 +1,5 @@
 """Any data directory a user may choose works (spaces, quotes, non-ASCII), and query.duckdb
-follows the data directory when it is moved."""
+follows the data directory when it is moved (or removed, or changed)."""
 
 from __future__ import annotations
 
@@ -38,4 +38,22 @@ def test_a_hostile_data_directory_works_and_views_follow_a_move(make_client, tmp
     derive_hours(storage, [hour])  # any run puts them right
     assert storage.views_follow_the_lake()
     assert query(storage, "SELECT count(*) FROM request_logs") == [(done.rows,)]
+    assert query(storage, "SELECT sum(requests) FROM error_rate_hourly") == [(done.rows,)]
+
+
+def test_views_come_back_in_the_same_process_when_query_duckdb_is_removed_or_changed(make_client, tmp_path):
+    """A process remembers the views it has seen (so a run opens query.duckdb once, not after each
+    asset), but only while the file is the one it saw."""
+    hour = closed_hour(2)
+    storage = Storage(tmp_path / "data", lock_timeout_s=30)
+    (done,) = ingest_hours(make_client(), storage, [hour])
+    derive_hours(storage, [hour])
+    storage.query_path.unlink()
+    derive_hours(storage, [hour])
+    assert query(storage, "SELECT count(*) FROM request_logs") == [(done.rows,)]
+
+    con = duckdb.connect(str(storage.query_path))
+    con.execute("DROP VIEW error_rate_hourly")
+    con.close()
+    derive_hours(storage, [hour])
     assert query(storage, "SELECT sum(requests) FROM error_rate_hourly") == [(done.rows,)]

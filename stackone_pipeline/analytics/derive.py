@@ -130,7 +130,11 @@ def derive_hours(
 def publish_views_if_missing(storage: Storage) -> bool:
     """Create the views of query.duckdb unless they all exist already (re-creating them costs a
     read of every file's footer, see Storage.publish_views)."""
-    if set(tables.TABLES) | set(tables.views()) <= storage.views() and storage.views_follow_the_lake():
+    needed = set(tables.TABLES) | set(tables.views())
+    if storage.views_published(needed):
+        return False
+    if needed <= (present := storage.views()) and storage.views_follow_the_lake():
+        storage.remember_views(present)
         return False
     storage.publish_views(extra_views=tables.views())
     return True

@@ -61,18 +61,10 @@ loaded_at, sent_at, project_id, origin_owner_id, origin_owner_name, record_type,
 record_remote_id. A table made by an earlier version gets the later columns on the next load.
 """
 
-from .app import (
-    DEFAULT_TOLERANCE_S,
-    MAX_BODY_BYTES,
-    SECRET_ENV,
-    SECRETS_ENV,
-    WEBHOOK_PATH,
-    WebhookConfigError,
-    create_app,
-)
+import importlib
+
 from .events import KNOWN_TYPES, PLATFORM_TYPES
 from .loading import COLUMNS, TABLE, load_staged_events
-from .server import RunningReceiver, serve, start_receiver
 from .signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -84,6 +76,24 @@ from .signing import (
 )
 from .staging import Staging, StagingBusyError, closed_segments, staged_records
 from .staging_backend import open_staging, staging_for
+
+# The receiver's HTTP stack (Starlette, uvicorn) loads on first use: the pipeline's own processes,
+# which only load staged events, never pay for it.
+_RECEIVER = {
+    **dict.fromkeys(
+        ("DEFAULT_TOLERANCE_S", "MAX_BODY_BYTES", "SECRET_ENV", "SECRETS_ENV", "WEBHOOK_PATH", "WebhookConfigError"),
+        ".app",
+    ),
+    "create_app": ".app",
+    **dict.fromkeys(("RunningReceiver", "serve", "start_receiver"), ".server"),
+}
+
+
+def __getattr__(name: str):
+    if name in _RECEIVER:
+        return getattr(importlib.import_module(_RECEIVER[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",
