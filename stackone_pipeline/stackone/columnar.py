@@ -136,8 +136,15 @@ def normalise_page(
 
 def event_range_us(page: Page) -> tuple[int | None, int | None]:
     """The page's earliest and latest event time, epoch microseconds (None: no time at all)."""
-    bounds = pc.min_max(page.event_times().cast(pa.int64()))
-    return bounds["min"].as_py(), bounds["max"].as_py()
+    return _range_us(page.event_times())
+
+
+def _range_us(ts: pa.TimestampArray) -> tuple[int | None, int | None]:
+    """Earliest and latest of `ts` in epoch microseconds: one compute call (each costs ~15 µs
+    whatever the length, which at 100 rows a page is most of the work)."""
+    bounds = pc.min_max(ts)
+    lo, hi = bounds["min"], bounds["max"]
+    return (lo.value, hi.value) if lo.is_valid else (None, None)
 
 
 def _timestamps(values: pa.StringArray) -> pa.TimestampArray:
@@ -145,9 +152,8 @@ def _timestamps(values: pa.StringArray) -> pa.TimestampArray:
         ts = values.cast(_TS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _python_timestamps(values)
-    lo, hi = _SANE_US
-    as_int = ts.cast(pa.int64())
-    if pc.any(pc.or_(pc.less(as_int, lo), pc.greater(as_int, hi))).as_py():
+    lo, hi = _range_us(ts)
+    if lo is not None and (lo < _SANE_US[0] or hi > _SANE_US[1]):
         return _python_timestamps(values)
     return ts
 
