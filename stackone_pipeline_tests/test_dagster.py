@@ -80,6 +80,34 @@ def test_a_range_run_records_true_per_hour_figures(sim, tmp_path):
         assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 900
 
 
+def test_a_range_run_says_each_hour_once_per_step_in_one_message(sim, tmp_path):
+    """Per-hour lines are gathered (ingest/progress.HourLines): each log message is an event
+    Dagster stores, so a range run logs a step's hours together, not one event per hour."""
+    from stackone_pipeline.assets.analytics import analytics_tables
+    from stackone_pipeline.assets.details import request_log_details
+    from stackone_pipeline.resources import AlertThresholdsResource, DetailsResource
+
+    hours = [closed_hour(i) for i in (4, 3, 2)]
+    resources = pipeline_resources(sim.url, tmp_path) | {
+        "alerts": AlertThresholdsResource(),
+        "details": DetailsResource(),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [request_logs, analytics_tables, request_log_details],
+            instance=instance,
+            resources=resources,
+            tags=range_tags(hours[0], hours[-1]),
+        )
+        assert result.success
+        said = [r for r in instance.all_logs(result.run_id) if not r.is_dagster_event]
+    for step, what in (("analytics_tables", "requests"), ("request_log_details", "detail(s) fetched")):
+        (message,) = [r.user_message for r in said if r.step_key == step]
+        lines = message.splitlines()
+        assert [line.split(" UTC:")[0] for line in lines] == [f"{h:%Y-%m-%d %H}:00" for h in hours], message
+        assert all(what in line for line in lines)
+
+
 def test_a_single_partition_run_and_its_metadata(sim, tmp_path):
     sim.config.list_shape = "full"  # the guide's records: headers and URLs with secrets to redact
     hour = closed_hour()

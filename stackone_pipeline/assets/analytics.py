@@ -12,6 +12,7 @@ evaluation with no partition and leaves every hour's planned evaluation unresolv
 failing hour and subject; the per-hour truth is the `alert_evaluations` table.
 """
 
+import contextlib
 import functools
 
 import dagster as dg
@@ -19,6 +20,7 @@ import dagster as dg
 from ..analytics import tables
 from ..analytics.alerts import CHECKS, CheckOutcome, fmt_value, outcomes
 from ..analytics.derive import HourSummary, derive_hours
+from ..ingest import HourLines
 from ..partitions import hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import AlertThresholdsResource, StorageResource
@@ -75,9 +77,10 @@ def analytics_asset(project: Project = Project()) -> dg.AssetsDefinition:
         keys = hours_of_run(context)
         thresholds = alerts.thresholds()
         ranged = len(keys) > 1
+        lines = HourLines(context.log.info)
 
         def observe(summary: HourSummary):
-            context.log.info(
+            lines.add(
                 f"{summary.hour:%Y-%m-%d %H}:00 UTC: {summary.requests:,} requests, "
                 f"{len(summary.failures)} failed evaluation(s), {summary.seconds:.2f}s"
             )
@@ -90,7 +93,8 @@ def analytics_asset(project: Project = Project()) -> dg.AssetsDefinition:
                     dg.AssetObservation(asset_key=key(HEADLINE_TABLE), partition=keys[summary.hour], metadata=metadata)
                 )
 
-        summaries = derive_hours(storage.storage(project.name), list(keys), thresholds, on_hour=observe)
+        with contextlib.closing(lines):  # what the hours done said, even if a later one fails
+            summaries = derive_hours(storage.storage(project.name), list(keys), thresholds, on_hour=observe)
         results = outcomes(summaries)
         checks_by_table = {c.table: c for c in CHECKS}
         for table in tables.TABLES:

@@ -2,10 +2,12 @@
 hour's failed requests, downstream of `request_logs` and upstream of the sinks (which attach the
 provider's error to a failed request's entry). See ingest/details.py."""
 
+import contextlib
 import functools
 
 import dagster as dg
 
+from ..ingest import HourLines
 from ..ingest.details import DETAIL_COLUMNS, DETAILS, fetch_details
 from ..partitions import API_POOL, hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
@@ -54,14 +56,15 @@ def details_asset(project: Project = Project()) -> dg.AssetsDefinition:
         store = storage.storage(project.name)
         limiter = stackone.share_limiter("details", settings.share, project.name)
         results = []
-        with stackone.client(project.name) as client:
+        lines = HourLines(context.log.info)
+        with stackone.client(project.name) as client, contextlib.closing(lines):
             for hour, key in keys.items():
                 try:
                     r = fetch_details(client, store, hour, settings, limiter, stackone.redaction())
                 except (StackOneAuthError, StackOneError) as exc:
                     raise dg.Failure(f"{hour:%Y-%m-%d %H}:00 UTC: {exc}") from None
                 results.append(r)
-                context.log.info(
+                lines.add(
                     f"{hour:%Y-%m-%d %H}:00 UTC: {r.fetched} detail(s) fetched, {r.kept} kept, "
                     f"{r.not_found} not found, {r.over_cap} over the cap"
                 )

@@ -8,7 +8,7 @@ import functools
 
 import dagster as dg
 
-from ..ingest import count_late_arrivals_hours
+from ..ingest import HourLines, count_late_arrivals_hours
 from ..partitions import hourly_backfill_policy, hourly_partitions, hours_of_run
 from ..projects import Project
 from ..resources import StorageResource
@@ -32,13 +32,15 @@ def late_arrivals_asset(keep_baseline_hours: int = 48, project: Project = Projec
         keys = hours_of_run(context)
         store = storage.storage(project.name)
         found = count_late_arrivals_hours(store, list(keys), keep_hours=keep_baseline_hours)
+        lines = HourLines(context.log.info)
         for r in found:
             if r.new_rows:
-                context.log.info(f"{r.hour:%Y-%m-%d %H}:00 UTC: {r.new_rows} late row(s)")
+                lines.add(f"{r.hour:%Y-%m-%d %H}:00 UTC: {r.new_rows} late row(s)")
             if len(keys) > 1:  # a range run copies returned metadata onto every hour: observe each
                 context.log_event(
                     dg.AssetObservation(asset_key=context.asset_key, partition=keys[r.hour], metadata=r.metadata())
                 )
+        lines.flush()
         if len(found) == 1:
             return dg.MaterializeResult(metadata=found[0].metadata())
         return dg.MaterializeResult(

@@ -9,12 +9,13 @@ late_arrivals.py  what a re-ingest found that the previous ingest of the hour ha
 from .concurrent import HourFailures, ingest_hours
 from .hour import HourResult, RedactionSettings, ingest_hour
 from .late_arrivals import LateArrivals, count_late_arrivals, count_late_arrivals_hours, late_arrivals_table
-from .progress import Progress
+from .progress import HourLines, Progress
 
 __all__ = [
     "HourFailures",
     "HourResult",
     "LateArrivals",
+    "HourLines",
     "Progress",
     "RedactionSettings",
     "count_late_arrivals",
