@@ -14,7 +14,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stackone_pipeline.stackone.columnar import normalise_page, parse_page
+from stackone_pipeline.stackone import columnar
+from stackone_pipeline.stackone.columnar import normalise_page
 from stackone_pipeline.stackone.records import epoch_us, normalise, parse_timestamp, to_batch
 from stackone_pipeline.stackone.redaction import REDACTED, Redactor
 
@@ -97,9 +98,10 @@ def records(draw, i: int = 0, times=times):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(records(times=st.one_of(good_times(), st.none())), max_size=12))
 def test_times_arrow_casts_are_the_times_python_parses(raw):
-    got = fast(orjson.dumps({"data": raw, "next": None}))
-    if got is not None:
-        assert got[0].to_pylist() == slow(raw)[0].to_pylist()
+    for parse in PARSERS:
+        got = fast(orjson.dumps({"data": raw, "next": None}), parse)
+        if got is not None:
+            assert got[0].to_pylist() == slow(raw)[0].to_pylist()
 
 
 def slow(raw: list[dict]) -> tuple[pa.RecordBatch, int]:
@@ -108,8 +110,13 @@ def slow(raw: list[dict]) -> tuple[pa.RecordBatch, int]:
     return to_batch(rows), redactor.count
 
 
-def fast(body: bytes):
-    page = parse_page(body)
+# parse_page takes a small body through orjson, a large one through Arrow's JSON reader: both ways
+# are held to the record-by-record path, whatever the size.
+PARSERS = (columnar._decode_page, columnar._read_page)
+
+
+def fast(body: bytes, parse=columnar.parse_page):
+    page = parse(body)
     if page is None:
         return None
     redactor = Redactor()
@@ -120,16 +127,17 @@ def fast(body: bytes):
 @given(st.lists(records(), max_size=12), st.one_of(st.none(), st.just("WzEsMl0")))
 def test_a_page_the_fast_path_takes_is_normalised_exactly_as_record_by_record(raw, cursor):
     body = orjson.dumps({"data": raw, "next": cursor})
-    got = fast(body)
-    if got is None:  # declined: only when an undocumented key holds values of several JSON types
-        kinds = {k: {type(r[k]) for r in raw if k in r} for k in ("extra", "id", "x1")}
-        assert any(len(t) > 1 for t in kinds.values()), raw
-        return
-    batch, count, next_cursor = got
-    want, want_count = slow(raw)
-    assert batch.schema == want.schema
-    assert batch.to_pylist() == want.to_pylist()
-    assert count == want_count and next_cursor == cursor
+    for parse in PARSERS:
+        got = fast(body, parse)
+        if got is None:  # declined: only when an undocumented key holds values of several JSON types
+            kinds = {k: {type(r[k]) for r in raw if k in r} for k in ("extra", "id", "x1")}
+            assert any(len(t) > 1 for t in kinds.values()), (parse.__name__, raw)
+            continue
+        batch, count, next_cursor = got
+        want, want_count = slow(raw)
+        assert batch.schema == want.schema
+        assert batch.to_pylist() == want.to_pylist()
+        assert count == want_count and next_cursor == cursor
 
 
 def test_typical_pages_are_taken_by_the_fast_path():
@@ -151,6 +159,9 @@ def test_typical_pages_are_taken_by_the_fast_path():
         }
         for i in range(3)
     ]
+    for parse in PARSERS:
+        batch, count, _ = fast(orjson.dumps({"data": raw, "next": None}), parse)
+        assert batch.to_pylist() == slow(raw)[0].to_pylist()
     batch, count, _ = fast(orjson.dumps({"data": raw, "next": None}))
     assert batch.column("url").to_pylist()[1] == f"https://api.stackone.com/unified/hris/employees?api_key={REDACTED}"
     assert count == 1 and batch.column("http_method").to_pylist() == ["GET"] * 3
@@ -176,7 +187,8 @@ def test_what_the_fast_path_cannot_promise_goes_record_by_record():
         {**base, "success": "true"},
     ]
     for rec in declined:
-        assert fast(orjson.dumps({"data": [rec], "next": None})) is None, rec
+        for parse in PARSERS:
+            assert fast(orjson.dumps({"data": [rec], "next": None}), parse) is None, (parse.__name__, rec)
     for body in (
         b'{"data":[{"request_id":"x"}]',
         b'{"next":null}',
@@ -185,6 +197,19 @@ def test_what_the_fast_path_cannot_promise_goes_record_by_record():
         b'{"data":[null],"next":null}',
         b'{"data":[["r"]],"next":null}',
     ):
-        assert fast(body) is None, body
-    assert fast(b'{"data":[],"next":null}\n{"data":[{"request_id":"x"}],"next":null}') is None
-    assert fast(orjson.dumps({"data": [{**base, "request": None}], "next": None})) is not None  # null is fine
+        for parse in PARSERS:
+            assert fast(body, parse) is None, (parse.__name__, body)
+    for parse in PARSERS:
+        assert fast(b'{"data":[],"next":null}\n{"data":[{"request_id":"x"}],"next":null}', parse) is None
+        assert (
+            fast(orjson.dumps({"data": [{**base, "request": None}], "next": None}), parse) is not None
+        )  # null is fine
+
+
+def test_parse_page_takes_large_pages_through_the_reader_and_small_ones_through_orjson(monkeypatch):
+    taken = []
+    monkeypatch.setattr(columnar, "_read_page", lambda body: taken.append("reader"))
+    monkeypatch.setattr(columnar, "_decode_page", lambda body: taken.append("orjson"))
+    columnar.parse_page(b"x" * columnar.READER_FROM_BYTES)
+    columnar.parse_page(b"x" * (columnar.READER_FROM_BYTES + 1))
+    assert taken == ["orjson", "reader"]
