@@ -127,14 +127,16 @@ class Storage:
             self.remote_lake.register(con)
         return con
 
-    def views_key(self) -> str:
+    def views_key(self, datasets: dict[str, list[str]] | None = None) -> str:
         """What query.duckdb's views are made for: this directory's lake and, with several projects,
-        each one's datasets (a new project or dataset makes every view anew, to include it)."""
+        each one's datasets (a new project or dataset makes every view anew, to include it).
+        `datasets`: {project: its datasets} when the caller has listed them already."""
         lake = self._lake(DEFAULT_PROJECT)
         key = lake.remote.url if lake.remote else str(lake.root.resolve())
-        lakes = self.lakes()
-        if len(lakes) > 1:  # several projects: which of them has which dataset
-            key += "".join(f"|{name}:{','.join(lake.datasets())}" for name, lake in lakes.items())
+        if datasets is None:
+            datasets = {name: lake.datasets() for name, lake in self.lakes().items()}
+        if len(datasets) > 1:  # several projects: which of them has which dataset
+            key += "".join(f"|{name}:{','.join(names)}" for name, names in datasets.items())
         return key
 
     @contextmanager
@@ -239,8 +241,9 @@ class Storage:
         if self.remote_lake is not None and not reader:
             return []
         lakes = self.lakes()
-        datasets = sorted({d for lake in lakes.values() for d in lake.datasets()})
-        key = self.views_key()
+        found = {name: lake.datasets() for name, lake in lakes.items()}  # one listing a lake
+        datasets = sorted({d for names in found.values() for d in names})
+        key = self.views_key(found)
         if self.views_published({*datasets, *(extra_views or {})}, key):
             return datasets
         with self._views_lock(exclusive=True):
@@ -262,7 +265,7 @@ class Storage:
                     con.execute(f"INSERT INTO {VIEWS_META} VALUES (?)", [key])
                 for name in datasets:
                     if name not in existing:
-                        globs = [lake.dataset_glob(name) for lake in lakes.values() if name in lake.datasets()]
+                        globs = [lake.dataset_glob(name) for p, lake in lakes.items() if name in found[p]]
                         _create_dataset_view(con, name, globs)
                         existing.add(name)
                 for name, select in (extra_views or {}).items():
@@ -294,11 +297,12 @@ class Storage:
         """Note that query.duckdb holds `names` now (`views_published`)."""
         _views_seen[str(self.query_path)] = (_file_stamp(self.query_path), key or self.views_key(), frozenset(names))
 
-    def views_follow_the_lake(self) -> bool:
-        """Whether query.duckdb's views were made for this data directory's lake."""
+    def views_follow_the_lake(self, key: str | None = None) -> bool:
+        """Whether query.duckdb's views were made for this data directory's lake (`key`: its
+        views_key, when the caller has it)."""
         if not self.query_path.exists():
             return True
-        key = self.views_key()
+        key = key or self.views_key()
         with self._views_lock(exclusive=False):
             try:
                 con = duckdb.connect(str(self.query_path), read_only=True)

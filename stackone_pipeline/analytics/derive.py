@@ -130,11 +130,11 @@ def derive_hours(
 def publish_views_if_missing(storage: Storage) -> bool:
     """Create the views of query.duckdb unless they all exist already (re-creating them costs a
     read of every file's footer, see Storage.publish_views)."""
-    needed = set(tables.TABLES) | set(tables.views())
-    if storage.views_published(needed):
+    needed, key = set(tables.TABLES) | set(tables.views()), storage.views_key()
+    if storage.views_published(needed, key):
         return False
-    if needed <= (present := storage.views()) and storage.views_follow_the_lake():
-        storage.remember_views(present)
+    if needed <= (present := storage.views()) and storage.views_follow_the_lake(key):
+        storage.remember_views(present, key)
         return False
     storage.publish_views(extra_views=tables.views())
     return True
@@ -210,12 +210,11 @@ def hydrate_from_lake(con: duckdb.DuckDBPyConnection, storage: Storage, hours: l
             ).fetchall()
         }
         missing = (wanted - have) & storage.lake.hours(VOLUME) if wanted - have else set()
-        for path in storage.lake.fetch_hours(VOLUME, sorted(missing)).values():
-            if path is not None:
-                con.execute(
-                    "INSERT INTO request_volume_hourly BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
-                    [str(path)],
-                )
+        for path in storage.lake.fetch_hours(VOLUME, sorted(missing)).values():  # only hours it has
+            con.execute(
+                "INSERT INTO request_volume_hourly BY NAME SELECT * FROM read_parquet(?, hive_partitioning = false)",
+                [str(path)],
+            )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -56,7 +56,7 @@ class HourResult:
 
 
 # Small pages are normalised a few together (Page.concat): memory stays a few pages, and the
-# per-call cost of the column-by-column normalisation is paid once per ~2,000 rows, not per page.
+# per-call cost of the column-by-column normalisation is paid once per ~1,000 rows, not per page.
 COLUMNAR_ROWS = 1_000  # a page of 1,000 rows (the API's usual largest) is normalised alone: no copy
 
 
