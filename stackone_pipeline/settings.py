@@ -150,10 +150,15 @@ def lake_url_from_env(env: Env | None = None) -> str:
     return (os.environ if env is None else env).get("STACKONE_LAKE_URL", "").strip()
 
 
+def is_postgres_url(url: str | None) -> bool:
+    """Whether `url` names a PostgreSQL database (postgresql://, postgres://, postgresql+driver://)."""
+    return bool(url) and urlsplit(url).scheme.split("+")[0] in ("postgresql", "postgres")
+
+
 def state_url_from_env(env: Env | None = None) -> str:
     """STACKONE_STATE_URL: "" (the data directory) or postgresql://… (the shared state)."""
     url = (os.environ if env is None else env).get("STACKONE_STATE_URL", "").strip()
-    if url and urlsplit(url).scheme.split("+")[0] not in ("postgresql", "postgres"):
+    if url and not is_postgres_url(url):
         raise SettingsError(f"STACKONE_STATE_URL must be a postgresql:// URL, got one starting {url.split(':')[0]}:")
     return url
 

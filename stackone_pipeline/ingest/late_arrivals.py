@@ -145,7 +145,7 @@ def _compare_shared(
     key = [storage.project, hour]
     with pg.transaction(*PG_CREATE) as con:
         # one comparison of the project at a time, whichever machine runs it (released at commit)
-        con.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"late_arrivals:{storage.project}"])
+        pg.xact_lock(con, f"late_arrivals:{storage.project}")
         con.execute("CREATE TEMP TABLE hour_ids (request_id TEXT NOT NULL) ON COMMIT DROP")
         pg.copy_in(con, "hour_ids", ids)
         con.execute("ANALYZE hour_ids")  # a temporary table has no statistics until asked

@@ -226,10 +226,7 @@ class Ledger:
 
     def _pg_lock(self, con, sink: str, hour: datetime) -> None:
         """Merges and forgets of one (sink, hour) take turns, across machines, until the commit."""
-        con.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            [f"ledger:{self.storage.project}:{sink}:{hour:%Y-%m-%dT%H}"],
-        )
+        PostgresState.xact_lock(con, f"ledger:{self.storage.project}:{sink}:{hour:%Y-%m-%dT%H}")
 
     def flush(self, sink: str, hour: datetime) -> None:
         """Merge the (sink, hour) journal into the table in one transaction, then drop it. A key
@@ -348,8 +345,7 @@ class Ledger:
             )
             changed = dead_letters.merge(con, sink, hour, refused=REFUSED, project=self.storage.project)
             letters = dead_letters.rows(con, sink, hour, project=self.storage.project) if changed else None
-            con.execute("DROP TABLE journal")
-        return letters
+        return letters  # (the temporary journal went with the commit: ON COMMIT DROP)
 
     def record(self, sink: str, hour: datetime, request_ids: list[str], outcome: str = ACCEPTED) -> None:
         """Journal and merge at once (for callers that answer for a whole hour in one go)."""

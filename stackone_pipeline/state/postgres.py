@@ -23,11 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and urlsplit(url).scheme.split("+")[0] in POSTGRES_SCHEMES
+from ..settings import is_postgres_url
 
 
 def redact_url(url: str) -> str:
@@ -90,13 +86,18 @@ class PostgresState:
         if not todo:
             return
         with con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_id("stackone:ddl")])
+            self.xact_lock(con, "stackone:ddl")
             for statement in todo:
                 con.execute(statement)
         with PostgresState._created_lock:
             PostgresState._created.update((self.url, d) for d in todo)
 
     # -- locks --------------------------------------------------------------------------------
+    @staticmethod
+    def xact_lock(con, name: str) -> None:
+        """Exclusive use of `name` across processes and machines until `con`'s transaction ends."""
+        con.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_id(name)])
+
     @contextmanager
     def advisory_lock(self, name: str, timeout_s: float | None = None) -> Iterator[None]:
         """Exclusive use of `name` across processes and machines, for the length of the block: a
