@@ -17,7 +17,9 @@ ended, so it stays STARTED for ever. Two things fix that:
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,35 @@ HOST_TAG = "stackone/host"
 PID_TAG = "stackone/pid"
 PROCESS_START_TAG = "stackone/process_start"  # "<ticks since boot>@<boot id>": a reused pid differs
 
-# What `prepare_home` writes. Earlier versions of this package wrote the ones in OURS_BEFORE: a
-# dagster.yaml that is exactly one of those is ours and is upgraded; any other is the user's.
+# What `prepare_home` writes, for the home it is in (the event log's directory is absolute). Earlier
+# versions of this package wrote the ones in OURS_BEFORE: a dagster.yaml that is one of those, or
+# this one for another directory (a home that moved), is ours and is rewritten; any other is the
+# user's.
 DAGSTER_YAML = """\
+# Written by stackone-pipeline. Edit freely: once it differs from what stackone-pipeline writes,
+# it is left alone. For PostgreSQL, replace the whole file (docs/deploy.md).
+telemetry:
+  enabled: false
+# The daemon of `dagster dev` fails runs that never started within start_timeout_seconds (their
+# process was killed while launching) and cancels runs stuck canceling. The local run launcher
+# cannot resume a run, hence max_resume_run_attempts: 0.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
+  max_resume_run_attempts: 0
+# Dagster's SQLite event log, keeping its connections between events: a run's events cost a
+# quarter of the time (stackone_pipeline/dagster_event_log.py). Delete this block for Dagster's own.
+event_log_storage:
+  module: stackone_pipeline.dagster_event_log
+  class: KeptSqliteEventLogStorage
+  config:
+    base_dir: {events_dir}
+"""
+OURS_BEFORE = (
+    "telemetry:\n  enabled: false\n",
+    """\
 # Written by stackone-pipeline. Edit freely: once it differs from what stackone-pipeline writes,
 # it is left alone.
 telemetry:
@@ -45,8 +73,9 @@ run_monitoring:
   cancel_timeout_seconds: 180
   poll_interval_seconds: 30
   max_resume_run_attempts: 0
-"""
-OURS_BEFORE = ("telemetry:\n  enabled: false\n",)
+""",
+)
+_OURS_ANYWHERE = re.compile(re.escape(DAGSTER_YAML).replace(re.escape("{events_dir}"), ".+"))
 
 # A run that may still be executing. QUEUED runs wait for the daemon, not for a process.
 IN_FLIGHT = [
@@ -63,16 +92,25 @@ LAUNCHER_EVENTS = {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_DEQUEUED,
 CLOCK_SLACK_S = 60.0
 
 
+def dagster_yaml(home: Path) -> str:
+    """The dagster.yaml `prepare_home` writes in `home`."""
+    events_dir = os.path.join(home.resolve(), "history", "runs", "")  # where Dagster's default keeps them
+    return DAGSTER_YAML.replace("{events_dir}", json.dumps(events_dir))  # a JSON string is a YAML string
+
+
 def prepare_home(home: Path) -> None:
     """Create `home` with our dagster.yaml, leaving a dagster.yaml that someone else wrote alone."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
-    if path.exists() and path.read_text() not in (DAGSTER_YAML, *OURS_BEFORE):
+    ours = dagster_yaml(home)
+    current = path.read_text() if path.exists() else None
+    if current == ours or (
+        current is not None and current not in OURS_BEFORE and not _OURS_ANYWHERE.fullmatch(current)
+    ):
         return
-    if not path.exists() or path.read_text() != DAGSTER_YAML:
-        tmp = path.with_name(f".dagster.yaml.{os.getpid()}.tmp")
-        tmp.write_text(DAGSTER_YAML)
-        tmp.replace(path)
+    tmp = path.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+    tmp.write_text(ours)
+    tmp.replace(path)
 
 
 def pipeline_instance() -> dg.DagsterInstance:

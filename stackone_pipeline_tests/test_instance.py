@@ -19,11 +19,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from stackone_pipeline.dagster_event_log import KeptSqliteEventLogStorage
 from stackone_pipeline.instance import (
-    DAGSTER_YAML,
     HOST_TAG,
+    OURS_BEFORE,
     PID_TAG,
     PROCESS_START_TAG,
+    dagster_yaml,
     fail_dead_runs,
     prepare_home,
     process,
@@ -227,7 +229,7 @@ def test_process_tells_a_running_process_from_a_zombie_and_a_reused_pid():
 def test_prepare_home_writes_run_monitoring_and_keeps_a_users_dagster_yaml(tmp_path):
     fresh = tmp_path / "fresh"
     prepare_home(fresh)
-    assert (fresh / "dagster.yaml").read_text() == DAGSTER_YAML
+    assert (fresh / "dagster.yaml").read_text() == dagster_yaml(fresh)
     with dg.DagsterInstance.from_config(str(fresh)) as instance:
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_poll_interval_seconds == 30
@@ -235,12 +237,16 @@ def test_prepare_home_writes_run_monitoring_and_keeps_a_users_dagster_yaml(tmp_p
         assert instance.run_monitoring_max_resume_run_attempts == 0
         assert "MONITORING" in instance.get_required_daemon_types()  # dagster dev's daemon runs it
         assert not instance.run_launcher.supports_check_run_worker_health  # hence fail_dead_runs
+        assert isinstance(instance.event_log_storage, KeptSqliteEventLogStorage)
+        # Where Dagster's default keeps the event log, so that a home's earlier runs stay visible.
+        assert Path(instance.event_log_storage._base_dir) == fresh.resolve() / "history" / "runs"
 
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # what earlier versions wrote
-    prepare_home(old)
-    assert (old / "dagster.yaml").read_text() == DAGSTER_YAML
+    for before in (*OURS_BEFORE, dagster_yaml(tmp_path / "where-the-home-was")):  # earlier versions; a moved home
+        old = tmp_path / "old"
+        old.mkdir(exist_ok=True)
+        (old / "dagster.yaml").write_text(before)
+        prepare_home(old)
+        assert (old / "dagster.yaml").read_text() == dagster_yaml(old)
 
     users = tmp_path / "users"
     users.mkdir()

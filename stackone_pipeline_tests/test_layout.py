@@ -17,7 +17,7 @@ LAYERS = [
     {"resources"},
     {"assets", "automation"},
     {"definitions"},
-    {"arguments", "backfill", "cli", "dev", "doctor", "footprint", "instance"},
+    {"arguments", "backfill", "cli", "dagster_event_log", "dev", "doctor", "footprint", "instance"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

@@ -1,0 +1,144 @@
+"""The SQLite event log our dagster.yaml names (dagster_event_log.py): a run's events reuse one
+connection per database file, the UI still sees a running run's events as they come, the files
+it keeps open are bounded, and no write-ahead log is left behind when the process ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from stackone_pipeline.dagster_event_log import KEPT_RUN_FILES, KeptSqliteEventLogStorage
+from stackone_pipeline.instance import prepare_home
+
+HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00")
+
+
+@dg.asset(partitions_def=HOURLY, backfill_policy=dg.BackfillPolicy.single_run())
+def hours(context) -> None:
+    for key in context.partition_keys:
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata={"n": 1}))
+
+
+@pytest.fixture
+def instance(tmp_path):
+    prepare_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as inst:
+        assert isinstance(inst.event_log_storage, KeptSqliteEventLogStorage)
+        yield inst
+
+
+def range_tags(first: str, last: str) -> dict:
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
+def test_a_runs_events_reuse_one_connection_per_file(instance, tmp_path):
+    events_dir = str(tmp_path / "home" / "history" / "runs") + "/"
+    opened = []
+
+    def connected(dbapi_connection, _record) -> None:
+        (_, _, path), *_ = dbapi_connection.execute("PRAGMA database_list").fetchall()
+        if path.startswith(events_dir):  # the event log's files, not the run storage's runs.db
+            opened.append(Path(path).name)
+
+    sa.event.listen(sa.Engine, "connect", connected)
+    try:
+        first = dg.materialize([hours], instance=instance, tags=range_tags("2026-01-01-00:00", "2026-01-01-05:00"))
+        second = dg.materialize([hours], instance=instance, tags=range_tags("2026-01-01-00:00", "2026-01-01-05:00"))
+    finally:
+        sa.event.remove(sa.Engine, "connect", connected)
+    assert len(instance.all_logs(second.run_id)) > 25  # six hours: planned, observed and materialised each
+    # Dagster's own opens a connection for every event it stores (~100 for these two runs). Kept:
+    # one or two for each file (a second while the first is in use: a new file's schema checks).
+    counts = {name: opened.count(name) for name in opened}
+    assert set(counts) <= {"index.db", f"{first.run_id}.db", f"{second.run_id}.db"}, counts
+    assert all(n <= 2 for n in counts.values()), counts
+    assert instance.get_materialized_partitions(hours.key) == {f"2026-01-01-0{h}:00" for h in range(6)}
+
+
+def test_the_files_it_keeps_open_are_bounded(instance):
+    for _ in range(KEPT_RUN_FILES + 3):
+        dg.materialize([hours], instance=instance, partition_key="2026-01-01-00:00")
+    storage = instance.event_log_storage
+    assert len(storage._engines) == KEPT_RUN_FILES + 1  # the runs' most recent, and the index
+    assert len(instance.get_runs()) == KEPT_RUN_FILES + 3
+    for run in instance.get_runs():  # an evicted run's events are read through a new engine
+        assert any(e.dagster_event and e.dagster_event.is_step_success for e in instance.all_logs(run.run_id))
+
+
+def test_the_ui_sees_a_running_runs_events_as_they_come(tmp_path):
+    """The webserver follows a run by watching its .db file for changes; with the connection
+    kept open, new events would stay in the -wal file, unseen, until the run ended."""
+    home = tmp_path / "home"
+    prepare_home(home)
+    watching, release = threading.Event(), threading.Event()
+
+    @dg.asset
+    def slow(context) -> None:
+        context.log.info("first")
+        assert watching.wait(60)
+        context.log.info("second, while the UI watches")
+        assert release.wait(60)
+
+    marker = uuid.uuid4().hex
+    with dg.DagsterInstance.from_config(str(home)) as run_side, dg.DagsterInstance.from_config(str(home)) as ui_side:
+        thread = threading.Thread(
+            target=lambda: dg.materialize([slow], instance=run_side, tags={"test/marker": marker})
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                runs = ui_side.get_runs(dg.RunsFilter(tags={"test/marker": marker}))
+                if runs and any(e.user_message == "first" for e in ui_side.all_logs(runs[0].run_id)):
+                    break
+                assert time.monotonic() < deadline, "the run did not start"
+                time.sleep(0.05)
+            seen = []
+            ui_side.event_log_storage.watch(runs[0].run_id, None, lambda entry, cursor: seen.append(entry.user_message))
+            watching.set()
+            deadline = time.monotonic() + 10
+            while "second, while the UI watches" not in seen:
+                assert time.monotonic() < deadline, f"the watcher saw {seen}"
+                time.sleep(0.05)
+            assert thread.is_alive()  # seen while the run still runs
+        finally:
+            watching.set()
+            release.set()
+            thread.join(60)
+
+
+def test_no_write_ahead_log_is_left_when_the_process_ends(tmp_path):
+    home = tmp_path / "home"
+    program = textwrap.dedent(
+        f"""
+        import dagster as dg
+        from stackone_pipeline.footprint import exit_now, imports_frozen
+        from stackone_pipeline.instance import prepare_home
+        from pathlib import Path
+        with imports_frozen():
+            pass
+        prepare_home(Path({str(home)!r}))
+        instance = dg.DagsterInstance.from_config({str(home)!r})
+
+        @dg.asset
+        def one() -> None:
+            pass
+
+        assert dg.materialize([one], instance=instance).success
+        exit_now(0)  # as the command ends: no interpreter teardown
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    runs = Path(home, "history", "runs")
+    assert list(runs.glob("*.db")), "no event log was written"
+    assert not list(runs.glob("*.db-wal")), sorted(p.name for p in runs.iterdir())
