@@ -30,14 +30,16 @@ CAUSED_BY = "The above exception was caused by the following exception:\n"
 def _quiet_dagster() -> None:
     """Before a command runs the pipeline in this process: no beta warnings, and a lean process
     (footprint.py)."""
-    from .footprint import freeze_imports, lean_process
+    from .footprint import imports_frozen, lean_process
 
-    lean_process()
-    for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
-        warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
-    from . import definitions  # noqa: F401  every module a run needs, loaded before the freeze
+    with imports_frozen():
+        lean_process()
+        for name in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
+            warnings.filterwarnings("ignore", message=".*", category=getattr(__import__("dagster"), name, Warning))
+        # Every module a run needs: the definitions, and the SQLite instance's storage.
+        from dagster._core.storage import legacy_storage, sqlite_storage  # noqa: F401
 
-    freeze_imports()
+        from . import dagster_event_log, definitions, instance  # noqa: F401
 
 
 def short_error(text: str) -> str:
