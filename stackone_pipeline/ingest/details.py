@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,7 +32,7 @@ from ..stackone.ratelimit import RateLimiter
 from ..stackone.records import COLUMNS, IS_ERROR_SQL, epoch_us, normalise
 from ..stackone.redaction import Redactor
 from ..storage import Storage
-from ..warehouse import create_table_sql
+from ..warehouse import create_table_sql, scratch
 from ..warehouse.schema import REQUEST_LOG_DETAILS as DETAILS
 from ..warehouse.schema import REQUEST_LOGS
 from .hour import RedactionSettings
@@ -69,7 +68,7 @@ def selected_ids(storage: Storage, hour: datetime, slow_ms: float = 0.0) -> list
     """The hour's request_ids that qualify for a detail fetch, oldest first."""
     path = storage.lake.require_hour(REQUEST_LOGS, hour)
     slow = " OR duration_ms >= $slow_ms" if slow_ms > 0 else ""
-    con = duckdb.connect()
+    con = scratch()
     try:
         return [
             rid

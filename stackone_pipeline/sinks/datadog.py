@@ -25,13 +25,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-import duckdb
 import httpx
 import orjson
 
 from ..http import Action, Transport, Verdict, gzip_bytes, retryable_statuses
 from ..partitions import HOUR
 from ..settings import DatadogSettings
+from ..warehouse import scratch
 from .batching import joined
 from .delivery import DeliveryError, Window, lake_file
 from .payload import EVENT_TIME, IS_ERROR, PROJECT, json_object, record_json, sql_str
@@ -149,7 +149,7 @@ class DatadogSink:
 def hour_series(path, hour: datetime, env: str) -> list[dict]:
     """The hour's request count and summed latency per provider, API category, status code and
     error (the pipeline's one definition: a null status is an error only when it is a timeout)."""
-    con = duckdb.connect()
+    con = scratch()
     try:
         groups = con.execute(
             f"SELECT provider, service, status, {IS_ERROR} AS error, count(*), coalesce(sum(duration_ms), 0) "
