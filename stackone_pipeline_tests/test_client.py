@@ -228,9 +228,10 @@ def test_a_429_with_retry_after_holds_back_every_thread_sharing_the_limiter(sim_
     assert len(throttled) == 1 and len(log) == threads_n * 30 + 1
     (t429,) = throttled
     during = [t for t, _ in log if t429 < t < t429 + retry_after]
-    # the others' requests in flight when the 429 came, and at most one each that passed the limiter
-    # before the pause took hold (seen on a loaded machine); without the pause it is dozens
-    assert len(during) <= 2 * (threads_n - 1), f"{len(during)} requests reached the simulator during the pause"
+    # the others' requests in flight when the 429 came, and at most two each that passed the limiter
+    # before the pause took hold (on a loaded machine the 429's own thread can be descheduled for a
+    # few of the others' round trips: 7 were seen within 8 ms of it); without the pause it is dozens
+    assert len(during) <= 3 * (threads_n - 1), f"{len(during)} requests reached the simulator during the pause"
     assert len([t for t, _ in log if t > t429]) > threads_n  # the walks were under way: the pause held them
     assert {h: [r["request_id"] for p in pages for r in p] for h, (pages, _) in results.items()} == expected
     assert sum(stats.throttled for _, stats in results.values()) == 1
