@@ -46,7 +46,9 @@ def test_a_runs_events_reuse_one_connection_per_file(instance, tmp_path):
 
     def connected(dbapi_connection, _record) -> None:
         (_, _, path), *_ = dbapi_connection.execute("PRAGMA database_list").fetchall()
-        if path.startswith(events_dir):  # the event log's files, not the run storage's runs.db
+        # The event log's files (not the run storage's runs.db), less the empty run file made
+        # once a home, of which new runs' files are copies.
+        if path.startswith(events_dir) and not Path(path).name.startswith(".new-run-"):
             opened.append(Path(path).name)
 
     sa.event.listen(sa.Engine, "connect", connected)
@@ -142,3 +144,27 @@ def test_no_write_ahead_log_is_left_when_the_process_ends(tmp_path):
     runs = Path(home, "history", "runs")
     assert list(runs.glob("*.db")), "no event log was written"
     assert not list(runs.glob("*.db-wal")), sorted(p.name for p in runs.iterdir())
+
+
+def test_a_new_run_file_is_what_dagster_makes(tmp_path):
+    """New run files are copies of one Dagster made: the same tables, indexes and schema revision
+    as Dagster's own SqliteEventLogStorage gives a new run."""
+    from dagster._core.storage.event_log import SqliteEventLogStorage
+
+    def schema(storage, run_id: str) -> tuple[set, list]:
+        with storage.run_connection(run_id) as conn:
+            objects = set(conn.execute(sa.text("SELECT type, name, sql FROM sqlite_master")).fetchall())
+            revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).fetchall()
+        return objects, revision
+
+    ours = KeptSqliteEventLogStorage(str(tmp_path / "ours"))
+    dagsters = SqliteEventLogStorage(str(tmp_path / "dagsters"))
+    try:
+        first, second = schema(ours, "run-a"), schema(ours, "run-b")  # both copies of the template
+        assert first == second == schema(dagsters, "run-a")
+        assert first[1] and first[0]  # stamped, with tables
+        assert (tmp_path / "ours" / "run-b.db").exists()
+        assert sorted(ours.get_all_run_ids()) == ["run-a", "run-b"]  # the template is no run
+    finally:
+        ours.dispose()
+        dagsters.dispose()
