@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from command_bench import DROPPED_ENV  # noqa: E402
+from command_bench import DROPPED_ENV, compiled_package  # noqa: E402
 from ingest_bench import SimulatorProcess, last_hours  # noqa: E402
 
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
@@ -81,6 +81,7 @@ import os; sys.stdout.flush(); os._exit(0)
 
 
 def _run(code: str, args: list[str], env: dict) -> tuple[dict, float]:
+    compiled_package()
     started = time.time()
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
     wall = time.time() - started
