@@ -31,6 +31,7 @@ from ingest_bench import SimulatorProcess, last_hours  # noqa: E402
 from stackone_pipeline import ingest  # noqa: E402
 from stackone_pipeline.assets.request_logs import request_logs  # noqa: E402
 from stackone_pipeline.backfill import run_backfill  # noqa: E402
+from stackone_pipeline.instance import prepare_home  # noqa: E402
 from stackone_pipeline.resources import StackOneResource, StorageResource  # noqa: E402
 from stackone_pipeline.simulator import DEFAULT_API_KEY  # noqa: E402
 
@@ -69,8 +70,7 @@ def measure(n_hours: int, rows_per_hour: int, rate_limit: int = 10_000_000) -> d
     try:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp) / "home"
-            home.mkdir()
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            prepare_home(home)  # the dagster.yaml `stackone-pipeline backfill` writes
             os.environ["DAGSTER_HOME"] = str(home)
             t0 = time.perf_counter()
             # what `stackone-pipeline backfill` runs (backfill.run_backfill), for request_logs alone
