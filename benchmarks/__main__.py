@@ -528,7 +528,9 @@ def section_command(cfg: Config) -> Section:
         "DAGSTER_HOME that earlier runs have created (as a user's), the simulator in another process. Peak "
         "RSS and CPU seconds (user + system, every thread) come from the kernel (`wait4`) for that process "
         "alone. CPU per row is the difference of two hour sizes (start-up cancels out), beside a bare "
-        "`httpx` + `json.loads` walk of the same pages measured the same way. One run each.",
+        "`httpx` + `json.loads` walk of the same pages measured the same way, the two taking turns, the "
+        "median of 5 readings each (one reading varies by a fifth here). The speed figure: the median of 3 "
+        "of ours and of the naive worker's, taking turns. The rest: one run each.",
         cmd(cfg, "command"),
     )
     rss = command_bench.bench_rss(cfg.quick)

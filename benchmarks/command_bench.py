@@ -200,7 +200,7 @@ def bench_cpu(quick: bool, page_size: int | None = None) -> dict:
     walk_page = page_size or 1000
     out: dict = {"page_size": page_size, "small": small, "large": large}
     runs = {}
-    repeats = 1 if quick else 3  # the median of each: one reading of a 0.5 s walk varies by a third here
+    repeats = 1 if quick else 5  # the median of each: one reading of a 0.5 s walk varies by a third here
     for rows in (small, large):
         sim = SimulatorProcess(rows_per_hour=rows, rate_limit=10_000_000)
         try:
