@@ -304,12 +304,19 @@ class Warehouse:
         try:
             with self.writer() as con:
                 con.execute("SET memory_limit = '64MB'")  # a plain insert streams: spill, don't grow
-                for load in batch:
-                    try:
-                        load.result = _replace(con, load)
-                    except Exception as exc:  # this hour's own error, raised in its own thread
-                        load.error = exc
-                    load.done = True
+                # Each hour's commit checkpoints straight into the file instead of writing the rows
+                # to the WAL first, to be copied into the file again when the session ends (an hour
+                # of 15,000 rows: 85 ms instead of 97, and no 5 MB WAL). A global setting: reset below.
+                con.execute("SET checkpoint_threshold = '1KB'")
+                try:
+                    for load in batch:
+                        try:
+                            load.result = _replace(con, load)
+                        except Exception as exc:  # this hour's own error, raised in its own thread
+                            load.error = exc
+                        load.done = True
+                finally:
+                    con.execute("RESET checkpoint_threshold")
         except Exception as exc:  # the writer itself failed: every load of the batch says so
             for load in batch:
                 if not load.done:
