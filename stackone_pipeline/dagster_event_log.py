@@ -3,9 +3,10 @@
 Dagster's `SqliteEventLogStorage` opens a new SQLAlchemy engine and a new SQLite connection for
 every event it stores, and closes them afterwards. Closing a database's last connection
 checkpoints its write-ahead log (fsyncs), and each new engine compiles every statement again. That
-costs ~8 ms an event here, and a two-hour backfill stores ~90 events. This subclass keeps one
-engine per database file, for the index and the most recent runs, with its connection pooled.
-It also commits with `synchronous=NORMAL`. In WAL mode that never corrupts the database: a power
+costs 6-11 ms an event here, and a two-hour backfill stores ~90 events. This subclass keeps one
+engine per database file, for the index and the most recent runs, with its connection pooled:
+~1.3 ms an event (`benchmarks/stages_bench.py` measures both). It also commits with
+`synchronous=NORMAL`. In WAL mode that never corrupts the database: a power
 cut may lose the last events, and a re-run restores them (re-running never duplicates anything).
 
 The UI follows a running run by watching the run's .db file (Dagster's
