@@ -88,3 +88,17 @@ def test_scratch_connections_share_one_in_memory_duckdb(tmp_path):
         first.close()
         second.close()
     assert isinstance(first, duckdb.DuckDBPyConnection)
+
+
+def test_a_reader_has_duckdbs_own_memory_limit_after_a_writer_lowered_it(tmp_path):
+    """The host's memory limit is global: a writer's lower one must not follow the next reader."""
+    wh = Warehouse(tmp_path, memory_limit="32MB")
+    with wh.writer() as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "30.5 MiB"
+    with wh.reader() as con:
+        reader_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    fresh = duckdb.connect()
+    try:
+        assert reader_limit == fresh.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    finally:
+        fresh.close()

@@ -210,6 +210,9 @@ class Warehouse:
             con = self._connect(read_only=True)
         try:
             con.execute("SET TimeZone = 'UTC'")
+            # DuckDB's own limit, as a connection of its own had: the host's is global, and a writer
+            # of this process (never at the same time as a reader) may have lowered it for a load
+            con.execute("RESET memory_limit")
             yield con
         finally:
             self._release(con)
