@@ -104,7 +104,7 @@ class KeptSqliteEventLogStorage(SqliteEventLogStorage):
         # whichever it is. So a file with a revision is left at that. A new run's file is a copy
         # of one Dagster made (~1 ms instead of ~50: its tables, its indexes, its revision stamp).
         path = engine.url.database
-        if not for_index_shard and path != self.path_for_shard(INDEX_SHARD_NAME) and self._copy_new_run_file(path):
+        if path != self.path_for_shard(INDEX_SHARD_NAME) and self._copy_new_run_file(path):
             return
         with engine.connect() as conn:
             if MigrationContext.configure(conn).get_current_revision():

@@ -85,7 +85,7 @@ def analytics_asset(project: Project = Project()) -> dg.AssetsDefinition:
                 f"{len(summary.failures)} failed evaluation(s), {summary.seconds:.2f}s"
             )
             if ranged:  # a range run copies returned metadata onto every hour: observe each hour, once
-                # (on the hour's headline table; an event per table and hour costs Dagster ~10 ms each)
+                # (on the hour's headline table; an event per table and hour costs Dagster 1-11 ms each)
                 metadata = hour_metadata(summary, HEADLINE_TABLE) | {
                     f"rows/{table}": summary.rows.get(table, 0) for table in tables.TABLES
                 }

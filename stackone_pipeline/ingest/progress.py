@@ -40,7 +40,7 @@ class Progress:
 class HourLines:
     """A step's line per hour (`add`), logged together: one message once `every_s` seconds have
     passed since the last, and the rest at `flush`. Each log message is an event Dagster stores
-    (~10 ms in a SQLite instance): a message per hour and step made a 90-day run store 4,300 of
+    (1-11 ms in a SQLite instance, dagster_event_log.py): a message per hour and step made a 90-day run store 4,300 of
     them. A message lists at most `most` lines (the first and last halves) and counts the others;
     every hour's figures are in its own observation too."""
 

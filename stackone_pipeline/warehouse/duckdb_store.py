@@ -267,15 +267,16 @@ class Warehouse:
         try:
             con.close()
         finally:
+            key = self.path.resolve()
             with _hosts_lock:
-                host = _hosts[self.path.resolve()]
+                host = _hosts[key]
                 host.sessions -= 1
                 if host.sessions == 0:
                     host.read_only = None
                     try:
                         host.con.execute(f"DETACH {ALIAS}")
                     except BaseException:  # the checkpoint failed (a full disk): start afresh next time
-                        del _hosts[self.path.resolve()]
+                        del _hosts[key]
                         host.con.close()
                         raise
 
