@@ -144,10 +144,27 @@ class StorageResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run_id or ""
+        if self.scratch_per_run and self._run_id and context.instance is not None:
+            self._sweep_ended_runs(context.instance)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self.scratch_per_run and self._run_id:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _sweep_ended_runs(self, instance: dg.DagsterInstance) -> None:
+        """A run worker killed outright (SIGKILL, the out-of-memory killer) never reaches its
+        teardown. A pod's emptyDir goes with the pod; on a machine that runs many runs, the next
+        run removes such a directory once Dagster has the run as ended (its code server fails a
+        run whose process died). A directory Dagster does not know is left alone."""
+        runs = Path(self.data_dir) / "runs"
+        try:
+            names = [p.name for p in runs.iterdir() if p.name != self._run_id]
+        except OSError:
+            return
+        for name in names:
+            run = instance.get_run_by_id(name)
+            if run is not None and run.is_finished:
+                shutil.rmtree(runs / name, ignore_errors=True)
 
     @property
     def work_dir(self) -> Path:
