@@ -119,7 +119,14 @@ class ObjectStore:
     # -- writes ------------------------------------------------------------------------------
     def upload(self, src: Path, rel: str) -> str:
         """Publish `src` as `rel` in one atomic PUT (or multipart upload); its new tag."""
-        self._call(self.fs.put_file, str(src), self.key(rel))
+        try:
+            self._call(self.fs.put_file, str(src), self.key(rel))
+        except FileNotFoundError as exc:  # a write finds no object missing: the bucket is
+            bucket = urlsplit(self.url).netloc
+            raise LakeStoreError(
+                f"the lake's object store {self.url} failed: there is no bucket {bucket!r} "
+                f"(create it, or correct STACKONE_LAKE_URL): {exc}"
+            ) from exc
         self.fs.invalidate_cache(self.key(rel))
         return self.etag(rel) or ""
 
@@ -138,5 +145,16 @@ class ObjectStore:
             return fn(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except (OSError, PermissionError) as exc:
+        except _store_errors() as exc:
             raise LakeStoreError(f"the lake's object store {self.url} failed: {exc}") from exc
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a store's client raises for a store that fails: OSError (s3fs translates most S3
+    answers to it), and botocore's own errors, which it passes through (an endpoint that cannot
+    be reached, credentials that cannot be found)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
