@@ -479,10 +479,11 @@ def section_deploy(cfg: Config) -> Section:
         f"Deployment shapes: a {cfg.dp_hours}-hour backfill through `dagster dev`",
         f"The same backfill of the last {cfg.dp_hours} closed hours (one page an hour, 600 requests/minute at "
         "the simulator and in the pipeline, details off, no sinks) of `request_logs` and everything downstream, "
-        "launched with the UI's GraphQL mutation on a fresh `dagster dev`, three ways: SQLite instance with "
-        "local lake and state in one run; the PostgreSQL instance of docs/deploy/dagster.yaml in one run; and "
-        "that instance with the state in PostgreSQL, the lake in S3 (moto) and STACKONE_BACKFILL_RUN_HOURS "
-        "giving 4 chunks, two at once, each in its own scratch directory (`benchmarks/deploy_bench.py`). "
+        "launched with the UI's GraphQL mutation on a fresh `dagster dev`, five ways: the SQLite instance "
+        "`stackone-pipeline dev` writes and the PostgreSQL instance of docs/deploy/dagster.yaml, each with "
+        "a local lake and state, in one run and in 4 chunks two at once (STACKONE_BACKFILL_RUN_HOURS, the "
+        "run queue's backfill limit); and the PostgreSQL instance with the state in PostgreSQL, the lake in "
+        "S3 (moto) and 4 chunks, each in its own scratch directory (`benchmarks/deploy_bench.py`). "
         "Wall time from the launch to the end of the last run against the pure fetch time the limit allows; "
         "step seconds per kind from the runs' step statistics; 'no step running' is the wall minus the union "
         "of the step intervals. One run each.",

@@ -8,15 +8,19 @@ the 2,150 that stay inside the API's retention while the run goes) of `request_l
 downstream of it that is executable (STACKONE_DETAILS=false, no sink configured), launched as the
 UI launches it: `dagster dev` + the GraphQL backfill mutation (as stackone_pipeline_tests/e2e/
 test_deploy.py), against a fresh simulator process (same seed each time) whose rate limit is the
-pipeline's (`--rate-limit`, default 600/min), 100 rows an hour so each hour is one page. Three
-configurations, each with its own DAGSTER_HOME and data directory:
+pipeline's (`--rate-limit`, default 600/min), 100 rows an hour so each hour is one page. The
+instance storage (SQLite or PostgreSQL) against the run shape (one run, or chunks of hours/4 on two
+workers at once), each configuration with its own DAGSTER_HOME and data directory:
 
-sqlite       SQLite instance (a dagster.yaml with only telemetry off), local lake and state,
-             one run (the default single_run backfill policy)
-postgres     PostgreSQL instance (docs/deploy/dagster.yaml), local lake and state, one run
-distributed  PostgreSQL instance + PostgreSQL state (STACKONE_STATE_URL) + the lake in S3 (moto),
-             STACKONE_BACKFILL_RUN_HOURS = hours/4 (4 chunks), the run queue's backfill limit 2
-             (docs/deploy/dagster.yaml: two workers at once), STACKONE_SCRATCH_PER_RUN=true
+sqlite            SQLite instance (the dagster.yaml `stackone-pipeline dev` writes), local lake
+                  and state, one run (the default single_run backfill policy)
+sqlite-chunked    the same, STACKONE_BACKFILL_RUN_HOURS = hours/4 (4 chunks) and the run queue of
+                  docs/deploy/dagster.yaml (at most 2 backfill runs at once: two workers)
+postgres          PostgreSQL instance (docs/deploy/dagster.yaml), local lake and state, one run
+postgres-chunked  the same, 4 chunks on two workers
+distributed       PostgreSQL instance + PostgreSQL state (STACKONE_STATE_URL) + the lake in S3
+                  (moto), 4 chunks on two workers, STACKONE_SCRATCH_PER_RUN=true: nothing a run
+                  needs on a worker's disk
 
 For each: the wall time from the launch mutation to the end of the backfill's last run, set beside
 the pure fetch time the limit allows (successful API requests / (limit/60), counted at the
@@ -62,17 +66,18 @@ from stackone_pipeline_tests.e2e.dagster_dev import (  # noqa: E402
     partitions_by_assets,
 )
 
-CONFIGS = ("sqlite", "postgres", "distributed")
+CONFIGS = ("sqlite", "sqlite-chunked", "postgres", "postgres-chunked", "distributed")
 TITLES = {
     "sqlite": "SQLite instance, local lake + state, 1 run",
+    "sqlite-chunked": "SQLite instance, local lake + state, hours/4 a run, 2 workers",
     "postgres": "PostgreSQL instance, local lake + state, 1 run",
+    "postgres-chunked": "PostgreSQL instance, local lake + state, hours/4 a run, 2 workers",
     "distributed": "PostgreSQL instance + state, S3 lake, hours/4 a run, 2 workers",
 }
 STEP_KINDS = ("request_logs", "analytics", "late_arrivals", "details")
 MAX_HOURS = 2150  # 90 days is 2,160 hours; the oldest few would cross the retention while the run goes
 SEED = 7
 ARTIFACTS = ROOT / "artifacts" / "deploy_bench"
-SQLITE_YAML = "telemetry:\n  enabled: false\n"
 DEPLOY_YAML = ROOT / "docs" / "deploy" / "dagster.yaml"
 TERMINAL_RUN = ("SUCCESS", "FAILURE", "CANCELED")
 # The caller's AWS variables would point the distributed configuration's lake elsewhere.
@@ -244,23 +249,25 @@ def run_config(
             STACKONE_DATA_DIR=str(data_dir),
             DAGSTER_HOME=str(home),
             PYTHONUNBUFFERED="1",
+            # the daemon as docs/deploy.md sets it up, in every configuration so that they differ
+            # only in what they name: one planned event per asset, not per asset and hour
+            DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="true",
         )
-        dagster_yaml = SQLITE_YAML
-        if config in ("postgres", "distributed"):
+        dagster_yaml = dagster_yaml_for_sqlite(home, chunked=config.endswith("chunked"))
+        if config.startswith("postgres") or config == "distributed":
             pg = services.get("postgres") or services.setdefault("postgres", _postgres(stack))
             url = pg.create_database(f"dagster_{config}")
             # dagster-postgres is built on psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://
             env["DAGSTER_POSTGRES_URL"] = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-            # the daemon of a deployment, as docs/deploy.md sets it up: one planned event per asset
-            env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
             dagster_yaml = DEPLOY_YAML.read_text()
+        if config.endswith("chunked") or config == "distributed":
+            env["STACKONE_BACKFILL_RUN_HOURS"] = str(max(1, -(-n_hours // 4)))
         if config == "distributed":
             s3 = services.get("s3") or services.setdefault("s3", _s3(stack))
             env.update(
                 s3.env(),
                 STACKONE_LAKE_URL=f"s3://{s3.create_bucket('bench')}/stackone",
                 STACKONE_STATE_URL=services["postgres"].create_database("state"),
-                STACKONE_BACKFILL_RUN_HOURS=str(max(1, -(-n_hours // 4))),
                 STACKONE_SCRATCH_PER_RUN="true",
             )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -318,6 +325,20 @@ def run_config(
                 ok_times.append(wall)
         out.fetch_span = (max(ok_times) - min(ok_times)) if ok_times else 0.0
     return out
+
+
+def dagster_yaml_for_sqlite(home: Path, chunked: bool) -> str:
+    """The laptop's dagster.yaml (what `stackone-pipeline dev` writes); chunked, with the run queue
+    and pools of docs/deploy/dagster.yaml, so that two backfill runs go at once as on PostgreSQL."""
+    from stackone_pipeline.instance import dagster_yaml
+
+    text = dagster_yaml(home)
+    if chunked:
+        deploy = DEPLOY_YAML.read_text()
+        start = deploy.index("concurrency:\n")
+        end = deploy.index("\n\n", start)
+        text += deploy[start:end] + "\n"
+    return text
 
 
 def _postgres(stack: ExitStack):

@@ -13,8 +13,14 @@ The UI follows a running run by watching the run's .db file (Dagster's
 `SqliteEventLogStorageWatchdog`). With the connection kept open, new events stay in the -wal
 file, so a write to a run's file also touches the file.
 
-`instance.prepare_home` names this class in the dagster.yaml it writes. A dagster.yaml with
-PostgreSQL (docs/deploy.md) does not use it.
+`instance.prepare_home` names this class in the dagster.yaml it writes.
+
+`KeptPostgresEventLogStorage` does the same for Dagster's PostgreSQL event log, which opens a new
+connection for every statement (`NullPool`: a PostgreSQL backend started, authenticated and ended
+each time, several times an event). It keeps one connection per process, checked before use,
+as Dagster's webserver does for itself (`optimize_for_webserver`). docs/deploy/dagster.yaml
+names it. With Dagster's event batching (`definitions.py` sets `DAGSTER_EVENT_BATCH_SIZE`), a
+step's materializations of many hours go in one INSERT: `benchmarks/deploy_bench.py`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from sqlalchemy.pool import NullPool
+
+try:  # the deploy extra
+    from dagster_postgres.event_log import PostgresEventLogStorage
+    from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
+except ImportError:  # pragma: no cover - a laptop without the deploy extra never names the class
+    PostgresEventLogStorage = None
 
 # Run databases whose engines stay open besides the index (a webserver reads many runs in turn).
 KEPT_RUN_FILES = 8
@@ -152,3 +164,48 @@ class KeptSqliteEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         self._dispose_engines()
+
+
+if PostgresEventLogStorage is not None:
+
+    class KeptPostgresEventLogStorage(PostgresEventLogStorage):
+        """`PostgresEventLogStorage` with one connection kept per process (see the module)."""
+
+        def __init__(
+            self, postgres_url: str, should_autocreate_tables: bool = True, inst_data=None, token_provider=None
+        ):
+            self._engine_pid = os.getpid()
+            super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
+            self._engine.dispose()  # Dagster's, with no connection to keep
+            self._engine = self._kept_engine()
+            weakref.finalize(self, self._engine.dispose)
+
+        def _kept_engine(self) -> sa.Engine:
+            return create_pg_engine(
+                self.postgres_url,
+                self._token_provider,
+                isolation_level="AUTOCOMMIT",  # as Dagster's: its transactions are explicit
+                pool_size=1,
+                max_overflow=4,  # threads of one process storing at once get their own, closed after
+                pool_pre_ping=True,  # a connection the server or a proxy closed is replaced, not used
+                pool_recycle=3600,
+            )
+
+        @classmethod
+        def from_config_value(cls, inst_data, config_value) -> KeptPostgresEventLogStorage:  # ty: ignore[invalid-method-override]
+            return cls(
+                postgres_url=pg_url_from_config(config_value),
+                should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                inst_data=inst_data,
+                token_provider=get_token_provider_from_config(config_value),
+            )
+
+        def _connect(self):
+            if self._engine_pid != os.getpid():  # a forked child must not use its parent's connection
+                self._engine.dispose(close=False)
+                self._engine_pid = os.getpid()
+            return super()._connect()
+
+        def dispose(self) -> None:
+            super().dispose()
+            self._engine.dispose()
