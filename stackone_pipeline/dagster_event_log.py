@@ -36,8 +36,11 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from dagster import __version__ as dagster_version
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import DagsterEventType
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from sqlalchemy.pool import NullPool
 
@@ -145,6 +148,31 @@ class KeptSqliteEventLogStorage(SqliteEventLogStorage):
         finally:
             os.unlink(copy)
         return True
+
+    def store_event_batch(self, events) -> None:
+        """A batch of one run's asset materializations or observations (Dagster's event batching,
+        `DAGSTER_EVENT_BATCH_SIZE`) in one transaction per file, instead of one per event: what
+        `store_event` does for each, as Dagster's PostgreSQL storage batches them."""
+        kinds = {e.dagster_event_type for e in events}
+        if len({e.run_id for e in events}) != 1 or not (
+            kinds == {DagsterEventType.ASSET_MATERIALIZATION} or kinds == {DagsterEventType.ASSET_OBSERVATION}
+        ):
+            super().store_event_batch(events)  # Dagster's: one store_event each
+            return
+        statements = [self.prepare_insert_event(e) for e in events]
+        with self.run_connection(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        with self.index_transaction() as conn:  # mirrored in the index, as store_event does
+            ids = []
+            for statement in statements:
+                with db_result(conn, statement) as result:
+                    ids.append(result.inserted_primary_key[0])
+            if any(i is None for i in ids):
+                raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+            self._store_asset_event_tags(conn, events, ids)
+            for event, event_id in zip(events, ids):
+                self._store_asset_event(conn, event, event_id)
 
     def has_table(self, table_name: str) -> bool:
         # Called inside `_connect` too: a second connection of the index's pool, not `_db_lock`.
