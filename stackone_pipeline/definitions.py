@@ -1,8 +1,6 @@
 """The Dagster code location. Composition only: `build_defs(settings)` wires the assets, checks,
 jobs, schedules, sensors and resources; `defs` is what `dagster dev` and the CLI load."""
 
-import os
-
 import dagster as dg
 
 from .assets.analytics import analytics_asset
@@ -13,7 +11,7 @@ from .assets.sinks import delivery_asset, stand_in
 from .assets.webhook_events import webhook_events, webhook_events_sensor
 from .automation import build_schedules, build_sensors, hourly_job_for
 from .resources import build_resources
-from .settings import Settings
+from .settings import Settings, batch_dagster_events
 from .sinks.registry import SINKS
 
 
@@ -44,9 +42,5 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
 
 
-# Dagster's own switch (read when each event is stored, so in whichever process runs a step): the
-# materializations a step makes of many hours are stored in one statement instead of one each. A
-# 90-day step has 2,160 of them; on PostgreSQL one each cost ~35 ms (benchmarks/deploy_bench.py).
-os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
-
+batch_dagster_events()  # in whichever process loads the code location, so in every run worker
 defs = build_defs(Settings.from_env())
