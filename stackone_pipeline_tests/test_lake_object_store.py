@@ -41,6 +41,13 @@ def store_fs(s3) -> s3fs.S3FileSystem:
     )
 
 
+def command_env() -> dict:
+    """This environment for a `stackone-pipeline` command: no sink, a throw-away Dagster instance."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKI_", "DATADOG_", "OTEL_", "PROMETHEUS_"))}
+    env.pop("DAGSTER_HOME", None)
+    return env
+
+
 def test_an_hour_in_the_store_is_one_object_at_its_hive_path_that_pyarrow_reads_alone(s3, s3_env, tmp_path):
     bucket = s3_env["STACKONE_LAKE_URL"].split("/")[2]
     storage = Storage(tmp_path / "data", state_url="")
@@ -124,11 +131,9 @@ def test_the_backfill_command_fills_the_store_and_a_fresh_directory_queries_it(s
     bucket = s3_env["STACKONE_LAKE_URL"].split("/")[2]
     first = closed_hour(4)
     hours = [first, first + HOUR]
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKI_", "DATADOG_", "OTEL_", "PROMETHEUS_"))}
-    base_env.pop("DAGSTER_HOME", None)
     with start_simulator(SimulatorConfig(seed=5, rows_per_hour=120, diurnal=False)) as sim:
         env = {
-            **base_env, **s3_env,
+            **command_env(), **s3_env,
             "STACKONE_API_KEY": DEFAULT_API_KEY, "STACKONE_BASE_URL": sim.url,
             "STACKONE_DATA_DIR": str(tmp_path / "worker"), "STACKONE_PAGE_SIZE": "50",
             "STACKONE_RATE_LIMIT_PER_MINUTE": "3000", "STACKONE_DETAILS": "false",
@@ -159,8 +164,7 @@ def test_the_backfill_command_fills_the_store_and_a_fresh_directory_queries_it(s
 
 def test_the_backfill_command_names_a_missing_bucket_in_one_line_and_stores_nothing(s3, tmp_path):
     hour = closed_hour(3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKI_", "DATADOG_", "OTEL_", "PROMETHEUS_"))}
-    env.pop("DAGSTER_HOME", None)
+    env = command_env()
     with start_simulator(SimulatorConfig(seed=5, rows_per_hour=40, diurnal=False)) as sim:
         env.update(
             s3.env(),
