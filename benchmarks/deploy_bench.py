@@ -253,13 +253,14 @@ def run_config(
             # only in what they name: one planned event per asset, not per asset and hour
             DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="true",
         )
-        dagster_yaml = dagster_yaml_for_sqlite(home, chunked=config.endswith("chunked"))
         if config.startswith("postgres") or config == "distributed":
             pg = services.get("postgres") or services.setdefault("postgres", _postgres(stack))
             url = pg.create_database(f"dagster_{config}")
             # dagster-postgres is built on psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://
             env["DAGSTER_POSTGRES_URL"] = url.replace("postgresql://", "postgresql+psycopg2://", 1)
             dagster_yaml = DEPLOY_YAML.read_text()
+        else:
+            dagster_yaml = dagster_yaml_for_sqlite(home, chunked=config.endswith("chunked"))
         if config.endswith("chunked") or config == "distributed":
             env["STACKONE_BACKFILL_RUN_HOURS"] = str(max(1, -(-n_hours // 4)))
         if config == "distributed":

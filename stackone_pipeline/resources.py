@@ -156,20 +156,24 @@ class StorageResource(dg.ConfigurableResource):
         teardown. A pod's emptyDir goes with the pod; on a machine that runs many runs, the next
         run removes such a directory once Dagster has the run as ended (its code server fails a
         run whose process died). A directory Dagster does not know is left alone."""
-        runs = Path(self.data_dir) / "runs"
         try:
-            names = [p.name for p in runs.iterdir() if p.name != self._run_id]
+            names = [p.name for p in self._runs_dir.iterdir() if p.name != self._run_id]
         except OSError:
             return
-        for name in names:
-            run = instance.get_run_by_id(name)
-            if run is not None and run.is_finished:
-                shutil.rmtree(runs / name, ignore_errors=True)
+        if not names:
+            return
+        for run in instance.get_runs(dg.RunsFilter(run_ids=names)):  # one query, whatever the count
+            if run.is_finished:
+                shutil.rmtree(self._runs_dir / run.run_id, ignore_errors=True)
+
+    @property
+    def _runs_dir(self) -> Path:
+        return Path(self.data_dir) / "runs"
 
     @property
     def work_dir(self) -> Path:
         if self.scratch_per_run and self._run_id:
-            return Path(self.data_dir) / "runs" / self._run_id
+            return self._runs_dir / self._run_id
         return Path(self.data_dir)
 
     def storage(self, project: str = DEFAULT_PROJECT) -> Storage:
